@@ -1,0 +1,400 @@
+//! The records of Waymark's data contract, as plain Rust values.
+//!
+//! Owns: [`CustomerEvent`] (what upstream systems publish), [`InterventionCommand`] (what the
+//! processor asks a channel sink to do), [`JourneyEvent`] (what happened to a customer in a
+//! journey) and [`InterventionOutcome`] (what a sink reports back), plus their JSON-lines form
+//! used by `simulate`, `produce` and `tail`. The Avro form lives in `codec`; this module must not
+//! know about Avro, Kafka or journeys.
+//!
+//! Times are [`Millis`]: milliseconds since the Unix epoch, UTC. In JSON they are RFC 3339
+//! strings with millisecond precision (`2026-03-02T10:50:20.903Z`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, UTC: the one time type of the engine.
+pub type Millis = i64;
+
+/// Formats `ms` as RFC 3339 with millisecond precision and a `Z` suffix.
+pub fn format_millis(ms: Millis) -> String {
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
+    }
+}
+
+/// Parses an RFC 3339 timestamp (any offset) into [`Millis`].
+pub fn parse_millis(s: &str) -> Result<Millis, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis())
+}
+
+/// Serde adapter: [`Millis`] as an RFC 3339 string.
+pub mod rfc3339 {
+    use super::{Millis, format_millis, parse_millis};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// Serializes as RFC 3339 with milliseconds.
+    pub fn serialize<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_millis(*ms))
+    }
+
+    /// Deserializes from an RFC 3339 string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_millis(&s).map_err(|e| {
+            D::Error::custom(format!(
+                "`{s}` is not an RFC 3339 timestamp ({e}); write e.g. 2026-03-02T10:50:20.903Z"
+            ))
+        })
+    }
+
+    /// The same for `Option<Millis>`.
+    pub mod option {
+        use super::{Millis, format_millis, parse_millis};
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        /// Serializes `Some` as RFC 3339, `None` as null.
+        pub fn serialize<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => s.serialize_str(&format_millis(*ms)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes an optional RFC 3339 string.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| parse_millis(&s).map_err(|e| D::Error::custom(format!("`{s}`: {e}"))))
+                .transpose()
+        }
+    }
+}
+
+/// Attribute values accept any JSON scalar and are kept as strings (numbers in their JSON
+/// spelling, booleans as `true`/`false`), so the Avro contract stays a `map<string>`.
+fn attributes_from_json<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => String::new(),
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "attribute `{k}` is {other}: attribute values must be strings, numbers or booleans"
+                    )));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
+
+/// One thing a customer did, as published by an upstream system to `customer-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerEvent {
+    /// Unique per event; a repeated id is a duplicate and changes nothing.
+    pub event_id: String,
+    /// The customer the event is about; also the Kafka key.
+    pub customer_id: String,
+    /// Event type, e.g. `login.created`, `order.placed`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When it happened (event time), decided upstream.
+    #[serde(with = "rfc3339")]
+    pub occurred_at: Millis,
+    /// Free-form attributes (`email`, `sales_rep`, `product_line`, ...).
+    #[serde(default, deserialize_with = "attributes_from_json")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The channel a command is delivered through; each has its own topic and sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    /// `commands.email`, delivered over SMTP.
+    Email,
+    /// `commands.sms`, delivered through an SMS provider API.
+    Sms,
+    /// `commands.contact-center`: agent tasks and outbound calls.
+    ContactCenter,
+}
+
+impl Channel {
+    /// Every channel, in a fixed order.
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::ContactCenter];
+
+    /// The wire spelling: `email`, `sms`, `contact-center`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::ContactCenter => "contact-center",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to a channel sink: deliver this intervention to this customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionCommand {
+    /// Stable id derived from (journey, version, customer, instance, rule, action): a replay
+    /// or retry yields the same id, so sinks de-duplicate on it.
+    pub command_id: String,
+    /// Journey name.
+    pub journey: String,
+    /// Journey version the customer's instance runs on.
+    pub journey_version: u32,
+    /// The customer; also the Kafka key.
+    pub customer_id: String,
+    /// Instance number of the customer in this journey (1 for the first entry).
+    pub instance: u32,
+    /// The rule that produced the command.
+    pub rule: String,
+    /// The action of that rule.
+    pub action: String,
+    /// Delivery channel.
+    pub channel: Channel,
+    /// Event time the action was due at.
+    #[serde(with = "rfc3339")]
+    pub due_at: Millis,
+    /// Template the sink renders (email/SMS), if any.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A/B variant the customer is assigned to, if the action is under an experiment.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Action parameters from the journey definition, with `{{attribute}}` placeholders
+    /// filled from the customer's profile (e.g. `assignee: rep-17`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Customer profile attributes the sink needs (`email`, `phone`, `tz`, `sales_rep`, ...).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What kind of journey event happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JourneyEventType {
+    /// The customer entered the journey (a new instance).
+    Entered,
+    /// A step was completed (at the event time of the earliest event completing it).
+    StepCompleted,
+    /// The customer's current step was not completed within its window.
+    StepAbandoned,
+    /// The goal step was completed; the instance ends.
+    GoalReached,
+    /// An exit condition ended the instance.
+    Exited,
+    /// A command was emitted (see `command_id`).
+    CommandEmitted,
+    /// A command was due but not sent (see `reason`).
+    CommandSuppressed,
+}
+
+impl JourneyEventType {
+    /// Every type, in a fixed order.
+    pub const ALL: [JourneyEventType; 7] = [
+        JourneyEventType::Entered,
+        JourneyEventType::StepCompleted,
+        JourneyEventType::StepAbandoned,
+        JourneyEventType::GoalReached,
+        JourneyEventType::Exited,
+        JourneyEventType::CommandEmitted,
+        JourneyEventType::CommandSuppressed,
+    ];
+
+    /// The wire spelling (`step_completed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JourneyEventType::Entered => "entered",
+            JourneyEventType::StepCompleted => "step_completed",
+            JourneyEventType::StepAbandoned => "step_abandoned",
+            JourneyEventType::GoalReached => "goal_reached",
+            JourneyEventType::Exited => "exited",
+            JourneyEventType::CommandEmitted => "command_emitted",
+            JourneyEventType::CommandSuppressed => "command_suppressed",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<JourneyEventType> {
+        JourneyEventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Something that happened to a customer in a journey: the input of analytics and audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyEvent {
+    /// Stable id derived from (journey, version, customer, instance, type, step or command).
+    pub journey_event_id: String,
+    /// Journey name.
+    pub journey: String,
+    /// Journey version of the instance.
+    pub journey_version: u32,
+    /// The customer; also the Kafka key.
+    pub customer_id: String,
+    /// Instance number (1 for the first entry).
+    pub instance: u32,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: JourneyEventType,
+    /// The step concerned, if any.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// Event time it happened at.
+    #[serde(with = "rfc3339")]
+    pub at: Millis,
+    /// The command concerned (`command_emitted`, `command_suppressed`).
+    #[serde(default)]
+    pub command_id: Option<String>,
+    /// The action concerned (`command_emitted`, `command_suppressed`).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Why (`command_suppressed`, `exited`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What a sink reports about a command it handled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionOutcome {
+    /// Stable id of this outcome (command id + status).
+    pub outcome_id: String,
+    /// The command this outcome is about.
+    pub command_id: String,
+    /// The customer; also the Kafka key.
+    pub customer_id: String,
+    /// Journey of the command.
+    pub journey: String,
+    /// Action of the command.
+    pub action: String,
+    /// Channel that handled it.
+    pub channel: Channel,
+    /// `delivered`, `failed`, `bounced`, `task_completed`, ...
+    pub status: String,
+    /// When the sink observed it.
+    #[serde(with = "rfc3339")]
+    pub at: Millis,
+    /// Provider message or error text.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// One line of `simulate`/`tail` output: `{"kind": "command", ...}` or
+/// `{"kind": "journey_event", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Output {
+    /// An intervention command.
+    Command(InterventionCommand),
+    /// A journey event.
+    JourneyEvent(JourneyEvent),
+}
+
+impl Output {
+    /// The customer the output is about (its Kafka key).
+    pub fn customer_id(&self) -> &str {
+        match self {
+            Output::Command(c) => &c.customer_id,
+            Output::JourneyEvent(e) => &e.customer_id,
+        }
+    }
+
+    /// The stable id of the output.
+    pub fn id(&self) -> &str {
+        match self {
+            Output::Command(c) => &c.command_id,
+            Output::JourneyEvent(e) => &e.journey_event_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_event_json_round_trips_with_millisecond_times() {
+        let line = r#"{"attributes": {"email": "a@example.com", "n": 3, "vip": true}, "customer_id": "c1", "event_id": "e1", "occurred_at": "2026-03-02T10:50:20.903Z", "type": "login.created"}"#;
+        let ev: CustomerEvent = serde_json::from_str(line).unwrap();
+        assert_eq!(ev.occurred_at, 1_772_448_620_903);
+        assert_eq!(ev.attributes["n"], "3");
+        assert_eq!(ev.attributes["vip"], "true");
+        let back: CustomerEvent =
+            serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn offsets_other_than_utc_are_normalised() {
+        assert_eq!(
+            parse_millis("2026-03-02T11:50:20.903+01:00").unwrap(),
+            parse_millis("2026-03-02T10:50:20.903Z").unwrap()
+        );
+        assert_eq!(format_millis(1_772_448_620_903), "2026-03-02T10:50:20.903Z");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_times_are_rejected_with_the_reason() {
+        let err = serde_json::from_str::<CustomerEvent>(
+            r#"{"event_id":"e","customer_id":"c","type":"t","occurred_at":"yesterday"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not an RFC 3339 timestamp"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<CustomerEvent>(
+            r#"{"event_id":"e","customer_id":"c","type":"t","occurred_at":"2026-03-02T10:50:20Z","colour":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn output_lines_carry_their_kind() {
+        let ev = JourneyEvent {
+            journey_event_id: "j".into(),
+            journey: "b2b".into(),
+            journey_version: 1,
+            customer_id: "c".into(),
+            instance: 1,
+            event_type: JourneyEventType::StepAbandoned,
+            step: Some("financials".into()),
+            at: 0,
+            command_id: None,
+            action: None,
+            reason: None,
+        };
+        let line = serde_json::to_string(&Output::JourneyEvent(ev.clone())).unwrap();
+        assert!(line.starts_with(r#"{"kind":"journey_event""#), "{line}");
+        assert!(line.contains(r#""type":"step_abandoned""#), "{line}");
+        let back: Output = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, Output::JourneyEvent(ev));
+    }
+}
