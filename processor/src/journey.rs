@@ -1,0 +1,995 @@
+//! Journey definitions: the YAML a journey owner writes, and its compiled form the engine runs.
+//!
+//! Owns parsing (`serde-saphyr`, `deny_unknown_fields`, kebab-case keys), validation with errors
+//! that name the file, line and field, and compilation into [`Journey`]. Must not evaluate
+//! events: that is `engine`'s job.
+//!
+//! A journey is an ordered list of steps (the first is the entry step, one is the goal), each an
+//! event type plus an optional predicate; rules say "after step A, unless step B, do X at offset
+//! d"; every step after the entry can have an abandonment window. See `deploy/journeys/` and the
+//! README for the full language.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use crate::model::{Channel, Millis};
+
+/// A journey file that could not be loaded: where, which field, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JourneyError {
+    /// The file or directory could not be read.
+    #[error("cannot read journey definitions at {path}: {source}")]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key, or a value of the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: u64,
+        /// 1-based column (0 when unknown).
+        column: u64,
+        /// The parser's message.
+        message: String,
+    },
+    /// The YAML is well-formed but says something inconsistent.
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: u64,
+        /// 1-based column of the offending value.
+        column: u64,
+        /// Path of the field, e.g. `rules[0].after`.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A directory held no `*.yaml`/`*.yml` file.
+    #[error(
+        "no journey definitions (*.yaml, *.yml) in {0}; point --journeys at a file or a directory holding them"
+    )]
+    Empty(PathBuf),
+    /// Two files define the same journey name.
+    #[error(
+        "journey `{name}` is defined twice: in {first} and in {second}; journey names must be unique"
+    )]
+    Duplicate {
+        /// The journey name.
+        name: String,
+        /// The first file.
+        first: PathBuf,
+        /// The second file.
+        second: PathBuf,
+    },
+}
+
+/// A duration written as `90s`, `15m`, `1h`, `2d`, `1w` (humantime syntax), in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationMs(pub Millis);
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        let dur = humantime::parse_duration(s.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 30m, 1h, 2d"
+            ))
+        })?;
+        Millis::try_from(dur.as_millis())
+            .map(DurationMs)
+            .map_err(|_| D::Error::custom(format!("duration `{s}` is too long")))
+    }
+}
+
+/// A YAML scalar read as a string (`eq: 100` and `eq: "100"` mean the same).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What happens when a customer who already had an instance meets the entry step again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReEntry {
+    /// One instance per customer, ever: later entry events are ignored.
+    #[default]
+    Never,
+    /// An entry event after the instance ended (goal or exit) starts a new instance.
+    AfterEnd,
+}
+
+/// `journey.yaml`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JourneyDef {
+    /// Journey name: stable, used in ids, topics' records and metrics labels.
+    pub journey: Spanned<String>,
+    /// Version of this definition (instances in flight keep the version they entered with).
+    pub version: u32,
+    /// What the journey is for.
+    #[serde(default)]
+    pub description: String,
+    /// Re-entry policy (default `never`).
+    #[serde(default)]
+    pub re_entry: ReEntry,
+    /// Default abandonment window of every step after the entry step (e.g. `7d`).
+    #[serde(default)]
+    pub abandon_after: Option<DurationMs>,
+    /// Customer attributes kept on the customer (latest by event time) and copied onto every
+    /// command, e.g. `[email, phone, sales_rep, tz]`.
+    #[serde(default)]
+    pub profile: Vec<Spanned<String>>,
+    /// Ordered steps; the first is the entry step.
+    pub steps: Vec<StepDef>,
+    /// Id of the goal step: completing it ends the instance.
+    pub goal: Spanned<String>,
+    /// Events that end the instance without reaching the goal.
+    #[serde(default)]
+    pub exit: Vec<ExitDef>,
+    /// Inaction rules.
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+/// One step, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StepDef {
+    /// Step id, unique in the journey (`payment_account`).
+    pub id: Spanned<String>,
+    /// Event type that completes the step (`payment_account.created`).
+    pub event: String,
+    /// Optional predicate on that event.
+    #[serde(default, rename = "where")]
+    pub where_: Option<WhereDef>,
+    /// Abandonment window of this step; overrides the journey's `abandon-after`.
+    #[serde(default)]
+    pub abandon_after: Option<DurationMs>,
+    /// What the step means, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An exit condition, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExitDef {
+    /// Exit id, reported as the `reason` of the `exited` journey event.
+    pub id: String,
+    /// Event type that ends the instance.
+    pub event: String,
+    /// Optional predicate on that event.
+    #[serde(default, rename = "where")]
+    pub where_: Option<WhereDef>,
+}
+
+/// A predicate on an event, as written. Every condition given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WhereDef {
+    /// The event must be the customer's n-th event of its type (1-based, in event time).
+    #[serde(default)]
+    pub nth: Option<Spanned<u32>>,
+    /// Conditions on the event's attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttrCondDef>,
+}
+
+/// Conditions on one attribute, as written. Every condition given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AttrCondDef {
+    /// Equal to.
+    #[serde(default)]
+    pub eq: Option<Scalar>,
+    /// Not equal to (a missing attribute is not equal).
+    #[serde(default)]
+    pub ne: Option<Scalar>,
+    /// One of these values.
+    #[serde(default)]
+    pub one_of: Option<Vec<Scalar>>,
+    /// None of these values.
+    #[serde(default)]
+    pub not_one_of: Option<Vec<Scalar>>,
+    /// Numerically greater than.
+    #[serde(default)]
+    pub gt: Option<f64>,
+    /// Numerically greater than or equal to.
+    #[serde(default)]
+    pub gte: Option<f64>,
+    /// Numerically less than.
+    #[serde(default)]
+    pub lt: Option<f64>,
+    /// Numerically less than or equal to.
+    #[serde(default)]
+    pub lte: Option<f64>,
+    /// Present (`true`) or absent (`false`).
+    #[serde(default)]
+    pub exists: Option<bool>,
+    /// `true`: the value appeared on one of the customer's earlier events of the same type.
+    #[serde(default)]
+    pub among_earlier: Option<bool>,
+    /// `true`: the customer has earlier events of the same type and none of them had this
+    /// value (so never the first such event): "an order from an additional product line".
+    #[serde(default)]
+    pub not_among_earlier: Option<bool>,
+}
+
+/// An inaction rule, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleDef {
+    /// Rule id, unique in the journey (part of command ids).
+    pub id: Spanned<String>,
+    /// The step whose completion starts the clock.
+    pub after: Spanned<String>,
+    /// Steps whose completion before an action's due time cancels it (the goal and exits
+    /// always do).
+    #[serde(default)]
+    pub unless: Vec<Spanned<String>>,
+    /// What to do, and when.
+    pub actions: Vec<ActionDef>,
+}
+
+/// One action of a rule, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ActionDef {
+    /// Action id, unique in the rule (part of command ids).
+    pub id: Spanned<String>,
+    /// Offset from the `after` step's completion (`1h`, `2d`); `0s` means at once.
+    pub delay: DurationMs,
+    /// Delivery channel: `email`, `sms` or `contact-center`.
+    pub channel: Channel,
+    /// Template the sink renders.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Parameters for the sink; `{{attr}}` is replaced by the customer's profile attribute.
+    #[serde(default)]
+    pub params: BTreeMap<String, Spanned<String>>,
+}
+
+/// A compiled condition on one attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// Equal to.
+    Eq(String),
+    /// Not equal to.
+    Ne(String),
+    /// One of.
+    OneOf(Vec<String>),
+    /// None of.
+    NotOneOf(Vec<String>),
+    /// Numerically greater than.
+    Gt(f64),
+    /// Numerically greater than or equal.
+    Gte(f64),
+    /// Numerically less than.
+    Lt(f64),
+    /// Numerically less than or equal.
+    Lte(f64),
+    /// Present or absent.
+    Exists(bool),
+    /// Value seen on an earlier event of the same type.
+    AmongEarlier,
+    /// Earlier events of the same type exist and none had this value.
+    NotAmongEarlier,
+}
+
+/// A compiled event matcher: type plus predicate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
+    /// Event type.
+    pub event_type: String,
+    /// Required position among the customer's events of this type (1-based).
+    pub nth: Option<u32>,
+    /// Attribute conditions, all of which must hold.
+    pub conds: Vec<(String, Cond)>,
+}
+
+impl Matcher {
+    /// Whether the matcher needs the customer's earlier events of its type.
+    pub fn uses_history(&self) -> bool {
+        self.nth.is_some()
+            || self
+                .conds
+                .iter()
+                .any(|(_, c)| matches!(c, Cond::AmongEarlier | Cond::NotAmongEarlier))
+    }
+}
+
+/// A compiled step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Step id.
+    pub id: String,
+    /// What completes it.
+    pub matcher: Matcher,
+    /// Abandonment window, if any (never for the entry step).
+    pub abandon_after: Option<Millis>,
+}
+
+/// A compiled exit condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exit {
+    /// Exit id.
+    pub id: String,
+    /// What triggers it.
+    pub matcher: Matcher,
+}
+
+/// A compiled action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// Action id.
+    pub id: String,
+    /// Offset from the `after` step's completion, in ms.
+    pub delay: Millis,
+    /// Channel.
+    pub channel: Channel,
+    /// Template.
+    pub template: Option<String>,
+    /// Sink parameters (may hold `{{attr}}` placeholders).
+    pub params: BTreeMap<String, String>,
+}
+
+/// A compiled inaction rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Rule id.
+    pub id: String,
+    /// Index of the `after` step.
+    pub after: usize,
+    /// Indices of the `unless` steps.
+    pub unless: Vec<usize>,
+    /// Actions in definition order.
+    pub actions: Vec<Action>,
+}
+
+/// A validated journey, ready for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journey {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Description.
+    pub description: String,
+    /// Re-entry policy.
+    pub re_entry: ReEntry,
+    /// Profile attributes copied onto commands.
+    pub profile: Vec<String>,
+    /// Steps; `steps[0]` is the entry step.
+    pub steps: Vec<Step>,
+    /// Index of the goal step.
+    pub goal: usize,
+    /// Exit conditions.
+    pub exits: Vec<Exit>,
+    /// Inaction rules.
+    pub rules: Vec<Rule>,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+impl Journey {
+    /// Index of the step with this id.
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// Every event type the journey reacts to.
+    pub fn event_types(&self) -> impl Iterator<Item = &str> {
+        self.steps
+            .iter()
+            .map(|s| s.matcher.event_type.as_str())
+            .chain(self.exits.iter().map(|e| e.matcher.event_type.as_str()))
+    }
+}
+
+/// Every journey the processor runs, in a stable order (by name).
+#[derive(Debug, Clone, Default)]
+pub struct JourneySet {
+    journeys: Vec<Arc<Journey>>,
+}
+
+impl JourneySet {
+    /// Builds a set from compiled journeys (sorted by name).
+    pub fn new(mut journeys: Vec<Journey>) -> Self {
+        journeys.sort_by(|a, b| a.name.cmp(&b.name));
+        JourneySet {
+            journeys: journeys.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// Loads a file, or every `*.yaml`/`*.yml` file of a directory (sorted by file name).
+    pub fn load(path: &Path) -> Result<Self, JourneyError> {
+        let io = |source| JourneyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(JourneyError::Empty(path.to_owned()));
+            }
+            files
+        } else {
+            vec![path.to_owned()]
+        };
+        let mut journeys: Vec<Journey> = Vec::with_capacity(files.len());
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| JourneyError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let journey = parse_journey(&file, &text)?;
+            if let Some(first) = journeys.iter().find(|j| j.name == journey.name) {
+                return Err(JourneyError::Duplicate {
+                    name: journey.name,
+                    first: first.source.clone(),
+                    second: file,
+                });
+            }
+            journeys.push(journey);
+        }
+        Ok(JourneySet::new(journeys))
+    }
+
+    /// The journeys, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Journey>> {
+        self.journeys.iter()
+    }
+
+    /// Number of journeys.
+    pub fn len(&self) -> usize {
+        self.journeys.len()
+    }
+
+    /// True when there is no journey.
+    pub fn is_empty(&self) -> bool {
+        self.journeys.is_empty()
+    }
+
+    /// The journey with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Journey>> {
+        self.journeys.iter().find(|j| j.name == name)
+    }
+
+    /// Every event type any journey reacts to.
+    pub fn event_types(&self) -> BTreeSet<String> {
+        self.journeys
+            .iter()
+            .flat_map(|j| j.event_types().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Parses and validates one journey file's text.
+pub fn parse_journey(path: &Path, text: &str) -> Result<Journey, JourneyError> {
+    let def: JourneyDef = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        JourneyError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: first_line(&e.to_string()),
+        }
+    })?;
+    compile(path, def)
+}
+
+/// serde-saphyr renders a snippet after the message; the first line is the message itself.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_owned()
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err<T>(
+        &self,
+        at: &Spanned<T>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> JourneyError {
+        JourneyError::Invalid {
+            path: self.path.to_owned(),
+            line: at.referenced.line(),
+            column: at.referenced.column(),
+            field: field.into(),
+            message: msg.into(),
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
+    let v = Validator { path };
+    if !is_identifier(&def.journey.value) {
+        return Err(v.err(
+            &def.journey,
+            "journey",
+            "journey name must be non-empty and use only letters, digits, `_`, `-`, `.`",
+        ));
+    }
+    if def.steps.is_empty() {
+        return Err(v.err(
+            &def.journey,
+            "steps",
+            "a journey needs at least one step (the entry step)",
+        ));
+    }
+    let profile: Vec<String> = def.profile.iter().map(|p| p.value.clone()).collect();
+    let mut steps = Vec::with_capacity(def.steps.len());
+    for (i, s) in def.steps.iter().enumerate() {
+        let field = format!("steps[{i}]");
+        if !is_identifier(&s.id.value) {
+            return Err(v.err(
+                &s.id,
+                format!("{field}.id"),
+                "step id must be non-empty and use only letters, digits, `_`, `-`, `.`",
+            ));
+        }
+        if steps.iter().any(|p: &Step| p.id == s.id.value) {
+            return Err(v.err(
+                &s.id,
+                format!("{field}.id"),
+                format!(
+                    "step id `{}` is used twice; step ids must be unique",
+                    s.id.value
+                ),
+            ));
+        }
+        let matcher = compile_matcher(&v, &s.id, &field, &s.event, s.where_.as_ref())?;
+        let abandon_after = if i == 0 {
+            if s.abandon_after.is_some() {
+                return Err(v.err(&s.id, format!("{field}.abandon-after"), "the entry step cannot be abandoned: remove `abandon-after` from the first step"));
+            }
+            None
+        } else {
+            s.abandon_after.or(def.abandon_after).map(|d| d.0)
+        };
+        if let Some(w) = abandon_after
+            && w <= 0
+        {
+            return Err(v.err(
+                &s.id,
+                format!("{field}.abandon-after"),
+                "abandonment window must be longer than zero",
+            ));
+        }
+        steps.push(Step {
+            id: s.id.value.clone(),
+            matcher,
+            abandon_after,
+        });
+    }
+    let step_ids = || {
+        steps
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find = |sp: &Spanned<String>, field: String| {
+        steps.iter().position(|s| s.id == sp.value).ok_or_else(|| {
+            v.err(
+                sp,
+                field,
+                format!("unknown step `{}`; steps are: {}", sp.value, step_ids()),
+            )
+        })
+    };
+    let goal = find(&def.goal, "goal".into())?;
+    if goal == 0 && steps.len() > 1 {
+        return Err(v.err(
+            &def.goal,
+            "goal",
+            "the goal cannot be the entry step when the journey has more steps",
+        ));
+    }
+    let mut exits = Vec::new();
+    for (i, e) in def.exit.iter().enumerate() {
+        let at = Spanned::new(e.id.clone(), def.journey.referenced, def.journey.defined);
+        exits.push(Exit {
+            id: e.id.clone(),
+            matcher: compile_matcher(&v, &at, &format!("exit[{i}]"), &e.event, e.where_.as_ref())?,
+        });
+    }
+    let mut rules = Vec::new();
+    for (r, rd) in def.rules.iter().enumerate() {
+        let field = format!("rules[{r}]");
+        if !is_identifier(&rd.id.value) {
+            return Err(v.err(
+                &rd.id,
+                format!("{field}.id"),
+                "rule id must be non-empty and use only letters, digits, `_`, `-`, `.`",
+            ));
+        }
+        if rules.iter().any(|p: &Rule| p.id == rd.id.value) {
+            return Err(v.err(
+                &rd.id,
+                format!("{field}.id"),
+                format!("rule id `{}` is used twice", rd.id.value),
+            ));
+        }
+        let after = find(&rd.after, format!("{field}.after"))?;
+        let mut unless = Vec::new();
+        for (u, us) in rd.unless.iter().enumerate() {
+            let idx = find(us, format!("{field}.unless[{u}]"))?;
+            if idx == after {
+                return Err(v.err(
+                    us,
+                    format!("{field}.unless[{u}]"),
+                    "a rule cannot be cancelled by its own `after` step",
+                ));
+            }
+            unless.push(idx);
+        }
+        if rd.actions.is_empty() {
+            return Err(v.err(
+                &rd.id,
+                format!("{field}.actions"),
+                "a rule needs at least one action",
+            ));
+        }
+        let mut actions: Vec<Action> = Vec::new();
+        for (a, ad) in rd.actions.iter().enumerate() {
+            let af = format!("{field}.actions[{a}]");
+            if !is_identifier(&ad.id.value) {
+                return Err(v.err(
+                    &ad.id,
+                    format!("{af}.id"),
+                    "action id must be non-empty and use only letters, digits, `_`, `-`, `.`",
+                ));
+            }
+            if actions.iter().any(|p| p.id == ad.id.value) {
+                return Err(v.err(
+                    &ad.id,
+                    format!("{af}.id"),
+                    format!("action id `{}` is used twice in this rule", ad.id.value),
+                ));
+            }
+            if ad.delay.0 < 0 {
+                return Err(v.err(&ad.id, format!("{af}.delay"), "delay cannot be negative"));
+            }
+            let mut params = BTreeMap::new();
+            for (k, val) in &ad.params {
+                for name in placeholders(&val.value) {
+                    if !profile.iter().any(|p| p == name) {
+                        return Err(v.err(val, format!("{af}.params.{k}"), format!("placeholder `{{{{{name}}}}}` names no profile attribute; add `{name}` to the journey's `profile` list")));
+                    }
+                }
+                params.insert(k.clone(), val.value.clone());
+            }
+            actions.push(Action {
+                id: ad.id.value.clone(),
+                delay: ad.delay.0,
+                channel: ad.channel,
+                template: ad.template.clone(),
+                params,
+            });
+        }
+        rules.push(Rule {
+            id: rd.id.value.clone(),
+            after,
+            unless,
+            actions,
+        });
+    }
+    Ok(Journey {
+        name: def.journey.value,
+        version: def.version,
+        description: def.description,
+        re_entry: def.re_entry,
+        profile,
+        steps,
+        goal,
+        exits,
+        rules,
+        source: path.to_owned(),
+    })
+}
+
+fn compile_matcher(
+    v: &Validator<'_>,
+    at: &Spanned<String>,
+    field: &str,
+    event: &str,
+    where_: Option<&WhereDef>,
+) -> Result<Matcher, JourneyError> {
+    if event.trim().is_empty() {
+        return Err(v.err(at, format!("{field}.event"), "event type must not be empty"));
+    }
+    let mut m = Matcher {
+        event_type: event.to_owned(),
+        nth: None,
+        conds: Vec::new(),
+    };
+    let Some(w) = where_ else { return Ok(m) };
+    if let Some(n) = &w.nth {
+        if n.value == 0 {
+            return Err(v.err(
+                n,
+                format!("{field}.where.nth"),
+                "nth counts from 1 (the first event of the type)",
+            ));
+        }
+        m.nth = Some(n.value);
+    }
+    for (attr, c) in &w.attributes {
+        let before = m.conds.len();
+        let mut push = |cond| m.conds.push((attr.clone(), cond));
+        if let Some(x) = &c.eq {
+            push(Cond::Eq(x.0.clone()));
+        }
+        if let Some(x) = &c.ne {
+            push(Cond::Ne(x.0.clone()));
+        }
+        if let Some(x) = &c.one_of {
+            push(Cond::OneOf(x.iter().map(|s| s.0.clone()).collect()));
+        }
+        if let Some(x) = &c.not_one_of {
+            push(Cond::NotOneOf(x.iter().map(|s| s.0.clone()).collect()));
+        }
+        if let Some(x) = c.gt {
+            push(Cond::Gt(x));
+        }
+        if let Some(x) = c.gte {
+            push(Cond::Gte(x));
+        }
+        if let Some(x) = c.lt {
+            push(Cond::Lt(x));
+        }
+        if let Some(x) = c.lte {
+            push(Cond::Lte(x));
+        }
+        if let Some(x) = c.exists {
+            push(Cond::Exists(x));
+        }
+        match c.among_earlier {
+            Some(true) => push(Cond::AmongEarlier),
+            Some(false) => push(Cond::NotAmongEarlier),
+            None => {}
+        }
+        match c.not_among_earlier {
+            Some(true) => push(Cond::NotAmongEarlier),
+            Some(false) => push(Cond::AmongEarlier),
+            None => {}
+        }
+        if m.conds.len() == before {
+            return Err(v.err(at, format!("{field}.where.attributes.{attr}"), "no condition given; use one of eq, ne, one-of, not-one-of, gt, gte, lt, lte, exists, among-earlier, not-among-earlier"));
+        }
+    }
+    Ok(m)
+}
+
+/// The `name`s of every `{{name}}` in `s`.
+pub fn placeholders(s: &str) -> impl Iterator<Item = &str> {
+    s.split("{{")
+        .skip(1)
+        .filter_map(|part| part.split_once("}}").map(|(n, _)| n.trim()))
+}
+
+/// Replaces every `{{name}}` in `s` with `lookup(name)` (empty when absent).
+pub fn fill_placeholders<'a>(s: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+    if !s.contains("{{") {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => {
+                out.push_str(lookup(after[..end].trim()).unwrap_or(""));
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "journey: j\nversion: 1\nsteps:\n  - id: a\n    event: a.done\n  - id: b\n    event: b.done\ngoal: b\n";
+
+    fn parse(text: &str) -> Result<Journey, JourneyError> {
+        parse_journey(Path::new("j.yaml"), text)
+    }
+
+    #[test]
+    fn reference_journey_compiles_to_the_seed_definition() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
+        let set = JourneySet::load(&path).unwrap();
+        let j = set.get("b2b-onboarding").unwrap();
+        let ids: Vec<_> = j.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "login",
+                "payment_account",
+                "financials",
+                "references",
+                "first_order",
+                "second_order",
+                "additional_product_line"
+            ]
+        );
+        assert_eq!(j.goal, 6);
+        assert!(
+            j.steps[1..]
+                .iter()
+                .all(|s| s.abandon_after == Some(7 * 86_400_000))
+        );
+        assert_eq!(j.steps[0].abandon_after, None);
+        assert_eq!(j.rules.len(), 1);
+        let rule = &j.rules[0];
+        assert_eq!((rule.after, rule.unless.as_slice()), (0, &[1][..]));
+        let plan: Vec<_> = rule.actions.iter().map(|a| (a.delay, a.channel)).collect();
+        assert_eq!(
+            plan,
+            [
+                (3_600_000, Channel::Email),
+                (2 * 86_400_000, Channel::ContactCenter),
+                (4 * 86_400_000, Channel::ContactCenter)
+            ]
+        );
+        assert_eq!(rule.actions[2].params["assignee"], "{{sales_rep}}");
+        assert_eq!(j.steps[5].matcher.nth, Some(2));
+        assert_eq!(
+            j.steps[6].matcher.conds,
+            vec![("product_line".to_owned(), Cond::NotAmongEarlier)]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_line_and_name() {
+        let err = parse(&MINIMAL.replace("version: 1\n", "version: 1\ncolour: red\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("j.yaml:3:"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_step_reference_names_file_line_and_field() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - id: r\n    after: a\n    unless: [c]\n    actions:\n      - id: x\n        delay: 1h\n        channel: email\n"
+        );
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.starts_with("j.yaml:12:"), "{msg}");
+        assert!(msg.contains("rules[0].unless[0]"), "{msg}");
+        assert!(msg.contains("unknown step `c`; steps are: a, b"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_and_channel_are_explained() {
+        let base = format!(
+            "{MINIMAL}rules:\n  - id: r\n    after: a\n    actions:\n      - id: x\n        delay: DELAY\n        channel: CHANNEL\n"
+        );
+        let msg = parse(&base.replace("DELAY", "soon").replace("CHANNEL", "email"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a duration"), "{msg}");
+        assert!(msg.starts_with("j.yaml:14:"), "{msg}");
+        let msg = parse(&base.replace("DELAY", "1h").replace("CHANNEL", "fax"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("fax"), "{msg}");
+    }
+
+    #[test]
+    fn placeholders_must_name_profile_attributes() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - id: r\n    after: a\n    actions:\n      - id: x\n        delay: 1h\n        channel: sms\n        params: {{ to: \"{{{{phone}}}}\" }}\n"
+        );
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(
+            msg.contains("add `phone` to the journey's `profile` list"),
+            "{msg}"
+        );
+        let ok = text.replace("version: 1\n", "version: 1\nprofile: [phone]\n");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn entry_step_cannot_be_abandoned_and_nth_counts_from_one() {
+        let msg =
+            parse(&MINIMAL.replace("event: a.done\n", "event: a.done\n    abandon-after: 1d\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(msg.contains("steps[0].abandon-after"), "{msg}");
+        let msg =
+            parse(&MINIMAL.replace("event: b.done\n", "event: b.done\n    where: { nth: 0 }\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(msg.contains("steps[1].where.nth"), "{msg}");
+    }
+
+    #[test]
+    fn placeholders_are_filled_from_the_profile() {
+        let filled = fill_placeholders("call {{ sales_rep }} for {{name}}!", |k| {
+            (k == "sales_rep").then_some("rep-7")
+        });
+        assert_eq!(filled, "call rep-7 for !");
+        assert_eq!(
+            placeholders("{{a}} and {{b}}").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn a_directory_with_two_journeys_of_one_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), MINIMAL).unwrap();
+        std::fs::write(dir.path().join("b.yml"), MINIMAL).unwrap();
+        let msg = JourneySet::load(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("defined twice"), "{msg}");
+    }
+}
