@@ -1,0 +1,811 @@
+//! Engine tests: the reference journey's edge cases, the golden trace, and properties over
+//! generated traces (arrival order within the allowed lateness and duplicates change nothing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::journey::{JourneySet, parse_journey};
+use crate::model::{Channel, format_millis, parse_millis};
+use crate::simulate::{SimulateOptions, simulate};
+
+const H: Millis = 3_600_000;
+const D: Millis = 24 * H;
+const LATENESS: Millis = 5 * 60_000;
+const T0: Millis = 1_772_400_000_000; // 2026-03-01T21:20:00Z
+
+fn reference() -> Arc<Engine> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
+    Arc::new(Engine::new(JourneySet::load(&path).unwrap()))
+}
+
+fn ev(
+    id: &str,
+    customer: &str,
+    event_type: &str,
+    at: Millis,
+    attrs: &[(&str, &str)],
+) -> CustomerEvent {
+    CustomerEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn login(id: &str, c: &str, at: Millis) -> CustomerEvent {
+    ev(
+        id,
+        c,
+        "login.created",
+        at,
+        &[
+            ("email", "a@example.com"),
+            ("sales_rep", "rep-3"),
+            ("tz", "Europe/Berlin"),
+            ("phone", "+16125550100"),
+        ],
+    )
+}
+
+fn order(id: &str, c: &str, at: Millis, line: &str) -> CustomerEvent {
+    ev(
+        id,
+        c,
+        "order.placed",
+        at,
+        &[("order_id", id), ("product_line", line)],
+    )
+}
+
+/// Runs events through `simulate` (one partition, file order) and returns its outputs.
+fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Output> {
+    let input: String = events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    let mut out = Vec::new();
+    let opts = SimulateOptions {
+        allowed_lateness: LATENESS,
+        until: Some(until),
+        max_future_skew: 365 * D,
+    };
+    simulate(engine.clone(), input.as_bytes(), &mut out, &opts).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn commands(outputs: &[Output]) -> Vec<(String, Channel, Millis)> {
+    let mut v: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) => Some((c.action.clone(), c.channel, c.due_at)),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn journey_events(outputs: &[Output], t: JourneyEventType) -> Vec<(String, Millis)> {
+    let mut v: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::JourneyEvent(e) if e.event_type == t => {
+                Some((e.step.clone().unwrap_or_default(), e.at))
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Outputs as a set of canonical JSON strings: what "the same output" means.
+fn as_set(outputs: &[Output]) -> BTreeSet<String> {
+    outputs
+        .iter()
+        .map(|o| serde_json::to_string(o).unwrap())
+        .collect()
+}
+
+#[test]
+fn login_without_payment_account_gets_email_task_and_call() {
+    let e = reference();
+    let out = run(&e, &[login("e1", "c1", T0)], T0 + 10 * D);
+    assert_eq!(
+        commands(&out),
+        vec![
+            ("assist-task".into(), Channel::ContactCenter, T0 + 2 * D),
+            ("invite-email".into(), Channel::Email, T0 + H),
+            ("sales-rep-call".into(), Channel::ContactCenter, T0 + 4 * D),
+        ]
+    );
+    let call = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Command(c) if c.action == "sales-rep-call" => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        call.params["assignee"], "rep-3",
+        "the call goes to the customer's sales rep"
+    );
+    assert_eq!(call.attributes["email"], "a@example.com");
+    assert_eq!(
+        journey_events(&out, JourneyEventType::StepAbandoned),
+        vec![("payment_account".into(), T0 + 7 * D)]
+    );
+    assert_eq!(journey_events(&out, JourneyEventType::Entered).len(), 1);
+}
+
+#[test]
+fn payment_account_just_before_the_hour_cancels_everything() {
+    let e = reference();
+    let out = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("e2", "c1", "payment_account.created", T0 + H - 1, &[]),
+        ],
+        T0 + 10 * D,
+    );
+    assert_eq!(commands(&out), vec![]);
+}
+
+#[test]
+fn payment_account_exactly_at_or_after_the_due_time_does_not_cancel_it() {
+    let e = reference();
+    for offset in [H, H + 1, H + 2_000] {
+        let out = run(
+            &e,
+            &[
+                login("e1", "c1", T0),
+                ev("e2", "c1", "payment_account.created", T0 + offset, &[]),
+            ],
+            T0 + 10 * D,
+        );
+        assert_eq!(
+            commands(&out),
+            vec![("invite-email".into(), Channel::Email, T0 + H)],
+            "payment at +{offset} ms"
+        );
+    }
+}
+
+#[test]
+fn payment_account_between_two_days_and_four_days_stops_only_the_call() {
+    let e = reference();
+    let out = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("e2", "c1", "payment_account.created", T0 + 3 * D, &[]),
+        ],
+        T0 + 20 * D,
+    );
+    let actions: Vec<_> = commands(&out).into_iter().map(|c| c.0).collect();
+    assert_eq!(actions, ["assist-task", "invite-email"]);
+}
+
+#[test]
+fn no_command_fires_before_the_watermark_reaches_its_due_time() {
+    let e = reference();
+    // The last event is 1h + 4m after login: the watermark (newest − 5 min) is short of +1h.
+    let out = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("x", "c2", "login.created", T0 + H + 4 * 60_000, &[]),
+        ],
+        T0 + H - 1,
+    );
+    assert_eq!(commands(&out), vec![]);
+    let out = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("x", "c2", "login.created", T0 + H + 5 * 60_000, &[]),
+        ],
+        T0,
+    );
+    assert_eq!(commands(&out).len(), 1, "watermark reached +1h exactly");
+}
+
+#[test]
+fn backlog_with_the_completion_inside_never_nudges() {
+    // A replayed backlog: the payment account arrives after a burst of other customers' events
+    // whose times are past the due time but within the allowed lateness.
+    let e = reference();
+    let mut events = vec![login("e1", "c1", T0)];
+    events.push(login("o1", "other", T0 + H + 2 * 60_000));
+    events.push(ev(
+        "e2",
+        "c1",
+        "payment_account.created",
+        T0 + H - 60_000,
+        &[],
+    ));
+    let out = run(&e, &events, T0 + 30 * D);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Command(c) if c.customer_id == "c1"))
+    );
+}
+
+#[test]
+fn late_completion_cancels_what_has_not_fired_and_retracts_nothing() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        // Pushes the watermark to +3d: email (+1h) and task (+2d) fire.
+        login("o1", "other", T0 + 3 * D),
+        // Payment account at +1d arrives 2 days late: the call (+4d) is cancelled.
+        ev("e2", "c1", "payment_account.created", T0 + D, &[]),
+    ];
+    let out = run(&e, &events, T0 + 30 * D);
+    let mine: Vec<_> = commands(
+        &out.iter()
+            .filter(|o| o.customer_id() == "c1")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+    .into_iter()
+    .map(|c| c.0)
+    .collect();
+    assert_eq!(mine, ["assist-task", "invite-email"]);
+    // The late completion is still reported, with its true time.
+    let completed = journey_events(&out, JourneyEventType::StepCompleted);
+    assert!(completed.contains(&("payment_account".into(), T0 + D)));
+}
+
+#[test]
+fn late_events_are_counted_in_state() {
+    let e = reference();
+    let mut state = CustomerState::default();
+    let mut out = Vec::new();
+    let applied = e.apply(&mut state, "c1", &login("e1", "c1", T0), T0 + D, &mut out);
+    assert_eq!(applied, Applied::Accepted { late: true });
+    assert_eq!(state.late_events, 1);
+}
+
+#[test]
+fn duplicates_change_nothing() {
+    let e = reference();
+    let base = vec![
+        login("e1", "c1", T0),
+        ev("e2", "c1", "payment_account.created", T0 + 3 * H, &[]),
+    ];
+    let mut dup = base.clone();
+    dup.insert(1, login("e1", "c1", T0));
+    dup.push(ev("e2", "c1", "payment_account.created", T0 + 3 * H, &[]));
+    assert_eq!(
+        as_set(&run(&e, &base, T0 + 30 * D)),
+        as_set(&run(&e, &dup, T0 + 30 * D))
+    );
+    let mut state = CustomerState::default();
+    let mut out = Vec::new();
+    e.apply(&mut state, "c1", &base[0], Millis::MIN, &mut out);
+    assert_eq!(
+        e.apply(&mut state, "c1", &base[0], Millis::MIN, &mut out),
+        Applied::Duplicate
+    );
+    assert_eq!(state.duplicates, 1);
+}
+
+#[test]
+fn steps_completed_before_their_window_opens_are_never_abandoned() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        ev("f", "c1", "financials.provided", T0 + D, &[]),
+        ev("r", "c1", "references.provided", T0 + 2 * D, &[]),
+        // Payment account after 8 days: payment_account is abandoned (window ended at +7d),
+        // financials and references were done before their windows opened.
+        ev("p", "c1", "payment_account.created", T0 + 8 * D, &[]),
+    ];
+    let out = run(&e, &events, T0 + 40 * D);
+    let abandoned: Vec<_> = journey_events(&out, JourneyEventType::StepAbandoned)
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
+    // first_order's window opens at +8d (when every earlier step is done) and ends at +15d.
+    assert_eq!(abandoned, ["first_order", "payment_account"]);
+    let completed: Vec<_> = journey_events(&out, JourneyEventType::StepCompleted)
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
+    assert_eq!(
+        completed,
+        ["financials", "login", "payment_account", "references"]
+    );
+}
+
+#[test]
+fn abandoned_step_completed_later_is_reported_as_recovered() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        ev("p", "c1", "payment_account.created", T0 + 9 * D, &[]),
+    ];
+    let out = run(&e, &events, T0 + 12 * D);
+    assert_eq!(
+        journey_events(&out, JourneyEventType::StepAbandoned),
+        vec![("payment_account".into(), T0 + 7 * D)]
+    );
+    assert!(
+        journey_events(&out, JourneyEventType::StepCompleted)
+            .contains(&("payment_account".into(), T0 + 9 * D))
+    );
+}
+
+#[test]
+fn one_order_can_complete_second_order_and_the_goal() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        ev("p", "c1", "payment_account.created", T0 + 10 * 60_000, &[]),
+        ev("f", "c1", "financials.provided", T0 + H, &[]),
+        ev("r", "c1", "references.provided", T0 + 2 * H, &[]),
+        order("o1", "c1", T0 + 3 * H, "paper"),
+        order("o2", "c1", T0 + 4 * H, "office"),
+    ];
+    let out = run(&e, &events, T0 + 60 * D);
+    let completed: BTreeMap<_, _> = journey_events(&out, JourneyEventType::StepCompleted)
+        .into_iter()
+        .collect();
+    assert_eq!(completed["second_order"], T0 + 4 * H);
+    assert_eq!(completed["additional_product_line"], T0 + 4 * H);
+    assert_eq!(
+        journey_events(&out, JourneyEventType::GoalReached),
+        vec![("additional_product_line".into(), T0 + 4 * H)]
+    );
+    assert!(journey_events(&out, JourneyEventType::StepAbandoned).is_empty());
+    assert!(commands(&out).is_empty());
+}
+
+#[test]
+fn the_first_order_never_counts_as_an_additional_product_line() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        order("o1", "c1", T0 + H, "paper"),
+        order("o2", "c1", T0 + 2 * H, "paper"),
+    ];
+    let out = run(&e, &events, T0 + 60 * D);
+    assert!(journey_events(&out, JourneyEventType::GoalReached).is_empty());
+    let completed: Vec<_> = journey_events(&out, JourneyEventType::StepCompleted)
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(completed, ["first_order", "login", "second_order"]);
+}
+
+#[test]
+fn goal_before_a_due_time_cancels_it_and_ends_the_instance() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        order("o1", "c1", T0 + 10 * 60_000, "paper"),
+        order("o2", "c1", T0 + 20 * 60_000, "office"),
+        ev("p", "c1", "payment_account.created", T0 + 5 * D, &[]),
+    ];
+    let out = run(&e, &events, T0 + 60 * D);
+    assert!(
+        commands(&out).is_empty(),
+        "goal at +20m cancels the +1h email and everything after"
+    );
+    assert!(journey_events(&out, JourneyEventType::StepAbandoned).is_empty());
+    let completed: Vec<_> = journey_events(&out, JourneyEventType::StepCompleted)
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert!(
+        !completed.contains(&"payment_account".to_owned()),
+        "events after the goal belong to no instance"
+    );
+}
+
+#[test]
+fn customers_who_never_log_in_produce_nothing() {
+    let e = reference();
+    let events = vec![
+        ev("p", "c9", "payment_account.created", T0, &[]),
+        order("o", "c9", T0 + H, "paper"),
+    ];
+    assert!(run(&e, &events, T0 + 60 * D).is_empty());
+}
+
+#[test]
+fn a_second_login_neither_reenters_nor_restarts_timers() {
+    let e = reference();
+    let events = vec![login("e1", "c1", T0), login("e2", "c1", T0 + D)];
+    let out = run(&e, &events, T0 + 60 * D);
+    assert_eq!(journey_events(&out, JourneyEventType::Entered).len(), 1);
+    assert_eq!(commands(&out).len(), 3);
+    assert!(commands(&out).iter().all(|c| c.2 < T0 + 5 * D));
+}
+
+#[test]
+fn re_entry_after_end_starts_a_new_instance_with_new_ids() {
+    let text = "journey: trial\nversion: 2\nre-entry: after-end\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n";
+    let j = parse_journey(Path::new("trial.yaml"), text).unwrap();
+    let e = Arc::new(Engine::new(JourneySet::new(vec![j])));
+    let events = vec![
+        ev("a", "c1", "trial.started", T0, &[]),
+        ev("b", "c1", "subscription.paid", T0 + H, &[]),
+        ev("c", "c1", "trial.started", T0 + 10 * D, &[]),
+    ];
+    let out = run(&e, &events, T0 + 30 * D);
+    let entered: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::JourneyEvent(j) if j.event_type == JourneyEventType::Entered => {
+                Some((j.instance, j.journey_event_id.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entered.len(), 2);
+    assert_eq!((entered[0].0, entered[1].0), (1, 2));
+    assert_ne!(entered[0].1, entered[1].1);
+    let cmds: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) => Some((c.instance, c.due_at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        cmds,
+        vec![(2, T0 + 11 * D)],
+        "instance 1 paid in time; instance 2 did not"
+    );
+}
+
+#[test]
+fn exit_condition_ends_the_instance_and_cancels_pending_actions() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "goal: additional_product_line\n",
+        "goal: additional_product_line\nexit:\n  - id: account-closed\n    event: account.closed\n",
+    );
+    let e = Arc::new(Engine::new(JourneySet::new(vec![
+        parse_journey(&path, &text).unwrap(),
+    ])));
+    let out = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("x", "c1", "account.closed", T0 + 3 * D, &[]),
+        ],
+        T0 + 30 * D,
+    );
+    let actions: Vec<_> = commands(&out).into_iter().map(|c| c.0).collect();
+    assert_eq!(actions, ["assist-task", "invite-email"]);
+    let exited: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::JourneyEvent(j) if j.event_type == JourneyEventType::Exited => j.reason.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exited, ["account-closed"]);
+    assert!(
+        journey_events(&out, JourneyEventType::StepAbandoned).is_empty(),
+        "abandonment at +7d is after the exit"
+    );
+}
+
+#[test]
+fn commands_carry_the_profile_as_of_their_due_time() {
+    let e = reference();
+    let second = ev(
+        "e2",
+        "c1",
+        "login.created",
+        T0 + D,
+        &[("sales_rep", "rep-9"), ("email", "new@example.com")],
+    );
+    // Arrival order must not matter: the second login arrives before or after the email fires.
+    for events in [
+        vec![login("e1", "c1", T0), second.clone()],
+        vec![
+            login("e1", "c1", T0),
+            login("x", "other", T0 + 2 * H),
+            second.clone(),
+        ],
+    ] {
+        let out = run(&e, &events, T0 + 10 * D);
+        let cmds: BTreeMap<String, InterventionCommand> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Command(c) if c.customer_id == "c1" => Some((c.action.clone(), c.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cmds["invite-email"].attributes["email"], "a@example.com");
+        assert_eq!(
+            cmds["sales-rep-call"].attributes["email"],
+            "new@example.com"
+        );
+        assert_eq!(cmds["sales-rep-call"].params["assignee"], "rep-9");
+    }
+}
+
+#[test]
+fn ids_are_stable_and_commands_carry_every_contract_field() {
+    let e = reference();
+    let a = run(&e, &[login("e1", "c1", T0)], T0 + 10 * D);
+    let b = run(&e, &[login("e1", "c1", T0)], T0 + 10 * D);
+    assert_eq!(a, b);
+    let ids: BTreeSet<_> = a.iter().map(|o| o.id().to_owned()).collect();
+    assert_eq!(ids.len(), a.len(), "every output has its own id");
+    let line =
+        serde_json::to_value(a.iter().find(|o| matches!(o, Output::Command(_))).unwrap()).unwrap();
+    for field in [
+        "command_id",
+        "journey",
+        "journey_version",
+        "customer_id",
+        "action",
+        "channel",
+        "due_at",
+    ] {
+        assert!(!line[field].is_null(), "missing {field} in {line}");
+    }
+    assert_eq!(line["kind"], "command");
+}
+
+#[test]
+fn explain_says_why_each_action_was_or_was_not_sent() {
+    let e = reference();
+    let mut state = CustomerState::default();
+    let mut out = Vec::new();
+    e.apply(
+        &mut state,
+        "c1",
+        &login("e1", "c1", T0),
+        Millis::MIN,
+        &mut out,
+    );
+    e.apply(
+        &mut state,
+        "c1",
+        &ev("p", "c1", "payment_account.created", T0 + 3 * D, &[]),
+        Millis::MIN,
+        &mut out,
+    );
+    e.advance(&mut state, "c1", T0 + 2 * D + H, &mut out);
+    let x = e.explain(&state);
+    let actions: Vec<_> = x.journeys[0].instances[0]
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.status, a.reason.clone()))
+        .collect();
+    assert_eq!(actions[0], ("invite-email", "sent", None));
+    assert_eq!(actions[1], ("assist-task", "sent", None));
+    assert_eq!(actions[2].1, "cancelled");
+    assert!(
+        actions[2]
+            .2
+            .as_deref()
+            .unwrap()
+            .starts_with("step `payment_account` completed at"),
+        "{actions:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The golden trace.
+
+#[test]
+fn golden_trace_matches_expected_output() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden.join("expected.json"))
+            .expect("../shared/golden/expected.json must sit beside the project (see README)"),
+    )
+    .unwrap();
+    let events: Vec<CustomerEvent> = std::fs::read_to_string(golden.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let until = parse_millis(expected["until"].as_str().unwrap()).unwrap();
+    let out = run(&reference(), &events, until);
+    #[derive(Default, Debug, PartialEq)]
+    struct Got {
+        commands: Vec<(String, String)>,
+        completed: BTreeSet<String>,
+        abandoned: BTreeSet<String>,
+        goal: bool,
+        entered: usize,
+    }
+    let mut got: BTreeMap<String, Got> = BTreeMap::new();
+    for o in &out {
+        let g = got.entry(o.customer_id().to_owned()).or_default();
+        match o {
+            Output::Command(c) => g
+                .commands
+                .push((c.channel.as_str().to_owned(), format_millis(c.due_at))),
+            Output::JourneyEvent(j) => match j.event_type {
+                JourneyEventType::Entered => g.entered += 1,
+                JourneyEventType::StepCompleted => {
+                    g.completed.insert(j.step.clone().unwrap());
+                }
+                JourneyEventType::StepAbandoned => {
+                    g.abandoned.insert(j.step.clone().unwrap());
+                }
+                JourneyEventType::GoalReached => g.goal = true,
+                _ => {}
+            },
+        }
+    }
+    let truth = expected["customers"].as_object().unwrap();
+    assert_eq!(got.len(), truth.len(), "customers with output");
+    for (customer, t) in truth {
+        let g = got
+            .get_mut(customer)
+            .unwrap_or_else(|| panic!("no output for {customer}"));
+        g.commands.sort();
+        let want_cmds: Vec<(String, String)> = t["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c[0].as_str().unwrap().to_owned(),
+                    c[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let set = |k: &str| -> BTreeSet<String> {
+            t[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(g.commands, want_cmds, "commands of {customer}");
+        assert_eq!(
+            g.completed,
+            set("completed"),
+            "completed steps of {customer}"
+        );
+        assert_eq!(
+            g.abandoned,
+            set("abandoned"),
+            "abandoned steps of {customer}"
+        );
+        assert_eq!(g.goal, t["goal"].as_bool().unwrap(), "goal of {customer}");
+        assert_eq!(g.entered, 1, "entered of {customer}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties over generated traces.
+
+/// One generated customer: which steps happen, and their offsets from login.
+fn customer_trace() -> impl Strategy<Value = Vec<(u8, Millis, u8)>> {
+    // (kind, offset from the customer's start, product line); kind 0 = login, 1..=4 the
+    // non-order steps, 5 = order.
+    prop::collection::vec((0u8..6, 0..(12 * D), 0u8..3), 1..8)
+}
+
+/// A generated customer: start time and `(kind, offset, product line)` per event.
+type GeneratedCustomer = (Millis, Vec<(u8, Millis, u8)>);
+
+fn materialize(customers: &[GeneratedCustomer]) -> Vec<CustomerEvent> {
+    let types = [
+        "login.created",
+        "payment_account.created",
+        "financials.provided",
+        "references.provided",
+        "login.created",
+        "order.placed",
+    ];
+    let lines = ["paper", "office", "safety"];
+    let mut events = Vec::new();
+    for (c, (start, steps)) in customers.iter().enumerate() {
+        let customer = format!("c{c}");
+        // Every customer with any event logs in first; near-boundary offsets are likely.
+        events.push(login(&format!("{customer}-login"), &customer, *start));
+        for (i, (kind, offset, line)) in steps.iter().enumerate() {
+            let id = format!("{customer}-{i}");
+            let at = start + offset;
+            let e = if *kind == 5 {
+                order(&id, &customer, at, lines[*line as usize])
+            } else {
+                ev(&id, &customer, types[*kind as usize], at, &[])
+            };
+            events.push(e);
+        }
+    }
+    events.sort_by_key(|e| (e.occurred_at, e.event_id.clone()));
+    events
+}
+
+/// Reorders events so each arrives at most `max_delay` after its event time order would put it:
+/// a bounded disorder the allowed lateness absorbs.
+fn jitter(events: &[CustomerEvent], delays: &[Millis]) -> Vec<CustomerEvent> {
+    let mut keyed: Vec<(Millis, usize, CustomerEvent)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.occurred_at + delays[i % delays.len()], i, e.clone()))
+        .collect();
+    keyed.sort_by_key(|(arrival, i, _)| (*arrival, *i));
+    keyed.into_iter().map(|(_, _, e)| e).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arrival_order_within_the_allowed_lateness_does_not_change_the_output(
+        customers in prop::collection::vec((0..(2 * D), customer_trace()), 1..6),
+        delays in prop::collection::vec(0..(LATENESS - 1), 1..16),
+    ) {
+        let engine = reference();
+        let ordered = materialize(&customers);
+        let shuffled = jitter(&ordered, &delays);
+        let until = T0 + 60 * D;
+        let shift = |v: Vec<CustomerEvent>| -> Vec<CustomerEvent> { v.into_iter().map(|mut e| { e.occurred_at += T0; e }).collect() };
+        let a = run(&engine, &shift(ordered), until);
+        let b = run(&engine, &shift(shuffled), until);
+        prop_assert_eq!(as_set(&a), as_set(&b));
+    }
+
+    #[test]
+    fn duplicates_anywhere_change_nothing(
+        customers in prop::collection::vec((0..(2 * D), customer_trace()), 1..5),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 1..10),
+    ) {
+        let engine = reference();
+        let events: Vec<CustomerEvent> = materialize(&customers).into_iter().map(|mut e| { e.occurred_at += T0; e }).collect();
+        let mut with_dups = events.clone();
+        for p in &picks {
+            // A re-delivery of an earlier event, right after it or later on.
+            let i = p.index(events.len());
+            let original = with_dups.iter().position(|e| e.event_id == events[i].event_id).unwrap();
+            let at = (original + 1 + p.index(4)).min(with_dups.len());
+            with_dups.insert(at, events[i].clone());
+        }
+        let until = T0 + 60 * D;
+        let a = run(&engine, &events, until);
+        let b = run(&engine, &with_dups, until);
+        prop_assert_eq!(as_set(&a), as_set(&b));
+    }
+
+    #[test]
+    fn every_output_is_emitted_once_and_only_after_its_time(
+        customers in prop::collection::vec((0..(2 * D), customer_trace()), 1..6),
+    ) {
+        let engine = reference();
+        let events: Vec<CustomerEvent> = materialize(&customers).into_iter().map(|mut e| { e.occurred_at += T0; e }).collect();
+        let out = run(&engine, &events, T0 + 60 * D);
+        let ids: BTreeSet<_> = out.iter().map(|o| o.id().to_owned()).collect();
+        prop_assert_eq!(ids.len(), out.len());
+        // Each customer entered exactly once (re-entry: never) and abandons each step at most once.
+        let mut entered: BTreeMap<String, usize> = BTreeMap::new();
+        for o in &out {
+            if let Output::JourneyEvent(j) = o && j.event_type == JourneyEventType::Entered {
+                *entered.entry(j.customer_id.clone()).or_default() += 1;
+            }
+        }
+        prop_assert!(entered.values().all(|n| *n == 1));
+        prop_assert_eq!(entered.len(), customers.len());
+    }
+}
