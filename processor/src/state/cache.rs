@@ -1,0 +1,463 @@
+//! [`StateCache`]: a write-back cache of decoded customer records in front of any [`StateStore`].
+//!
+//! It owns the encoding of records (a format-version byte, then postcard) and everything that
+//! changed since the last flush: dirty records, timer index moves and meta values. It turns
+//! them into one [`StateBatch`] per flush. It must not decide *when* to flush (the caller flushes
+//! at every commit point) and must not interpret the records it caches.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Millis, StateBatch, StateError, StateStore};
+
+/// Format version written as the first byte of every customer record.
+///
+/// Bump it when the state type changes incompatibly, and teach [`decode_value`] to read the
+/// previous version (or to say clearly that it cannot).
+pub const STATE_FORMAT_VERSION: u8 = 1;
+
+/// Default [`StateCache`] capacity, in entries (customers).
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
+/// Encodes a customer record: [`STATE_FORMAT_VERSION`], then `value` in postcard.
+///
+/// `id` only names the record in the error.
+pub fn encode_value<V: Serialize + ?Sized>(id: &str, value: &V) -> Result<Vec<u8>, StateError> {
+    let mut bytes = Vec::with_capacity(64);
+    bytes.push(STATE_FORMAT_VERSION);
+    postcard::to_extend(value, bytes).map_err(|e| StateError::Encode {
+        key: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Decodes a customer record written by [`encode_value`].
+///
+/// Fails with [`StateError::UnknownFormat`] (naming `id`) if the version byte is not
+/// [`STATE_FORMAT_VERSION`], and with [`StateError::Decode`] if the bytes are empty, do not
+/// decode, or have bytes left over.
+pub fn decode_value<V: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<V, StateError> {
+    let decode_error = |message: String| StateError::Decode {
+        key: id.to_owned(),
+        message,
+    };
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(decode_error(
+            "the record is empty (no format version byte)".to_owned(),
+        ));
+    };
+    if version != STATE_FORMAT_VERSION {
+        return Err(StateError::UnknownFormat {
+            key: id.to_owned(),
+            found: version,
+            supported: STATE_FORMAT_VERSION,
+        });
+    }
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| decode_error(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(decode_error(format!(
+            "{} bytes left over after the record",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// One cached customer.
+#[derive(Debug)]
+struct Entry<V> {
+    /// The decoded record; `None` if the customer has no record (never had one, or removed).
+    value: Option<V>,
+    /// Whether `value` differs from the store (or may: it was handed out mutably).
+    dirty: bool,
+    /// Access clock value of the last access; unique per entry, larger is more recent.
+    used: u64,
+}
+
+/// What one [`StateCache::flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Customer records written.
+    pub customers_put: usize,
+    /// Customer records deleted.
+    pub customers_deleted: usize,
+    /// Timer index entries added.
+    pub timers_put: usize,
+    /// Timer index entries removed.
+    pub timers_deleted: usize,
+    /// Meta values written.
+    pub meta_put: usize,
+    /// Clean entries evicted from the cache after the write.
+    pub evicted: usize,
+}
+
+impl FlushStats {
+    /// Operations in the batch that was written (0: nothing was written).
+    pub fn ops(&self) -> usize {
+        self.customers_put
+            + self.customers_deleted
+            + self.timers_put
+            + self.timers_deleted
+            + self.meta_put
+    }
+}
+
+/// A write-back cache of decoded customer records (`V`), plus the timer moves and meta values
+/// pending for the next flush.
+///
+/// # What it promises
+///
+/// - **Reads see the latest writes.** [`get`](Self::get), [`get_mut`](Self::get_mut),
+///   [`get_meta`](Self::get_meta) and [`due_timers`](Self::due_timers) answer from the cache
+///   and the pending changes first and fall back to the store, so the caller sees its own
+///   writes before they are flushed.
+/// - **Nothing reaches the store before [`flush`](Self::flush).** Every change is held in
+///   memory until then; dropping the cache discards unflushed changes.
+/// - **One flush is one atomic batch.** Every dirty record, every pending timer move and every
+///   pending meta value go into one [`StateBatch`], so the store moves from one commit point to
+///   the next in one step.
+/// - **A failed flush loses nothing.** If the write fails, every dirty record, timer move and
+///   meta value stays pending, and the next `flush` writes them again.
+/// - The caller must flush at every commit point (with the input offsets put in meta via
+///   [`put_meta`](Self::put_meta)), so the store and the committed offsets agree.
+///
+/// # Capacity and eviction
+///
+/// `capacity` counts cached customers (including customers known to have no record). Dirty
+/// entries are never evicted, so between flushes the cache grows past `capacity` by the
+/// customers touched since the last flush. After a successful flush, if more than `capacity`
+/// entries are cached, the least recently used are evicted down to three quarters of
+/// `capacity`; each eviction pass is linear in the cache size and removes at least a quarter
+/// of it, so eviction costs O(1) amortised per access, and an access allocates nothing when the
+/// customer is already cached and dirty.
+#[derive(Debug)]
+pub struct StateCache<V> {
+    /// Cached customers by id.
+    entries: HashMap<String, Entry<V>>,
+    /// Ids of the dirty entries, each once.
+    dirty: Vec<String>,
+    /// Pending timer index changes: `true` adds the entry, `false` removes it. The last change
+    /// of a `(due, id)` wins, as it would in a batch.
+    timers: BTreeMap<(Millis, String), bool>,
+    /// Pending meta values.
+    meta: BTreeMap<String, Vec<u8>>,
+    /// Entries kept after a flush (see the type doc).
+    capacity: usize,
+    /// Access clock: incremented on every access.
+    clock: u64,
+    /// Reused buffer of access times for eviction.
+    scratch: Vec<u64>,
+}
+
+impl<V> Default for StateCache<V> {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHE_CAPACITY)
+    }
+}
+
+/// Finds or loads `id`'s entry and records the access.
+fn slot<'a, V: DeserializeOwned>(
+    entries: &'a mut HashMap<String, Entry<V>>,
+    clock: &mut u64,
+    store: &dyn StateStore,
+    id: &str,
+) -> Result<&'a mut Entry<V>, StateError> {
+    *clock += 1;
+    if !entries.contains_key(id) {
+        let value = match store.get_customer(id)? {
+            Some(bytes) => Some(decode_value(id, &bytes)?),
+            None => None,
+        };
+        entries.insert(
+            id.to_owned(),
+            Entry {
+                value,
+                dirty: false,
+                used: *clock,
+            },
+        );
+    }
+    // Invariant: the entry was found or inserted just above. (Looking up first and loading on
+    // a miss would need one lookup less, but the borrow checker rejects that shape.)
+    let entry = entries
+        .get_mut(id)
+        .expect("entry was found or inserted above");
+    entry.used = *clock;
+    Ok(entry)
+}
+
+/// Marks `entry` (of `id`) dirty, remembering the id once.
+fn mark<V>(entry: &mut Entry<V>, dirty: &mut Vec<String>, id: &str) {
+    if !entry.dirty {
+        entry.dirty = true;
+        dirty.push(id.to_owned());
+    }
+}
+
+impl<V> StateCache<V> {
+    /// An empty cache that keeps at most `capacity` customers after a flush (see the type doc).
+    /// Allocates nothing up front, so `usize::MAX` means "never evict".
+    pub fn new(capacity: usize) -> Self {
+        StateCache {
+            entries: HashMap::new(),
+            dirty: Vec::new(),
+            timers: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            capacity,
+            clock: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The capacity in entries (customers).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Cached customers, dirty or clean, including customers known to have no record.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no customer is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Customers whose record will be written (or deleted) by the next flush.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Whether the next flush would write nothing.
+    pub fn is_clean(&self) -> bool {
+        self.dirty.is_empty() && self.timers.is_empty() && self.meta.is_empty()
+    }
+
+    /// Sets `id`'s record to `value` without reading the store; marks it dirty.
+    pub fn insert(&mut self, id: &str, value: V) {
+        self.put(id, Some(value));
+    }
+
+    /// Deletes `id`'s record (the next flush deletes it from the store); marks it dirty.
+    pub fn remove(&mut self, id: &str) {
+        self.put(id, None);
+    }
+
+    /// Sets a cached value and marks it dirty.
+    fn put(&mut self, id: &str, value: Option<V>) {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.value = value;
+            entry.used = self.clock;
+            mark(entry, &mut self.dirty, id);
+        } else {
+            self.entries.insert(
+                id.to_owned(),
+                Entry {
+                    value,
+                    dirty: true,
+                    used: self.clock,
+                },
+            );
+            self.dirty.push(id.to_owned());
+        }
+    }
+
+    /// Marks a cached customer dirty, so the next flush writes it (after changing it through
+    /// a reference obtained earlier). Returns `false`, doing nothing, if `id` is not cached.
+    pub fn mark_dirty(&mut self, id: &str) -> bool {
+        match self.entries.get_mut(id) {
+            Some(entry) => {
+                mark(entry, &mut self.dirty, id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `id`'s timer moves from `old` to `new`: the next flush removes the index
+    /// entry `(old, id)` and adds `(new, id)`, in that order (so `old == new` keeps the entry).
+    /// `None` means no entry on that side.
+    pub fn set_timer(&mut self, id: &str, old: Option<Millis>, new: Option<Millis>) {
+        if let Some(due) = old {
+            self.timers.insert((due, id.to_owned()), false);
+        }
+        if let Some(due) = new {
+            self.timers.insert((due, id.to_owned()), true);
+        }
+    }
+
+    /// Sets the meta value under `key` with the next flush (e.g. the next input offset).
+    pub fn put_meta(&mut self, key: &str, bytes: Vec<u8>) {
+        self.meta.insert(key.to_owned(), bytes);
+    }
+
+    /// The meta value under `key`: the pending one if any, else the store's.
+    pub fn get_meta(
+        &self,
+        store: &dyn StateStore,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        match self.meta.get(key) {
+            Some(bytes) => Ok(Some(bytes.clone())),
+            None => store.get_meta(key),
+        }
+    }
+
+    /// Timer entries with `due <= upto`, ascending by `(due, id)`, at most `limit`, as the store
+    /// will hold them after the next flush (the store's entries with pending moves applied).
+    pub fn due_timers(
+        &self,
+        store: &dyn StateStore,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, StateError> {
+        let pending = self.timers.iter().take_while(|((due, _), _)| *due <= upto);
+        // At most this many of the store's first entries are removed by pending moves, so
+        // reading that many more than `limit` still yields `limit` survivors if there are any.
+        let removed = pending.clone().filter(|(_, add)| !**add).count();
+        let stored = store.due_timers(upto, limit.saturating_add(removed))?;
+        let mut merged = Vec::with_capacity(limit.min(stored.len() + self.timers.len()));
+        let mut stored = stored
+            .into_iter()
+            .filter(|key| self.timers.get(key) != Some(&false))
+            .peekable();
+        let mut added = pending
+            .filter(|(_, add)| **add)
+            .map(|(key, _)| key)
+            .peekable();
+        while merged.len() < limit {
+            let next = match (stored.peek(), added.peek()) {
+                (None, None) => break,
+                (Some(_), None) => stored.next(),
+                (None, Some(_)) => added.next().cloned(),
+                (Some(s), Some(a)) => match s.cmp(a) {
+                    std::cmp::Ordering::Less => stored.next(),
+                    std::cmp::Ordering::Greater => added.next().cloned(),
+                    std::cmp::Ordering::Equal => {
+                        added.next();
+                        stored.next()
+                    }
+                },
+            };
+            merged.extend(next);
+        }
+        Ok(merged)
+    }
+
+    /// Evicts least recently used clean entries if more than `capacity` are cached; returns
+    /// how many were evicted.
+    fn evict(&mut self) -> usize {
+        if self.entries.len() <= self.capacity {
+            return 0;
+        }
+        let target = self.capacity - self.capacity / 4;
+        let excess = self.entries.len() - target;
+        self.scratch.clear();
+        self.scratch
+            .extend(self.entries.values().filter(|e| !e.dirty).map(|e| e.used));
+        let before = self.entries.len();
+        if excess >= self.scratch.len() {
+            self.entries.retain(|_, e| e.dirty);
+        } else {
+            // Access times are unique, so exactly `excess` clean entries are at or below it.
+            let (_, &mut cutoff, _) = self.scratch.select_nth_unstable(excess - 1);
+            self.entries.retain(|_, e| e.dirty || e.used > cutoff);
+        }
+        before - self.entries.len()
+    }
+}
+
+impl<V: Serialize + DeserializeOwned> StateCache<V> {
+    /// `id`'s record (from the cache, else read from `store` and cached), without marking it
+    /// dirty. `None` if the customer has no record.
+    pub fn get(&mut self, store: &dyn StateStore, id: &str) -> Result<Option<&V>, StateError> {
+        let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
+        Ok(entry.value.as_ref())
+    }
+
+    /// `id`'s record for changing it (from the cache, else read from `store` and cached); marks
+    /// it dirty when there is one. `None` if the customer has no record.
+    pub fn get_mut(
+        &mut self,
+        store: &dyn StateStore,
+        id: &str,
+    ) -> Result<Option<&mut V>, StateError> {
+        let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
+        if entry.value.is_some() {
+            mark(entry, &mut self.dirty, id);
+        }
+        Ok(entry.value.as_mut())
+    }
+
+    /// `id`'s record for changing it, created with `make` if the customer has none; marks it
+    /// dirty.
+    pub fn get_or_insert_with(
+        &mut self,
+        store: &dyn StateStore,
+        id: &str,
+        make: impl FnOnce() -> V,
+    ) -> Result<&mut V, StateError> {
+        let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
+        mark(entry, &mut self.dirty, id);
+        Ok(entry.value.get_or_insert_with(make))
+    }
+
+    /// Writes every dirty record, pending timer move and pending meta value to `store` in one
+    /// atomic [`StateBatch`], then marks everything clean and evicts beyond `capacity`.
+    ///
+    /// Writes nothing if nothing is pending. On error nothing is marked clean or evicted: the
+    /// next call writes the same changes again (plus any made since).
+    pub fn flush(&mut self, store: &mut dyn StateStore) -> Result<FlushStats, StateError> {
+        let mut stats = FlushStats::default();
+        if self.is_clean() {
+            stats.evicted = self.evict();
+            return Ok(stats);
+        }
+        let mut batch =
+            StateBatch::with_capacity(self.dirty.len() + self.timers.len() + self.meta.len());
+        for id in &self.dirty {
+            // Dirty entries are never evicted, so every dirty id is cached.
+            let Some(entry) = self.entries.get(id) else {
+                continue;
+            };
+            match &entry.value {
+                Some(value) => {
+                    batch.put_customer(id, encode_value(id, value)?);
+                    stats.customers_put += 1;
+                }
+                None => {
+                    batch.delete_customer(id);
+                    stats.customers_deleted += 1;
+                }
+            }
+        }
+        for ((due, id), &add) in &self.timers {
+            if add {
+                batch.put_timer(*due, id);
+                stats.timers_put += 1;
+            } else {
+                batch.delete_timer(*due, id);
+                stats.timers_deleted += 1;
+            }
+        }
+        for (key, bytes) in &self.meta {
+            batch.put_meta(key, bytes.clone());
+            stats.meta_put += 1;
+        }
+        store.write(batch)?;
+
+        for id in self.dirty.drain(..) {
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.dirty = false;
+            }
+        }
+        self.timers.clear();
+        self.meta.clear();
+        stats.evicted = self.evict();
+        Ok(stats)
+    }
+}
