@@ -1,0 +1,322 @@
+//! The per-partition runtime shared by `waymark run` and `waymark simulate`.
+//!
+//! Owns one partition's moving parts around the pure engine: input validation, the watermark
+//! (`max(occurred_at seen) − allowed lateness`, advanced further by the caller when caught
+//! up), the customer state behind a write-back cache, and the due-time timer index (one entry
+//! per customer: its next wake-up). It must not know about Kafka or the output format: the
+//! caller feeds events and wall-clock watermark advances, and takes the outputs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::engine::{Applied, CustomerState, Engine};
+use crate::model::{CustomerEvent, Millis, Output};
+use crate::state::{StateCache, StateError, StateStore};
+
+/// Meta key under which the runtime keeps its watermark.
+pub const META_WATERMARK: &str = "watermark";
+
+/// Why an input record was refused (it goes to the dead-letter topic with this code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The bytes are not a `CustomerEvent` (Avro or JSON per configuration).
+    #[error("undecodable record: {0}")]
+    Undecodable(String),
+    /// `customer_id` is empty.
+    #[error("customer_id is missing or empty; every event must name its customer")]
+    MissingCustomerId,
+    /// `event_id` is empty.
+    #[error("event_id is missing or empty; every event needs a unique id for de-duplication")]
+    MissingEventId,
+    /// `type` is empty.
+    #[error("type is missing or empty")]
+    MissingType,
+    /// `occurred_at` is further in the future than the configured skew allows.
+    #[error(
+        "occurred_at {occurred_at} is {ahead_ms} ms ahead of {reference}, more than max-future-skew ({max_ms} ms); fix the producer's clock or time zone"
+    )]
+    FutureTimestamp {
+        /// The event time, RFC 3339.
+        occurred_at: String,
+        /// The reference time it was compared with, RFC 3339.
+        reference: String,
+        /// How far ahead.
+        ahead_ms: i64,
+        /// The configured limit.
+        max_ms: i64,
+    },
+    /// The Kafka key differs from the event's customer id (it would be processed in the
+    /// wrong partition).
+    #[error(
+        "record key `{key}` differs from customer_id `{customer_id}`; key records by customer id"
+    )]
+    KeyMismatch {
+        /// The record key.
+        key: String,
+        /// The customer id in the value.
+        customer_id: String,
+    },
+}
+
+impl Rejection {
+    /// A short, bounded code for headers and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Undecodable(_) => "undecodable",
+            Rejection::MissingCustomerId => "missing_customer_id",
+            Rejection::MissingEventId => "missing_event_id",
+            Rejection::MissingType => "missing_type",
+            Rejection::FutureTimestamp { .. } => "future_timestamp",
+            Rejection::KeyMismatch { .. } => "key_mismatch",
+        }
+    }
+}
+
+/// Checks what the engine relies on. `now` is the reference for future timestamps (wall clock
+/// live; `--until` offline, or `None` to skip the check).
+pub fn validate(
+    ev: &CustomerEvent,
+    key: Option<&[u8]>,
+    now: Option<Millis>,
+    max_future_skew: Millis,
+) -> Result<(), Rejection> {
+    if ev.customer_id.trim().is_empty() {
+        return Err(Rejection::MissingCustomerId);
+    }
+    if ev.event_id.trim().is_empty() {
+        return Err(Rejection::MissingEventId);
+    }
+    if ev.event_type.trim().is_empty() {
+        return Err(Rejection::MissingType);
+    }
+    if let Some(key) = key
+        && key != ev.customer_id.as_bytes()
+    {
+        return Err(Rejection::KeyMismatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            customer_id: ev.customer_id.clone(),
+        });
+    }
+    if let Some(now) = now
+        && ev.occurred_at > now.saturating_add(max_future_skew)
+    {
+        return Err(Rejection::FutureTimestamp {
+            occurred_at: crate::model::format_millis(ev.occurred_at),
+            reference: crate::model::format_millis(now),
+            ahead_ms: ev.occurred_at - now,
+            max_ms: max_future_skew,
+        });
+    }
+    Ok(())
+}
+
+/// Counters of one partition since it started (the caller turns them into metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Events accepted into some customer's state.
+    pub accepted: u64,
+    /// Accepted events that were late.
+    pub late: u64,
+    /// Repeated event ids.
+    pub duplicates: u64,
+    /// Events of a type no journey reacts to.
+    pub ignored: u64,
+    /// Timer wake-ups handled.
+    pub timers_fired: u64,
+    /// Commands emitted.
+    pub commands: u64,
+    /// Journey events emitted.
+    pub journey_events: u64,
+}
+
+/// One partition: engine + cached state + timer index + watermark.
+pub struct PartitionRuntime {
+    engine: Arc<Engine>,
+    store: Box<dyn StateStore>,
+    cache: StateCache<CustomerState>,
+    /// `(due, customer id)` for every customer with something due later.
+    timers: BTreeSet<(Millis, String)>,
+    watermark: Millis,
+    allowed_lateness: Millis,
+    stats: RuntimeStats,
+}
+
+impl PartitionRuntime {
+    /// Opens a partition over `store`, rebuilding the in-memory timer index from it.
+    pub fn open(
+        engine: Arc<Engine>,
+        store: Box<dyn StateStore>,
+        cache_capacity: usize,
+        allowed_lateness: Millis,
+    ) -> Result<Self, StateError> {
+        let mut timers = BTreeSet::new();
+        for (due, id) in store.due_timers(Millis::MAX, usize::MAX)? {
+            timers.insert((due, id));
+        }
+        let watermark = match store.get_meta(META_WATERMARK)? {
+            Some(bytes) if bytes.len() == 8 => {
+                Millis::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))
+            }
+            _ => Millis::MIN,
+        };
+        Ok(PartitionRuntime {
+            engine,
+            store,
+            cache: StateCache::new(cache_capacity),
+            timers,
+            watermark,
+            allowed_lateness,
+            stats: RuntimeStats::default(),
+        })
+    }
+
+    /// The current watermark (`Millis::MIN` before the first event).
+    pub fn watermark(&self) -> Millis {
+        self.watermark
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> RuntimeStats {
+        self.stats
+    }
+
+    /// Number of customers with a pending wake-up.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The earliest pending wake-up.
+    pub fn next_timer(&self) -> Option<Millis> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
+    /// Applies a validated event, then advances the watermark by it and fires what is due.
+    pub fn on_event(
+        &mut self,
+        ev: &CustomerEvent,
+        out: &mut Vec<Output>,
+    ) -> Result<Applied, StateError> {
+        if !self.engine.is_relevant(&ev.event_type) {
+            self.stats.ignored += 1;
+            self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+            return Ok(Applied::Ignored);
+        }
+        let before = out.len();
+        let state =
+            self.cache
+                .get_or_insert_with(&*self.store, &ev.customer_id, CustomerState::default)?;
+        let old_due = state.next_due;
+        let applied = self
+            .engine
+            .apply(state, &ev.customer_id, ev, self.watermark, out);
+        let new_due = state.next_due;
+        match applied {
+            Applied::Accepted { late } => {
+                self.stats.accepted += 1;
+                self.stats.late += u64::from(late);
+                self.cache.mark_dirty(&ev.customer_id);
+                self.move_timer(&ev.customer_id, old_due, new_due);
+            }
+            Applied::Duplicate => {
+                self.stats.duplicates += 1;
+                self.cache.mark_dirty(&ev.customer_id);
+            }
+            Applied::Ignored => self.stats.ignored += 1,
+        }
+        self.count(&out[before..]);
+        self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+        Ok(applied)
+    }
+
+    /// Moves the watermark forward to `watermark` (never back) and fires every customer whose
+    /// wake-up is due. Returns how many customers were woken.
+    pub fn advance_to(
+        &mut self,
+        watermark: Millis,
+        out: &mut Vec<Output>,
+    ) -> Result<usize, StateError> {
+        if watermark <= self.watermark {
+            return Ok(0);
+        }
+        self.watermark = watermark;
+        self.cache
+            .put_meta(META_WATERMARK, watermark.to_be_bytes().to_vec());
+        let mut woken = 0;
+        while let Some((due, _)) = self.timers.first() {
+            if *due > watermark {
+                break;
+            }
+            let Some((due, customer)) = self.timers.pop_first() else {
+                break;
+            };
+            let before = out.len();
+            let new_due = match self.cache.get_mut(&*self.store, &customer)? {
+                Some(state) => {
+                    self.engine.advance(state, &customer, watermark, out);
+                    state.next_due
+                }
+                None => None,
+            };
+            self.cache.mark_dirty(&customer);
+            // The entry was popped already: only the index's store copy needs moving.
+            self.cache.set_timer(&customer, Some(due), None);
+            if let Some(next) = new_due {
+                self.timers.insert((next, customer.clone()));
+                self.cache.set_timer(&customer, None, Some(next));
+            }
+            woken += 1;
+            self.count(&out[before..]);
+        }
+        self.stats.timers_fired += woken as u64;
+        Ok(woken)
+    }
+
+    /// Records a customer's wake-up moving from `old` to `new` in both index copies.
+    fn move_timer(&mut self, customer: &str, old: Option<Millis>, new: Option<Millis>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            self.timers.remove(&(old, customer.to_owned()));
+        }
+        if let Some(new) = new {
+            self.timers.insert((new, customer.to_owned()));
+        }
+        self.cache.set_timer(customer, old, new);
+    }
+
+    fn count(&mut self, outputs: &[Output]) {
+        for o in outputs {
+            match o {
+                Output::Command(_) => self.stats.commands += 1,
+                Output::JourneyEvent(_) => self.stats.journey_events += 1,
+            }
+        }
+    }
+
+    /// Stores input offsets (or anything else) with the next flush, atomically with the state.
+    pub fn put_meta(&mut self, key: &str, value: Vec<u8>) {
+        self.cache.put_meta(key, value);
+    }
+
+    /// Reads a meta value from the store (flushed values only).
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.store.get_meta(key)
+    }
+
+    /// Writes every change since the last flush to the store in one atomic batch.
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.cache.flush(&mut *self.store)?;
+        Ok(())
+    }
+
+    /// A customer's state, for inspection.
+    pub fn customer(&mut self, customer_id: &str) -> Result<Option<CustomerState>, StateError> {
+        Ok(self.cache.get(&*self.store, customer_id)?.cloned())
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
