@@ -1,0 +1,483 @@
+//! Configuration of `waymark run`: a YAML file, overridden by `WAYMARK_*` environment variables,
+//! overridden by command-line flags.
+//!
+//! Owns every setting's name, meaning, unit and default (the `const fn`s below), and validation
+//! at start-up with errors that name the file, line and field. Must not open connections or
+//! files other than the config file itself. `deploy/waymark.example.yaml` shows every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::state::RocksOptions;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Malformed YAML, an unknown key or a wrongly typed value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{source_name}: {field}: {message}")]
+    Invalid {
+        /// Where the value came from (file, flag or environment variable).
+        source_name: String,
+        /// The key, e.g. `kafka.brokers`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+const fn default_commit_interval_ms() -> u64 {
+    100
+}
+const fn default_allowed_lateness_secs() -> u64 {
+    300
+}
+const fn default_max_future_skew_secs() -> u64 {
+    86_400
+}
+const fn default_cache_capacity() -> usize {
+    200_000
+}
+const fn default_max_batch_events() -> usize {
+    10_000
+}
+const fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group_id() -> String {
+    "waymark".into()
+}
+fn default_transactional_id() -> String {
+    "waymark-processor".into()
+}
+fn default_journeys() -> PathBuf {
+    "deploy/journeys".into()
+}
+fn default_state_dir() -> PathBuf {
+    ".waymark/state".into()
+}
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+pub use crate::codec::InputFormat;
+
+/// Kafka connection and client settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    /// Flag `--brokers`, environment `WAYMARK_BROKERS`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group of the processors; instances with the same group share partitions.
+    /// Default `waymark`.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Transactional id of this instance's producer. Must be unique per running instance and
+    /// stable across its restarts (e.g. the pod name). Default `waymark-processor`.
+    #[serde(default = "default_transactional_id")]
+    pub transactional_id: String,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol: SSL`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            group_id: default_group_id(),
+            transactional_id: default_transactional_id(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Topic names of the data contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TopicsConfig {
+    /// Input: what customers did. Default `customer-events`.
+    pub customer_events: String,
+    /// Output: journey events for analytics and audit. Default `journey-events`.
+    pub journey_events: String,
+    /// Output: commands for the email sink. Default `commands.email`.
+    pub commands_email: String,
+    /// Output: commands for the SMS sink. Default `commands.sms`.
+    pub commands_sms: String,
+    /// Output: commands for the contact-center sink. Default `commands.contact-center`.
+    pub commands_contact_center: String,
+    /// Dead letters: input records that could not be used, with error headers.
+    /// Default `customer-events.dlq`.
+    pub dead_letters: String,
+    /// Copies of events that arrived later than the allowed lateness. Default
+    /// `customer-events.late`.
+    pub late_events: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            customer_events: "customer-events".into(),
+            journey_events: "journey-events".into(),
+            commands_email: "commands.email".into(),
+            commands_sms: "commands.sms".into(),
+            commands_contact_center: "commands.contact-center".into(),
+            dead_letters: "customer-events.dlq".into(),
+            late_events: "customer-events.late".into(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The command topic of a channel.
+    pub fn commands(&self, channel: crate::model::Channel) -> &str {
+        match channel {
+            crate::model::Channel::Email => &self.commands_email,
+            crate::model::Channel::Sms => &self.commands_sms,
+            crate::model::Channel::ContactCenter => &self.commands_contact_center,
+        }
+    }
+
+    /// Every output topic of the processor.
+    pub fn outputs(&self) -> [&str; 6] {
+        [
+            &self.journey_events,
+            &self.commands_email,
+            &self.commands_sms,
+            &self.commands_contact_center,
+            &self.dead_letters,
+            &self.late_events,
+        ]
+    }
+}
+
+/// Everything `waymark run` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Kafka connection.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Encoding of `customer-events` values. Default `avro`.
+    #[serde(default)]
+    pub input_format: InputFormat,
+    /// Journey definitions: a file or a directory of `*.yaml`. Default `deploy/journeys`.
+    /// Flag `--journeys`, environment `WAYMARK_JOURNEYS`.
+    #[serde(default = "default_journeys")]
+    pub journeys: PathBuf,
+    /// Local state (RocksDB, one database per partition). Default `.waymark/state`.
+    /// Flag `--state-dir`, environment `WAYMARK_STATE_DIR`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Address of `/livez`, `/readyz` and `/metrics`. Default `127.0.0.1:9464`.
+    /// Flag `--http-addr`, environment `WAYMARK_HTTP_ADDR`.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// How far behind the newest event time an event may arrive and still count as on time,
+    /// in seconds. Timers fire only once the watermark (newest event time minus this) passes
+    /// them. Default 300 (5 minutes).
+    #[serde(default = "default_allowed_lateness_secs")]
+    pub allowed_lateness_secs: u64,
+    /// Events whose time is more than this many seconds ahead of the wall clock are refused
+    /// (dead-lettered) rather than allowed to push the watermark ahead. Default 86400 (1 day).
+    #[serde(default = "default_max_future_skew_secs")]
+    pub max_future_skew_secs: u64,
+    /// How often outputs, state and input offsets are committed together, in milliseconds.
+    /// Default 100.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Upper bound of events processed between two commits. Default 10000.
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    /// Customers kept decoded in memory per partition (write-back cache), in entries.
+    /// Default 200000.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+    /// How long SIGTERM may take to drain and commit before the process gives up, in
+    /// seconds. Default 30.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+    /// RocksDB tuning.
+    #[serde(default)]
+    pub rocksdb: RocksOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            input_format: InputFormat::default(),
+            journeys: default_journeys(),
+            state_dir: default_state_dir(),
+            http_addr: default_http_addr(),
+            allowed_lateness_secs: default_allowed_lateness_secs(),
+            max_future_skew_secs: default_max_future_skew_secs(),
+            commit_interval_ms: default_commit_interval_ms(),
+            max_batch_events: default_max_batch_events(),
+            cache_capacity: default_cache_capacity(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            rocksdb: RocksOptions::default(),
+        }
+    }
+}
+
+/// Values given on the command line or in `WAYMARK_*` variables (flags win over variables;
+/// clap resolves that), applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--brokers` / `WAYMARK_BROKERS`.
+    pub brokers: Option<String>,
+    /// `--journeys` / `WAYMARK_JOURNEYS`.
+    pub journeys: Option<PathBuf>,
+    /// `--state-dir` / `WAYMARK_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--http-addr` / `WAYMARK_HTTP_ADDR`.
+    pub http_addr: Option<SocketAddr>,
+    /// `--group-id` / `WAYMARK_GROUP_ID`.
+    pub group_id: Option<String>,
+    /// `--transactional-id` / `WAYMARK_TRANSACTIONAL_ID`.
+    pub transactional_id: Option<String>,
+    /// `--input-format` / `WAYMARK_INPUT_FORMAT`.
+    pub input_format: Option<InputFormat>,
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            }
+        })
+    }
+
+    /// Loads the file (or defaults when `None`), applies overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (mut cfg, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                (Config::parse(p, &text)?, p.display().to_string())
+            }
+            None => (Config::default(), "defaults".to_owned()),
+        };
+        if let Some(v) = &overrides.brokers {
+            cfg.kafka.brokers = v.clone();
+        }
+        if let Some(v) = &overrides.journeys {
+            cfg.journeys = v.clone();
+        }
+        if let Some(v) = &overrides.state_dir {
+            cfg.state_dir = v.clone();
+        }
+        if let Some(v) = overrides.http_addr {
+            cfg.http_addr = v;
+        }
+        if let Some(v) = &overrides.group_id {
+            cfg.kafka.group_id = v.clone();
+        }
+        if let Some(v) = &overrides.transactional_id {
+            cfg.kafka.transactional_id = v.clone();
+        }
+        if let Some(v) = overrides.input_format {
+            cfg.input_format = v;
+        }
+        cfg.validate(&source)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            source_name: source.to_owned(),
+            field: field.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.brokers",
+                "no bootstrap servers; set e.g. `127.0.0.1:9092` (or --brokers / WAYMARK_BROKERS)",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group-id", "must not be empty"));
+        }
+        if self.kafka.transactional_id.trim().is_empty() {
+            return Err(invalid(
+                "kafka.transactional-id",
+                "must not be empty; use a name unique per instance, e.g. the pod name",
+            ));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(invalid("commit-interval-ms", "must be at least 1"));
+        }
+        if self.max_batch_events == 0 {
+            return Err(invalid("max-batch-events", "must be at least 1"));
+        }
+        if self.cache_capacity == 0 {
+            return Err(invalid("cache-capacity", "must be at least 1"));
+        }
+        let topics = &self.topics;
+        let all = [
+            ("topics.customer-events", &topics.customer_events),
+            ("topics.journey-events", &topics.journey_events),
+            ("topics.commands-email", &topics.commands_email),
+            ("topics.commands-sms", &topics.commands_sms),
+            (
+                "topics.commands-contact-center",
+                &topics.commands_contact_center,
+            ),
+            ("topics.dead-letters", &topics.dead_letters),
+            ("topics.late-events", &topics.late_events),
+        ];
+        for (field, name) in all {
+            if name.trim().is_empty() {
+                return Err(invalid(field, "topic name must not be empty"));
+            }
+        }
+        for (i, (fa, a)) in all.iter().enumerate() {
+            if let Some((fb, _)) = all[i + 1..].iter().find(|(_, b)| b == a) {
+                return Err(invalid(
+                    fa,
+                    &format!(
+                        "topic `{a}` is also configured as {fb}; every topic must be distinct"
+                    ),
+                ));
+            }
+        }
+        for key in self.kafka.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "bootstrap.servers"
+                    | "group.id"
+                    | "transactional.id"
+                    | "enable.auto.commit"
+                    | "isolation.level"
+            ) {
+                return Err(invalid(
+                    &format!("kafka.properties.{key}"),
+                    "is set by Waymark itself; use the dedicated key (kafka.brokers, kafka.group-id, kafka.transactional-id) or remove it",
+                ));
+            }
+        }
+        self.rocksdb
+            .validate()
+            .map_err(|e| invalid("rocksdb", &e.to_string()))?;
+        Ok(())
+    }
+
+    /// Allowed lateness in milliseconds.
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        (self.allowed_lateness_secs as i64).saturating_mul(1000)
+    }
+
+    /// Maximum future skew in milliseconds.
+    pub fn max_future_skew_ms(&self) -> i64 {
+        (self.max_future_skew_secs as i64).saturating_mul(1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/waymark.example.yaml");
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.topics.customer_events, "customer-events");
+        assert_eq!(cfg.allowed_lateness_ms(), 300_000);
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(
+            &path,
+            "kafka:\n  brokers: file:9092\nstate-dir: /from/file\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &Overrides {
+                brokers: Some("flag:9092".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, "flag:9092");
+        assert_eq!(cfg.state_dir, PathBuf::from("/from/file"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_and_line() {
+        let msg = Config::parse(
+            Path::new("w.yaml"),
+            "kafka:\n  brokers: a:1\n  bootstrap: b\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.starts_with("w.yaml:3:"), "{msg}");
+        assert!(msg.contains("bootstrap"), "{msg}");
+    }
+
+    #[test]
+    fn conflicting_topics_name_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(&path, "topics:\n  customer-events: x\n  journey-events: x\n  commands-email: e\n  commands-sms: s\n  commands-contact-center: c\n  dead-letters: d\n  late-events: l\n").unwrap();
+        let msg = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("topics.customer-events") && msg.contains("topics.journey-events"),
+            "{msg}"
+        );
+    }
+}

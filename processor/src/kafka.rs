@@ -1,0 +1,412 @@
+//! Kafka plumbing shared by the commands: client configuration, topic creation, and the
+//! `produce` and `tail` tools.
+//!
+//! Owns how Waymark's clients are configured (Java-compatible murmur2 partitioning so records
+//! keyed by customer id land where upstream Java producers put them; `read_committed`
+//! everywhere) and the encoding of records on and off the wire via `codec`. Must not hold
+//! journey logic.
+//!
+//! Delivery guarantee of `produce`: idempotent producer, every record acknowledged by the
+//! broker before the command reports success, in file order per customer (one partition per
+//! key, `max.in.flight` ≤ 5 with idempotence keeps order).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::codec;
+use crate::config::{InputFormat, TopicsConfig};
+use crate::model::{CustomerEvent, InterventionCommand, JourneyEvent, Output};
+
+/// A Kafka tool that failed: what, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaToolError {
+    /// The client could not be created or a broker call failed.
+    #[error(
+        "kafka: {action} failed against {brokers}: {source}; is the broker running (scripts/kafka.sh status)?"
+    )]
+    Client {
+        /// What was attempted.
+        action: String,
+        /// Bootstrap servers.
+        brokers: String,
+        /// The client error.
+        source: Box<KafkaError>,
+    },
+    /// A line of the input file is not a valid event.
+    #[error("{path}:{line}: {message}")]
+    BadLine {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading input or writing output failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A topic does not exist.
+    #[error(
+        "topic `{0}` does not exist; create it first (scripts/kafka.sh topics, or `waymark topics create`)"
+    )]
+    UnknownTopic(String),
+}
+
+/// Base settings of every client: brokers plus user-supplied librdkafka properties.
+pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    cfg.set("client.dns.lookup", "use_all_dns_ips");
+    for (k, v) in extra {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Producer settings shared by `produce`, `loadgen` and the processor.
+pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = client_config(brokers, extra);
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", "60000");
+    cfg
+}
+
+fn client_err<'a>(action: &str, brokers: &'a str) -> impl Fn(KafkaError) -> KafkaToolError + 'a {
+    let action = action.to_owned();
+    move |source| KafkaToolError::Client {
+        action: action.clone(),
+        brokers: brokers.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Creates Waymark's topics (input, outputs, dead letters, late events) when missing, with
+/// `partitions` partitions and replication factor `replication`. Existing topics are left as
+/// they are. Returns the names created.
+pub async fn create_topics(
+    brokers: &str,
+    topics: &TopicsConfig,
+    partitions: i32,
+    replication: i32,
+) -> Result<Vec<String>, KafkaToolError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &BTreeMap::new())
+        .create()
+        .map_err(client_err("creating an admin client", brokers))?;
+    let mut names = vec![topics.customer_events.as_str()];
+    names.extend(topics.outputs());
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(client_err("creating topics", brokers))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaToolError::Client {
+                    action: format!("creating topic {name}"),
+                    brokers: brokers.to_owned(),
+                    source: Box::new(KafkaError::AdminOp(code)),
+                });
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Encodes an event for `customer-events` in the configured input format.
+pub fn encode_event(ev: &CustomerEvent, format: InputFormat) -> Result<Vec<u8>, codec::CodecError> {
+    match format {
+        InputFormat::Avro => codec::encode_customer_event(ev),
+        InputFormat::Json => Ok(serde_json::to_vec(ev).unwrap_or_default()),
+    }
+}
+
+/// Publishes JSON-lines events to `topic`, keyed by customer id, in file order.
+/// Returns the number of records acknowledged; stops at the first malformed line.
+pub async fn produce_file(
+    brokers: &str,
+    topic: &str,
+    path: &str,
+    input: impl BufRead,
+    format: InputFormat,
+) -> Result<u64, KafkaToolError> {
+    let mut bad: Option<KafkaToolError> = None;
+    let events = input
+        .lines()
+        .enumerate()
+        .map_while(|(n, line)| {
+            let parsed = line.map_err(KafkaToolError::Io).and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                serde_json::from_str::<CustomerEvent>(&line)
+                    .map(Some)
+                    .map_err(|e| KafkaToolError::BadLine {
+                        path: path.to_owned(),
+                        line: n as u64 + 1,
+                        message: format!("not a CustomerEvent JSON object: {e}"),
+                    })
+            });
+            match parsed {
+                Ok(ev) => Some(ev),
+                Err(e) => {
+                    bad = Some(e);
+                    None
+                }
+            }
+        })
+        .flatten();
+    let sent = produce_events(brokers, topic, events, format, 0.0).await?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(sent),
+    }
+}
+
+/// Publishes events to `topic`, keyed by customer id, in iteration order, at most `rate`
+/// events per second (0 = as fast as the broker takes them). Returns the number acknowledged.
+pub async fn produce_events(
+    brokers: &str,
+    topic: &str,
+    events: impl Iterator<Item = CustomerEvent>,
+    format: InputFormat,
+    rate: f64,
+) -> Result<u64, KafkaToolError> {
+    let producer: FutureProducer = producer_config(brokers, &BTreeMap::new())
+        .create()
+        .map_err(client_err("creating a producer", brokers))?;
+    let mut pending = Vec::new();
+    let mut sent = 0u64;
+    let mut offered = 0u64;
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    for ev in events {
+        let value = encode_event(&ev, format).map_err(|e| KafkaToolError::BadLine {
+            path: topic.to_owned(),
+            line: offered + 1,
+            message: e.to_string(),
+        })?;
+        // No record timestamp: event time lives in the value; the broker's CreateTime keeps
+        // retention working for traces whose event times lie in the past.
+        let record = FutureRecord::to(topic).key(&ev.customer_id).payload(&value);
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| KafkaToolError::Client {
+                    action: format!("producing to {topic}"),
+                    brokers: brokers.to_owned(),
+                    source: Box::new(e),
+                })?,
+        );
+        offered += 1;
+        if rate > 0.0 {
+            let due = Duration::from_secs_f64(offered as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if pending.len() >= 10_000 {
+            sent += await_deliveries(&mut pending, brokers, topic).await?;
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                records = offered,
+                elapsed_secs = started.elapsed().as_secs(),
+                topic,
+                "Producing."
+            );
+            last_log = Instant::now();
+        }
+    }
+    sent += await_deliveries(&mut pending, brokers, topic).await?;
+    Ok(sent)
+}
+
+/// Waits for every pending delivery; fails on the first error.
+pub async fn await_deliveries(
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    brokers: &str,
+    topic: &str,
+) -> Result<u64, KafkaToolError> {
+    let n = pending.len() as u64;
+    for fut in pending.drain(..) {
+        match fut.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(KafkaToolError::Client {
+                    action: format!("delivering to {topic}"),
+                    brokers: brokers.to_owned(),
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                return Err(KafkaToolError::Client {
+                    action: format!("delivering to {topic} (producer closed)"),
+                    brokers: brokers.to_owned(),
+                    source: Box::new(KafkaError::Canceled),
+                });
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Options of `waymark tail`.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// Start from the earliest offset instead of the end.
+    pub from_beginning: bool,
+    /// Stop once nothing new arrived for this long.
+    pub idle_exit: Option<Duration>,
+    /// Stop after this many records.
+    pub max_records: Option<u64>,
+}
+
+/// Decodes one record of a Waymark topic into its JSON-lines form.
+pub fn decode_output_record(
+    topics: &TopicsConfig,
+    topic: &str,
+    payload: &[u8],
+) -> serde_json::Value {
+    let is_command = crate::model::Channel::ALL
+        .iter()
+        .any(|c| topics.commands(*c) == topic);
+    let decoded = if is_command {
+        codec::decode_command(payload)
+            .map(|c: InterventionCommand| serde_json::to_value(Output::Command(c)))
+    } else if topic == topics.journey_events {
+        codec::decode_journey_event(payload)
+            .map(|e: JourneyEvent| serde_json::to_value(Output::JourneyEvent(e)))
+    } else {
+        codec::decode_customer_event(payload, InputFormat::Avro)
+            .or_else(|_| codec::decode_customer_event(payload, InputFormat::Json))
+            .map(|e| {
+                serde_json::to_value(e).map(|mut v| {
+                    v["kind"] = "customer_event".into();
+                    v
+                })
+            })
+    };
+    match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            serde_json::json!({"kind": "undecodable", "topic": topic, "error": e.to_string()})
+        }
+        Err(e) => serde_json::json!({
+            "kind": "undecodable",
+            "topic": topic,
+            "error": e.to_string(),
+            "payload": String::from_utf8_lossy(payload),
+        }),
+    }
+}
+
+/// Prints the decoded records of `topic_names` as JSON lines (read_committed).
+pub fn tail(
+    brokers: &str,
+    topics: &TopicsConfig,
+    topic_names: &[String],
+    opts: &TailOptions,
+    out: &mut impl Write,
+) -> Result<u64, KafkaToolError> {
+    let consumer: BaseConsumer = client_config(brokers, &BTreeMap::new())
+        .set("group.id", format!("waymark-tail-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(client_err("creating a consumer", brokers))?;
+    let mut tpl = TopicPartitionList::new();
+    for name in topic_names {
+        let md = consumer
+            .fetch_metadata(Some(name), Duration::from_secs(10))
+            .map_err(client_err(&format!("reading metadata of {name}"), brokers))?;
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            return Err(KafkaToolError::UnknownTopic(name.clone()));
+        }
+        for p in 0..partitions as i32 {
+            let offset = if opts.from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::End
+            };
+            tpl.add_partition_offset(name, p, offset)
+                .map_err(client_err("assigning partitions", brokers))?;
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(client_err("assigning partitions", brokers))?;
+    let mut last_record = Instant::now();
+    let mut printed = 0u64;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                let mut v =
+                    decode_output_record(topics, msg.topic(), msg.payload().unwrap_or_default());
+                if let Some(headers) = msg.headers()
+                    && headers.count() > 0
+                    && v.get("kind").and_then(|k| k.as_str()) != Some("command")
+                    && v.get("kind").and_then(|k| k.as_str()) != Some("journey_event")
+                {
+                    let h: BTreeMap<String, String> = headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect();
+                    v["headers"] = serde_json::to_value(h).unwrap_or_default();
+                }
+                serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
+                out.write_all(b"\n")?;
+                printed += 1;
+                last_record = Instant::now();
+                if opts.max_records.is_some_and(|m| printed >= m) {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Consumer error while tailing.");
+            }
+            None => {}
+        }
+        if let Some(idle) = opts.idle_exit
+            && last_record.elapsed() >= idle
+        {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(printed)
+}

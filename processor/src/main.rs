@@ -1,0 +1,466 @@
+//! The `waymark` binary: parses arguments and dispatches to the library. No logic lives here.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use waymark::config::{Config, InputFormat, Overrides, TopicsConfig};
+use waymark::engine::Engine;
+use waymark::journey::JourneySet;
+use waymark::loadgen::LoadgenArgs;
+use waymark::model::parse_millis;
+use waymark::shutdown::{self, CancellationToken};
+use waymark::simulate::{SimulateOptions, simulate};
+use waymark::telemetry::{self, Health, LogFormat, Metrics};
+
+/// Waymark follows every customer through your journeys on Kafka, notices what they did and
+/// what they did not do in time, and emits intervention commands for channel sinks.
+///
+/// Start with `waymark journeys check deploy/journeys`, try a journey offline with
+/// `waymark simulate`, then run it live with `waymark run --brokers HOST:PORT`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "waymark",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Configuration file (YAML) for `run`; see deploy/waymark.example.yaml. Flags and
+    /// WAYMARK_* variables override it.
+    #[arg(long, global = true, env = "WAYMARK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WAYMARK_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `waymark=debug`); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info", env = "WAYMARK_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Consume customer events from Kafka, run the journeys, and produce commands and journey
+    /// events (exactly-once: outputs and input offsets commit in one transaction).
+    Run(RunArgs),
+    /// Run journeys offline over a JSON-lines file and print every command and journey event
+    /// as JSON lines: the executable specification of the engine.
+    Simulate(SimulateArgs),
+    /// Work with journey definitions.
+    #[command(subcommand)]
+    Journeys(JourneysCommand),
+    /// Publish events from a JSON-lines file to `customer-events`, keyed by customer id, in
+    /// file order.
+    Produce(ProduceArgs),
+    /// Print the decoded records of Waymark topics as JSON lines (read_committed), in the
+    /// same shape as `simulate`'s output.
+    Tail(TailArgs),
+    /// Generate realistic onboarding traffic for the reference journey, to a file or Kafka.
+    Loadgen(LoadgenCmd),
+    /// Manage Waymark's Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Look into the local state of a stopped processor.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS")]
+    brokers: Option<String>,
+    /// Journey definitions: a file or a directory of *.yaml.
+    #[arg(long, env = "WAYMARK_JOURNEYS")]
+    journeys: Option<PathBuf>,
+    /// Directory of the local state (one RocksDB per partition).
+    #[arg(long, env = "WAYMARK_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Address for /livez, /readyz and /metrics.
+    #[arg(long, env = "WAYMARK_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// Consumer group shared by all instances.
+    #[arg(long, env = "WAYMARK_GROUP_ID")]
+    group_id: Option<String>,
+    /// Transactional id of this instance (unique per instance, stable across restarts).
+    #[arg(long, env = "WAYMARK_TRANSACTIONAL_ID")]
+    transactional_id: Option<String>,
+    /// Encoding of customer-events values.
+    #[arg(long, value_enum, env = "WAYMARK_INPUT_FORMAT")]
+    input_format: Option<InputFormat>,
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// Journey definitions: a file or a directory of *.yaml.
+    #[arg(long)]
+    journeys: PathBuf,
+    /// Events, one JSON object per line, in arrival order (`-` for stdin).
+    #[arg(long)]
+    events: PathBuf,
+    /// After the last event, advance time to this RFC 3339 instant, firing what is due.
+    #[arg(long)]
+    until: Option<String>,
+    /// How late an event may arrive behind the newest one and still be on time.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    allowed_lateness: Duration,
+    /// Events further than this ahead of --until are refused (only checked with --until).
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    max_future_skew: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum JourneysCommand {
+    /// Validate journey definitions; errors name the file, line and field.
+    Check {
+        /// A journey file or a directory of *.yaml.
+        path: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Target topic.
+    #[arg(long, default_value = "customer-events")]
+    topic: String,
+    /// Encoding of the values.
+    #[arg(long, value_enum, default_value_t = InputFormat::Avro)]
+    format: InputFormat,
+    /// Events, one JSON object per line (`-` for stdin).
+    file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Read from the earliest offset instead of only new records.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Exit once nothing new arrived for this long (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_exit: Option<Duration>,
+    /// Exit after this many records.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Topics to read (default: every command topic and journey-events).
+    topics: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct LoadgenCmd {
+    #[command(flatten)]
+    gen_args: LoadgenArgs,
+    /// Write the events as JSON lines to this file (`-` for stdout).
+    #[arg(long, conflicts_with = "brokers")]
+    output: Option<PathBuf>,
+    /// Produce the events to Kafka at these bootstrap servers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topic to produce to.
+    #[arg(long, default_value = "customer-events")]
+    topic: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicsCommand {
+    /// Create Waymark's topics when missing (existing ones are left alone).
+    Create {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "WAYMARK_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCommand {
+    /// Show a customer's instances, completed steps, pending wake-up, and which commands were
+    /// sent or cancelled and why. Reads the state directory of a stopped processor.
+    Inspect {
+        /// The customer id.
+        customer_id: String,
+        /// Directory of the local state.
+        #[arg(long, env = "WAYMARK_STATE_DIR", default_value = ".waymark/state")]
+        state_dir: PathBuf,
+        /// Journey definitions.
+        #[arg(long, env = "WAYMARK_JOURNEYS", default_value = "deploy/journeys")]
+        journeys: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format, &cli.log_level);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+}
+
+fn load_engine(path: &Path) -> Result<Arc<Engine>> {
+    let set = JourneySet::load(path)?;
+    Ok(Arc::new(Engine::new(set)))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Topic names from `--config` when given, else the defaults.
+fn topics_of(config: Option<&Path>) -> Result<TopicsConfig> {
+    Ok(match config {
+        Some(path) => Config::load(Some(path), &Overrides::default())?.topics,
+        None => TopicsConfig::default(),
+    })
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config = cli.config.clone();
+    match cli.command {
+        Command::Run(args) => run(cli.config.as_deref(), args),
+        Command::Simulate(args) => {
+            let engine = load_engine(&args.journeys)?;
+            let until = args
+                .until
+                .as_deref()
+                .map(|u| {
+                    parse_millis(u)
+                        .with_context(|| format!("--until `{u}` is not an RFC 3339 timestamp"))
+                })
+                .transpose()?;
+            let opts = SimulateOptions {
+                allowed_lateness: args.allowed_lateness.as_millis() as i64,
+                until,
+                max_future_skew: args.max_future_skew.as_millis() as i64,
+            };
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+            let report = simulate(engine, open_input(&args.events)?, &mut out, &opts)?;
+            for (line, why) in &report.rejected {
+                eprintln!("{}:{line}: refused: {why}", args.events.display());
+            }
+            let s = report.stats;
+            eprintln!(
+                "simulate: {} events ({} accepted, {} duplicates, {} late, {} ignored, {} refused) -> {} commands, {} journey events in {:.2}s ({:.0} events/s)",
+                report.lines,
+                s.accepted,
+                s.duplicates,
+                s.late,
+                s.ignored,
+                report.rejected_total,
+                s.commands,
+                s.journey_events,
+                report.seconds,
+                report.lines as f64 / report.seconds.max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journeys(JourneysCommand::Check { path }) => {
+            let set = JourneySet::load(&path)?;
+            for j in set.iter() {
+                println!(
+                    "ok: {} v{} ({}): {} steps, goal `{}`, {} rules, {} actions",
+                    j.name,
+                    j.version,
+                    j.source.display(),
+                    j.steps.len(),
+                    j.steps[j.goal].id,
+                    j.rules.len(),
+                    j.rules.iter().map(|r| r.actions.len()).sum::<usize>()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce(args) => {
+            let rt = runtime()?;
+            let input = open_input(&args.file)?;
+            let n = rt.block_on(waymark::kafka::produce_file(
+                &args.brokers,
+                &args.topic,
+                &args.file.display().to_string(),
+                input,
+                args.format,
+            ))?;
+            eprintln!("produced {n} events to {}", args.topic);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail(args) => {
+            let topics_cfg = topics_of(config.as_deref())?;
+            let topics = if args.topics.is_empty() {
+                vec![
+                    topics_cfg.commands_email.clone(),
+                    topics_cfg.commands_sms.clone(),
+                    topics_cfg.commands_contact_center.clone(),
+                    topics_cfg.journey_events.clone(),
+                ]
+            } else {
+                args.topics
+            };
+            let opts = waymark::kafka::TailOptions {
+                from_beginning: args.from_beginning,
+                idle_exit: args.idle_exit,
+                max_records: args.max_records,
+            };
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            let n = waymark::kafka::tail(&args.brokers, &topics_cfg, &topics, &opts, &mut out)?;
+            out.flush()?;
+            eprintln!("tail: {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Loadgen(cmd) => loadgen(cmd),
+        Command::Topics(TopicsCommand::Create {
+            brokers,
+            partitions,
+            replication,
+        }) => {
+            let rt = runtime()?;
+            let topics_cfg = topics_of(config.as_deref())?;
+            let created = rt.block_on(waymark::kafka::create_topics(
+                &brokers,
+                &topics_cfg,
+                partitions,
+                replication,
+            ))?;
+            eprintln!("created {} topics: {}", created.len(), created.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Inspect {
+            customer_id,
+            state_dir,
+            journeys,
+        }) => {
+            let engine = load_engine(&journeys)?;
+            let report = waymark::pipeline::inspect(&state_dir, &engine, &customer_id)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn loadgen(cmd: LoadgenCmd) -> Result<ExitCode> {
+    let events = waymark::loadgen::generate(&cmd.gen_args)?;
+    match (&cmd.output, &cmd.brokers) {
+        (Some(path), None) => {
+            let n = if path == Path::new("-") {
+                let stdout = std::io::stdout();
+                let mut w = BufWriter::new(stdout.lock());
+                waymark::loadgen::write_jsonl(events, &mut w)?
+            } else {
+                let f = std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let mut w = BufWriter::with_capacity(1 << 20, f);
+                waymark::loadgen::write_jsonl(events, &mut w)?
+            };
+            eprintln!("loadgen: wrote {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, Some(brokers)) => {
+            let rt = runtime()?;
+            let n = rt.block_on(waymark::kafka::produce_events(
+                brokers,
+                &cmd.topic,
+                events,
+                InputFormat::Avro,
+                cmd.gen_args.rate,
+            ))?;
+            eprintln!("loadgen: produced {n} events to {}", cmd.topic);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => bail!("give either --output FILE or --brokers HOST:PORT"),
+    }
+}
+
+fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
+    let overrides = Overrides {
+        brokers: args.brokers,
+        journeys: args.journeys,
+        state_dir: args.state_dir,
+        http_addr: args.http_addr,
+        group_id: args.group_id,
+        transactional_id: args.transactional_id,
+        input_format: args.input_format,
+    };
+    let cfg = Config::load(config, &overrides)?;
+    let engine = load_engine(&cfg.journeys)?;
+    for j in engine.journeys().iter() {
+        tracing::info!(journey = %j.name, version = j.version, source = %j.source.display(), "Journey loaded.");
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let rt = runtime()?;
+    let token = CancellationToken::new();
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    rt.spawn(shutdown::cancel_on_signal(token.clone()));
+    let (addr, http) = rt.block_on(telemetry::serve(
+        cfg.http_addr,
+        metrics.clone(),
+        health.clone(),
+        token.clone(),
+    ))?;
+    tracing::info!(%addr, "Serving /livez /readyz /metrics.");
+    let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let pipeline_token = token.clone();
+    let worker = std::thread::Builder::new()
+        .name("waymark-pipeline".into())
+        .spawn(move || waymark::pipeline::run(cfg, engine, metrics, health, pipeline_token))
+        .context("cannot start the pipeline thread")?;
+    // Wait for the pipeline to end by itself (error) or for a signal, then for the drain.
+    let result = rt.block_on(async {
+        let waiter = tokio::task::spawn_blocking(move || worker.join());
+        tokio::pin!(waiter);
+        tokio::select! {
+            joined = &mut waiter => Some(joined),
+            _ = token.cancelled() => {
+                tokio::time::timeout(drain_timeout, &mut waiter).await.ok()
+            }
+        }
+    });
+    token.cancel();
+    let _ = rt.block_on(http);
+    match result {
+        None => {
+            tracing::error!(
+                timeout_secs = drain_timeout.as_secs(),
+                "Drain did not finish in time; exiting without a final commit."
+            );
+            Ok(ExitCode::from(shutdown::EXIT_DRAIN_TIMEOUT as u8))
+        }
+        Some(Ok(Ok(Ok(_summary)))) => Ok(ExitCode::SUCCESS),
+        Some(Ok(Ok(Err(e)))) => Err(e.into()),
+        Some(Ok(Err(_))) | Some(Err(_)) => bail!("the pipeline thread panicked"),
+    }
+}

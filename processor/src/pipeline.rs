@@ -1,0 +1,779 @@
+//! `waymark run`: consume `customer-events`, run the engine per partition, and commit the
+//! outputs, the input offsets and the state together.
+//!
+//! # Guarantee
+//!
+//! Commands, journey events, dead letters and late-event copies produced for a batch of input
+//! records are written in **one Kafka transaction** together with the input offsets of that
+//! batch (exactly-once v2: `send_offsets_to_transaction` with the consumer's group metadata).
+//! Readers using `read_committed` see each output exactly once, or — after an aborted
+//! transaction — not at all until the batch is re-processed. The local state (RocksDB) is
+//! written after the transaction commits, with the committed offsets in the same atomic
+//! RocksDB batch, so on a clean restart state and offsets agree. The one window this does not
+//! close: a crash between the Kafka commit and the RocksDB write leaves the local state one
+//! batch behind the committed offsets (the state changelog closes it; see the README's
+//! "Guarantees").
+//!
+//! What would break it: two instances with the same `transactional-id` (the older one is
+//! fenced and stops), or records of one customer spread over several partitions (key by
+//! customer id).
+//!
+//! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
+//! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
+//! journey semantics (that is `engine`) or storage details (that is `state`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::codec;
+use crate::config::Config;
+use crate::engine::{Applied, Engine};
+use crate::kafka::{client_config, producer_config};
+use crate::model::{Millis, Output};
+use crate::runtime::{PartitionRuntime, Rejection, validate};
+use crate::shutdown::CancellationToken;
+use crate::state::{RocksEnv, RocksStore, StateError};
+use crate::telemetry::{EventResult, Health, Metrics};
+
+/// Meta key of the next input offset to read, stored with each state flush.
+pub const META_OFFSET: &str = "input-offset";
+
+/// Headers on dead-lettered and late records.
+pub mod headers {
+    /// Short, bounded reason code (`undecodable`, `missing_customer_id`, ...).
+    pub const ERROR_CODE: &str = "waymark.error.code";
+    /// Human-readable reason and what to do.
+    pub const ERROR_MESSAGE: &str = "waymark.error.message";
+    /// Topic the record was read from.
+    pub const SOURCE_TOPIC: &str = "waymark.source.topic";
+    /// Partition it was read from.
+    pub const SOURCE_PARTITION: &str = "waymark.source.partition";
+    /// Offset it was read from.
+    pub const SOURCE_OFFSET: &str = "waymark.source.offset";
+    /// For late events: the partition's watermark when it arrived (RFC 3339).
+    pub const WATERMARK: &str = "waymark.watermark";
+}
+
+/// Why `waymark run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A Kafka client call failed in a way that cannot be retried.
+    #[error("kafka: {action}: {source}")]
+    Kafka {
+        /// What was attempted.
+        action: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// Another instance with the same transactional id took over.
+    #[error(
+        "this instance was fenced: another instance uses transactional id `{0}`; give every instance its own (kafka.transactional-id, e.g. the pod name)"
+    )]
+    Fenced(String),
+    /// Local state failed.
+    #[error("state of partition {partition} at {path}: {source}")]
+    State {
+        /// Partition.
+        partition: i32,
+        /// Its state directory.
+        path: PathBuf,
+        /// The error.
+        source: StateError,
+    },
+    /// An output could not be encoded (a bug: the model and schemas disagree).
+    #[error("cannot encode output for {topic}: {message}")]
+    Encode {
+        /// Topic.
+        topic: String,
+        /// The codec's message.
+        message: String,
+    },
+}
+
+/// What a run did, reported when it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunSummary {
+    /// Input records read.
+    pub records: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Commands produced.
+    pub commands: u64,
+    /// Journey events produced.
+    pub journey_events: u64,
+    /// Transactions committed.
+    pub transactions: u64,
+}
+
+struct Partition {
+    runtime: PartitionRuntime,
+    path: PathBuf,
+    /// Next offset to read, once a record of this partition was processed in the open
+    /// transaction.
+    pending_offset: Option<i64>,
+    /// Next offset committed with the last transaction (what a rewind seeks back to).
+    committed_offset: Option<i64>,
+    /// The consumer reached the end of the partition and nothing arrived since.
+    caught_up: bool,
+}
+
+/// The processor's state shared between the poll loop and the rebalance callbacks (which run
+/// inside `poll`, on the same thread, while the loop holds no lock).
+struct Core {
+    cfg: Config,
+    /// Block cache and memtable budget shared by every partition's database.
+    rocks: RocksEnv,
+    engine: Arc<Engine>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    partitions: BTreeMap<i32, Partition>,
+    in_transaction: bool,
+    outputs: Vec<Output>,
+    summary: RunSummary,
+    /// First fatal error seen inside a callback; the loop stops on it.
+    failed: Option<PipelineError>,
+}
+
+struct RunContext {
+    core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for RunContext {}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // A poisoned lock means a panic in the loop; the process is going down anyway.
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConsumerContext for RunContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut core = lock(&self.core);
+            // Commit what was processed so far while we still own the partitions.
+            if let Err(e) = core.commit(consumer) {
+                tracing::error!(error = %e, "Commit before revocation failed.");
+                core.failed.get_or_insert(e);
+            }
+            for el in tpl.elements() {
+                if let Some(p) = core.partitions.remove(&el.partition()) {
+                    tracing::info!(partition = el.partition(), path = %p.path.display(), "Partition revoked.");
+                }
+            }
+            let n = core.partitions.len();
+            core.metrics.assigned(n);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut core = lock(&self.core);
+                for el in tpl.elements() {
+                    if let Err(e) = core.open_partition(el.partition()) {
+                        tracing::error!(error = %e, partition = el.partition(), "Cannot open partition state.");
+                        core.failed.get_or_insert(e);
+                    }
+                }
+                let n = core.partitions.len();
+                core.metrics.assigned(n);
+                core.health.ready.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
+        }
+    }
+}
+
+fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl Core {
+    fn open_partition(&mut self, partition: i32) -> Result<(), PipelineError> {
+        if self.partitions.contains_key(&partition) {
+            return Ok(());
+        }
+        let path = self
+            .cfg
+            .state_dir
+            .join(format!("{}-{partition}", self.cfg.topics.customer_events));
+        let state_err = |source| PipelineError::State {
+            partition,
+            path: path.clone(),
+            source,
+        };
+        let store = self.rocks.open(&path).map_err(state_err)?;
+        let runtime = PartitionRuntime::open(
+            self.engine.clone(),
+            Box::new(store),
+            self.cfg.cache_capacity,
+            self.cfg.allowed_lateness_ms(),
+        )
+        .map_err(state_err)?;
+        let committed_offset = runtime
+            .get_meta(META_OFFSET)
+            .map_err(state_err)?
+            .and_then(|b| b.try_into().ok().map(i64::from_be_bytes));
+        tracing::info!(
+            partition,
+            path = %path.display(),
+            pending_timers = runtime.pending_timers(),
+            stored_offset = committed_offset,
+            "Partition assigned."
+        );
+        self.partitions.insert(
+            partition,
+            Partition {
+                runtime,
+                path,
+                pending_offset: None,
+                committed_offset,
+                caught_up: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), PipelineError> {
+        if !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(|source| PipelineError::Kafka {
+                    action: "begin transaction",
+                    source,
+                })?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), PipelineError> {
+        self.begin()?;
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((source, _)) => {
+                    return Err(PipelineError::Kafka {
+                        action: "produce output",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Produces every buffered output.
+    fn send_outputs(&mut self) -> Result<(), PipelineError> {
+        let outputs = std::mem::take(&mut self.outputs);
+        for o in &outputs {
+            let (topic, bytes) = match o {
+                Output::Command(c) => {
+                    self.metrics
+                        .command(&c.journey, &c.action, c.channel.as_str());
+                    self.summary.commands += 1;
+                    (
+                        self.cfg.topics.commands(c.channel).to_owned(),
+                        codec::encode_command(c),
+                    )
+                }
+                Output::JourneyEvent(e) => {
+                    self.metrics
+                        .journey_event(&e.journey, e.event_type.as_str());
+                    self.summary.journey_events += 1;
+                    (
+                        self.cfg.topics.journey_events.clone(),
+                        codec::encode_journey_event(e),
+                    )
+                }
+            };
+            let bytes = bytes.map_err(|e| PipelineError::Encode {
+                topic: topic.clone(),
+                message: e.to_string(),
+            })?;
+            self.send(&topic, o.customer_id().as_bytes(), &bytes, None)?;
+        }
+        let mut outputs = outputs;
+        outputs.clear();
+        self.outputs = outputs;
+        Ok(())
+    }
+
+    fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
+        OwnedHeaders::new()
+            .insert(Header {
+                key: headers::SOURCE_TOPIC,
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_PARTITION,
+                value: Some(&msg.partition().to_string()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(&msg.offset().to_string()),
+            })
+    }
+
+    fn dead_letter(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        why: &Rejection,
+    ) -> Result<(), PipelineError> {
+        tracing::warn!(
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = why.code(),
+            "Record dead-lettered."
+        );
+        self.metrics.dead_letter(why.code());
+        self.metrics.events(EventResult::Rejected, 1);
+        self.summary.dead_letters += 1;
+        let h = Self::source_headers(msg)
+            .insert(Header {
+                key: headers::ERROR_CODE,
+                value: Some(why.code()),
+            })
+            .insert(Header {
+                key: headers::ERROR_MESSAGE,
+                value: Some(&why.to_string()),
+            });
+        let topic = self.cfg.topics.dead_letters.clone();
+        self.send(
+            &topic,
+            msg.key().unwrap_or_default(),
+            msg.payload().unwrap_or_default(),
+            Some(h),
+        )
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        self.open_partition(partition)?;
+        self.begin()?;
+        self.summary.records += 1;
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.caught_up = false;
+            p.pending_offset = Some(msg.offset() + 1);
+        }
+        let payload = msg.payload().unwrap_or_default();
+        let ev = match codec::decode_customer_event(payload, self.cfg.input_format) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return self
+                    .dead_letter(msg, &Rejection::Undecodable(format!("{}: {e}", e.kind())));
+            }
+        };
+        if let Err(why) = validate(
+            &ev,
+            msg.key(),
+            Some(now_millis()),
+            self.cfg.max_future_skew_ms(),
+        ) {
+            return self.dead_letter(msg, &why);
+        }
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let watermark = part.runtime.watermark();
+        let applied = part
+            .runtime
+            .on_event(&ev, &mut self.outputs)
+            .map_err(|source| PipelineError::State {
+                partition,
+                path: part.path.clone(),
+                source,
+            })?;
+        match applied {
+            Applied::Accepted { late: false } => self.metrics.events(EventResult::Accepted, 1),
+            Applied::Accepted { late: true } => {
+                self.metrics.events(EventResult::Late, 1);
+                let h = Self::source_headers(msg).insert(Header {
+                    key: headers::WATERMARK,
+                    value: Some(&crate::model::format_millis(watermark)),
+                });
+                let topic = self.cfg.topics.late_events.clone();
+                self.send(&topic, msg.key().unwrap_or_default(), payload, Some(h))?;
+            }
+            Applied::Duplicate => self.metrics.events(EventResult::Duplicate, 1),
+            Applied::Ignored => self.metrics.events(EventResult::Ignored, 1),
+        }
+        self.send_outputs()
+    }
+
+    /// Advances the watermark of caught-up partitions to the wall clock − allowed lateness.
+    fn advance_idle_partitions(&mut self) -> Result<(), PipelineError> {
+        let wall = now_millis() - self.cfg.allowed_lateness_ms();
+        let mut fired = 0;
+        for (partition, part) in self.partitions.iter_mut() {
+            if part.caught_up {
+                fired += part
+                    .runtime
+                    .advance_to(wall, &mut self.outputs)
+                    .map_err(|source| PipelineError::State {
+                        partition: *partition,
+                        path: part.path.clone(),
+                        source,
+                    })?;
+            }
+            let lag = (now_millis() - part.runtime.watermark().max(0)) / 1000;
+            self.metrics
+                .partition(*partition, part.runtime.pending_timers(), lag);
+        }
+        if !self.outputs.is_empty() {
+            tracing::debug!(customers = fired, "Timers fired on wall-clock time.");
+            self.send_outputs()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction (outputs + input offsets), then the local state.
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        self.advance_idle_partitions()?;
+        if !self.in_transaction {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, part) in &self.partitions {
+            if let Some(next) = part.pending_offset {
+                let _ = offsets.add_partition_offset(
+                    &self.cfg.topics.customer_events,
+                    *partition,
+                    Offset::Offset(next),
+                );
+            }
+        }
+        let timeout = Duration::from_secs(30);
+        let group = if offsets.count() > 0 {
+            Some(consumer.group_metadata().ok_or(PipelineError::Kafka {
+                action: "read consumer group metadata for the transaction",
+                source: KafkaError::Canceled,
+            })?)
+        } else {
+            None
+        };
+        let result = (|| {
+            if let Some(group) = &group {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, group, timeout)?;
+            }
+            self.producer.commit_transaction(timeout)
+        })();
+        self.in_transaction = false;
+        if let Err(e) = result {
+            self.metrics
+                .transaction(false, started.elapsed().as_secs_f64());
+            return self.abort_and_rewind(consumer, e);
+        }
+        self.summary.transactions += 1;
+        for (partition, part) in self.partitions.iter_mut() {
+            if let Some(next) = part.pending_offset.take() {
+                part.runtime
+                    .put_meta(META_OFFSET, next.to_be_bytes().to_vec());
+                part.committed_offset = Some(next);
+            }
+            part.runtime
+                .flush()
+                .map_err(|source| PipelineError::State {
+                    partition: *partition,
+                    path: part.path.clone(),
+                    source,
+                })?;
+        }
+        self.metrics
+            .transaction(true, started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// After a failed commit: abort, drop the uncommitted in-memory state and seek back to the
+    /// last committed offsets, so the batch is processed again from scratch.
+    fn abort_and_rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        e: KafkaError,
+    ) -> Result<(), PipelineError> {
+        if let KafkaError::Transaction(t) = &e
+            && t.is_fatal()
+        {
+            return Err(PipelineError::Fenced(
+                self.cfg.kafka.transactional_id.clone(),
+            ));
+        }
+        tracing::warn!(error = %e, "Transaction failed; aborting and re-processing the batch.");
+        if let Err(abort) = self.producer.abort_transaction(Duration::from_secs(30)) {
+            return Err(PipelineError::Kafka {
+                action: "abort transaction",
+                source: abort,
+            });
+        }
+        self.outputs.clear();
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            let committed = self
+                .partitions
+                .remove(&partition)
+                .and_then(|p| p.committed_offset);
+            self.open_partition(partition)?;
+            let offset = committed.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = consumer.seek(
+                &self.cfg.topics.customer_events,
+                partition,
+                offset,
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(partition, error = %e, "Seek after abort failed.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the processor until `shutdown` is cancelled (then drains, commits and returns) or a
+/// fatal error. Blocks the calling thread: call it from a dedicated thread.
+pub fn run(
+    cfg: Config,
+    engine: Arc<Engine>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, PipelineError> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_config(&cfg.kafka.brokers, &cfg.kafka.properties)
+            .set("transactional.id", &cfg.kafka.transactional_id)
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .map_err(|source| PipelineError::Kafka {
+                action: "create producer",
+                source,
+            })?;
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .map_err(|source| PipelineError::Kafka {
+            action: "init transactions (is the broker up, and transaction.state.log settings valid for its size?)",
+            source,
+        })?;
+    let rocks = RocksEnv::new(&cfg.rocksdb).map_err(|source| PipelineError::State {
+        partition: -1,
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let input_topic = cfg.topics.customer_events.clone();
+    let interval = Duration::from_millis(cfg.commit_interval_ms);
+    let max_batch = cfg.max_batch_events;
+    let core = Arc::new(Mutex::new(Core {
+        rocks,
+        engine,
+        metrics,
+        health: health.clone(),
+        producer,
+        partitions: BTreeMap::new(),
+        in_transaction: false,
+        outputs: Vec::with_capacity(256),
+        summary: RunSummary::default(),
+        failed: None,
+        cfg,
+    }));
+    let consumer: BaseConsumer<RunContext> = {
+        let c = lock(&core);
+        let mut cc = client_config(&c.cfg.kafka.brokers, &c.cfg.kafka.properties);
+        cc.set("group.id", &c.cfg.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        drop(c);
+        cc.create_with_context(RunContext { core: core.clone() })
+            .map_err(|source| PipelineError::Kafka {
+                action: "create consumer",
+                source,
+            })?
+    };
+    consumer
+        .subscribe(&[&input_topic])
+        .map_err(|source| PipelineError::Kafka {
+            action: "subscribe",
+            source,
+        })?;
+    health.live.store(true, Ordering::Relaxed);
+    tracing::info!(topic = %input_topic, "Processing.");
+    let mut last_commit = Instant::now();
+    let mut batch = 0usize;
+    loop {
+        let polled = consumer.poll(Duration::from_millis(20));
+        let mut core = lock(&core);
+        if let Some(e) = core.failed.take() {
+            return Err(e);
+        }
+        match polled {
+            Some(Ok(msg)) => {
+                core.handle(&msg)?;
+                batch += 1;
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(p) = core.partitions.get_mut(&partition) {
+                    p.caught_up = true;
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+            None => {}
+        }
+        if batch >= max_batch || last_commit.elapsed() >= interval {
+            core.commit(&consumer)?;
+            batch = 0;
+            last_commit = Instant::now();
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    let summary = lock(&core).summary;
+    consumer.unsubscribe();
+    tracing::info!(
+        records = summary.records,
+        commands = summary.commands,
+        journey_events = summary.journey_events,
+        dead_letters = summary.dead_letters,
+        transactions = summary.transactions,
+        "Stopped after committing."
+    );
+    Ok(summary)
+}
+
+/// What `waymark state inspect` prints for a customer.
+#[derive(Debug, serde::Serialize)]
+pub struct InspectReport {
+    /// The customer.
+    pub customer_id: String,
+    /// State directory of the partition holding the customer.
+    pub partition_dir: String,
+    /// Profile attributes.
+    pub profile: BTreeMap<String, String>,
+    /// Events kept in state (event time order).
+    pub events: Vec<serde_json::Value>,
+    /// Events that arrived late.
+    pub late_events: u32,
+    /// Duplicate deliveries seen.
+    pub duplicates: u32,
+    /// Next wake-up (RFC 3339).
+    pub next_due: Option<String>,
+    /// Journeys, instances, steps, and every action's fate with the reason.
+    pub explanation: crate::engine::Explanation,
+}
+
+/// Errors of `waymark state inspect`.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The state directory has no partition directories.
+    #[error(
+        "no partition state under {0}; point --state-dir at the directory `waymark run` used, and stop that processor first (RocksDB allows one user)"
+    )]
+    NoState(PathBuf),
+    /// No partition holds the customer.
+    #[error("customer `{customer}` is in none of the {partitions} partitions under {dir}")]
+    NotFound {
+        /// The customer.
+        customer: String,
+        /// Partitions searched.
+        partitions: usize,
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// A partition's state could not be read.
+    #[error("{path}: {source}")]
+    State {
+        /// The partition directory.
+        path: PathBuf,
+        /// The error.
+        source: StateError,
+    },
+}
+
+/// Finds a customer in a (stopped) processor's state directory and explains its state.
+pub fn inspect(
+    state_dir: &std::path::Path,
+    engine: &Engine,
+    customer_id: &str,
+) -> Result<InspectReport, InspectError> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(state_dir)
+        .map_err(|_| InspectError::NoState(state_dir.to_owned()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(InspectError::NoState(state_dir.to_owned()));
+    }
+    for dir in &dirs {
+        let err = |source| InspectError::State {
+            path: dir.clone(),
+            source,
+        };
+        let store = RocksStore::open(dir, &Default::default()).map_err(err)?;
+        let Some(bytes) =
+            crate::state::StateStore::get_customer(&store, customer_id).map_err(err)?
+        else {
+            continue;
+        };
+        let state: crate::engine::CustomerState =
+            crate::state::decode_value(customer_id, &bytes).map_err(err)?;
+        return Ok(InspectReport {
+            customer_id: customer_id.to_owned(),
+            partition_dir: dir.display().to_string(),
+            profile: state.latest_profile(),
+            events: state
+                .events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "event_id": e.event_id,
+                        "type": e.event_type,
+                        "occurred_at": crate::model::format_millis(e.at),
+                    })
+                })
+                .collect(),
+            late_events: state.late_events,
+            duplicates: state.duplicates,
+            next_due: state.next_due.map(crate::model::format_millis),
+            explanation: engine.explain(&state),
+        });
+    }
+    Err(InspectError::NotFound {
+        customer: customer_id.to_owned(),
+        partitions: dirs.len(),
+        dir: state_dir.to_owned(),
+    })
+}
