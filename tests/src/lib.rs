@@ -1,0 +1,410 @@
+//! Helpers for Waymark's end-to-end scenarios against a real Kafka broker.
+//!
+//! Owns: the broker address (`WAYMARK_TEST_BROKERS`, default `127.0.0.1:19092`, the broker
+//! `make test` starts with `scripts/kafka.sh`), unique topic/group/transactional-id names per
+//! test, starting and stopping `waymark run` as a real process, reading outputs back with
+//! `read_committed`, and comparing them with `waymark simulate`. Every test creates its own
+//! topics, so tests never see each other's records.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use waymark::config::{InputFormat, TopicsConfig};
+use waymark::engine::Engine;
+use waymark::journey::JourneySet;
+use waymark::model::Millis;
+use waymark::simulate::{SimulateOptions, simulate};
+
+/// The broker under test.
+pub fn brokers() -> String {
+    std::env::var("WAYMARK_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// The project root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The reference journey file.
+pub fn reference_journey() -> PathBuf {
+    root().join("deploy/journeys/b2b-onboarding.yaml")
+}
+
+/// The golden trace folder (`../shared/golden` beside the project).
+pub fn golden_dir() -> PathBuf {
+    std::env::var("WAYMARK_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("../shared/golden"))
+}
+
+/// The `waymark` binary built beside this test binary (same profile).
+pub fn waymark_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WAYMARK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/waymark
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("waymark"))
+        .expect("target directory layout")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Wall clock in milliseconds.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One test's world: its topics, group, transactional id, state directory and config file.
+pub struct Scenario {
+    /// Topic names (all unique to this scenario).
+    pub topics: TopicsConfig,
+    /// Scratch directory (state, config, logs).
+    pub dir: tempfile::TempDir,
+    /// The config file for `waymark run`.
+    pub config: PathBuf,
+    /// The HTTP address of `waymark run`.
+    pub http: String,
+}
+
+impl Scenario {
+    /// Creates unique topics with `partitions` partitions and writes a config for them.
+    /// `extra` is appended to the config file (e.g. `allowed-lateness-secs: 1`).
+    pub fn new(name: &str, partitions: i32, extra: &str) -> Result<Scenario> {
+        let id = unique(name);
+        let topics = TopicsConfig {
+            customer_events: format!("{id}.customer-events"),
+            journey_events: format!("{id}.journey-events"),
+            commands_email: format!("{id}.commands.email"),
+            commands_sms: format!("{id}.commands.sms"),
+            commands_contact_center: format!("{id}.commands.contact-center"),
+            dead_letters: format!("{id}.customer-events.dlq"),
+            late_events: format!("{id}.customer-events.late"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(waymark::kafka::create_topics(
+            &brokers(),
+            &topics,
+            partitions,
+            1,
+        ))
+        .context("creating test topics (is the test broker up? `make test` starts it)")?;
+        let dir = tempfile::tempdir()?;
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("waymark.yaml");
+        let yaml = format!(
+            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
+            topics.customer_events,
+            topics.journey_events,
+            topics.commands_email,
+            topics.commands_sms,
+            topics.commands_contact_center,
+            topics.dead_letters,
+            topics.late_events,
+            reference_journey().display(),
+            dir.path().join("state").display(),
+            brokers = brokers(),
+        );
+        std::fs::write(&config, yaml)?;
+        Ok(Scenario {
+            topics,
+            dir,
+            config,
+            http,
+        })
+    }
+
+    /// Produces a JSON-lines file of events to the input topic (Avro, keyed by customer).
+    pub fn produce_file(&self, path: &Path) -> Result<u64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let file = std::io::BufReader::new(std::fs::File::open(path)?);
+        Ok(rt.block_on(waymark::kafka::produce_file(
+            &brokers(),
+            &self.topics.customer_events,
+            &path.display().to_string(),
+            file,
+            InputFormat::Avro,
+        ))?)
+    }
+
+    /// Produces raw records (key, value) to the input topic, in order.
+    pub fn produce_raw(&self, records: &[(Option<&str>, Vec<u8>)]) -> Result<()> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let producer: FutureProducer =
+            waymark::kafka::producer_config(&brokers(), &Default::default()).create()?;
+        rt.block_on(async {
+            for (key, value) in records {
+                let mut r: FutureRecord<'_, str, Vec<u8>> =
+                    FutureRecord::to(&self.topics.customer_events).payload(value);
+                if let Some(k) = key {
+                    r = r.key(*k);
+                }
+                producer
+                    .send(r, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts `waymark run` on this scenario's config; its log goes to `<dir>/run-N.log`.
+    pub fn start(&self) -> Result<Processor> {
+        let n = std::fs::read_dir(self.dir.path())?.count();
+        let log_path = self.dir.path().join(format!("run-{n}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(waymark_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", waymark_bin().display()))?;
+        let p = Processor {
+            child,
+            log: log_path,
+            http: self.http.clone(),
+        };
+        p.wait_ready(Duration::from_secs(60))?;
+        Ok(p)
+    }
+
+    /// Every output topic's records, read_committed, decoded.
+    pub fn read(&self, topics: &[&str], idle: Duration) -> Result<Vec<Value>> {
+        let names: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
+        let mut buf = Vec::new();
+        let opts = waymark::kafka::TailOptions {
+            from_beginning: true,
+            idle_exit: Some(idle),
+            max_records: None,
+        };
+        waymark::kafka::tail(&brokers(), &self.topics, &names, &opts, &mut buf)?;
+        Ok(buf
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect())
+    }
+
+    /// Commands and journey events, read back from Kafka.
+    pub fn outputs(&self) -> Result<Vec<Value>> {
+        self.read(
+            &[
+                &self.topics.commands_email,
+                &self.topics.commands_sms,
+                &self.topics.commands_contact_center,
+                &self.topics.journey_events,
+            ],
+            Duration::from_secs(2),
+        )
+    }
+
+    /// Reads outputs until at least `want` arrived (or `timeout`), then once more after a
+    /// pause, so that extra (duplicate) records would be seen too.
+    pub fn await_outputs(&self, want: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.outputs()?;
+            if got.len() >= want {
+                std::thread::sleep(Duration::from_secs(2));
+                return self.outputs();
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {want} output records after {timeout:?}",
+                    got.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// A running `waymark run` process.
+pub struct Processor {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+    http: String,
+}
+
+impl Processor {
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(body) = http_get(&self.http, "/readyz")
+                && body.starts_with("ready")
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "waymark run not ready after {timeout:?}; log:\n{}",
+            self.log_text()
+        )
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        http_get(&self.http, "/metrics")
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `timeout`).
+    pub fn terminate(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "waymark run did not stop within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback (no client dependency needed).
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
+}
+
+/// `waymark simulate` of a JSON-lines file, as decoded JSON values.
+pub fn simulate_file(events: &Path, until: Millis) -> Result<Vec<Value>> {
+    let engine = Arc::new(Engine::new(JourneySet::load(&reference_journey())?));
+    let mut out = Vec::new();
+    let opts = SimulateOptions {
+        allowed_lateness: 300_000,
+        until: Some(until),
+        max_future_skew: 86_400_000,
+    };
+    simulate(
+        engine,
+        std::io::BufReader::new(std::fs::File::open(events)?),
+        &mut out,
+        &opts,
+    )?;
+    Ok(out
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect())
+}
+
+/// The stable id of an output record.
+pub fn id_of(v: &Value) -> String {
+    let field = if v["kind"] == "command" {
+        "command_id"
+    } else {
+        "journey_event_id"
+    };
+    v[field].as_str().unwrap_or_default().to_owned()
+}
+
+/// Asserts the two sets of outputs are equal: same ids, each exactly once, and the same
+/// content field by field.
+pub fn assert_same_outputs(kafka: &[Value], simulated: &[Value]) {
+    let index = |vs: &[Value]| -> BTreeMap<String, Vec<Value>> {
+        let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for v in vs {
+            m.entry(id_of(v)).or_default().push(v.clone());
+        }
+        m
+    };
+    let k = index(kafka);
+    let s = index(simulated);
+    let dups: Vec<_> = k
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "{} ids appear more than once in Kafka, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(3)]
+    );
+    let missing: Vec<_> = s.keys().filter(|id| !k.contains_key(*id)).collect();
+    let extra: Vec<_> = k.keys().filter(|id| !s.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "Kafka vs simulate: {} missing (e.g. {:?}), {} extra (e.g. {:?})",
+        missing.len(),
+        missing
+            .iter()
+            .take(2)
+            .map(|id| &s[*id][0])
+            .collect::<Vec<_>>(),
+        extra.len(),
+        extra
+            .iter()
+            .take(2)
+            .map(|id| &k[*id][0])
+            .collect::<Vec<_>>()
+    );
+    for (id, sv) in &s {
+        assert_eq!(&k[id][0], &sv[0], "record {id} differs");
+    }
+}

@@ -1,0 +1,75 @@
+//! A clean restart keeps the state: a customer who entered before the restart is still in the
+//! journey after it, and nothing is emitted twice.
+
+use std::time::Duration;
+
+use waymark::config::InputFormat;
+use waymark::model::CustomerEvent;
+use waymark_e2e::*;
+
+fn event(id: &str, event_type: &str, at: i64) -> Vec<u8> {
+    let ev = CustomerEvent {
+        event_id: id.into(),
+        customer_id: "c1".into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: [
+            ("email".to_owned(), "c1@example.com".to_owned()),
+            ("sales_rep".to_owned(), "rep-1".to_owned()),
+        ]
+        .into(),
+    };
+    waymark::kafka::encode_event(&ev, InputFormat::Avro).unwrap()
+}
+
+fn count(outputs: &[serde_json::Value], field: &str, value: &str) -> usize {
+    outputs.iter().filter(|v| v[field] == value).count()
+}
+
+#[test]
+fn state_survives_a_clean_restart() {
+    let scenario = Scenario::new("restart", 2, "allowed-lateness-secs: 1").unwrap();
+    let now = now_millis();
+    // Logged in 70 minutes ago: the +1h email is due, the +2d task is not.
+    scenario
+        .produce_raw(&[(Some("c1"), event("e1", "login.created", now - 70 * 60_000))])
+        .unwrap();
+    let first = scenario.start().unwrap();
+    let before = scenario.await_outputs(4, Duration::from_secs(60)).unwrap();
+    assert_eq!(count(&before, "type", "entered"), 1);
+    assert_eq!(
+        count(&before, "action", "invite-email"),
+        2,
+        "the command and its command_emitted event"
+    );
+    assert!(first.terminate(Duration::from_secs(30)).unwrap().success());
+
+    // After the restart, the payment account completes the instance that entered before it.
+    scenario
+        .produce_raw(&[(
+            Some("c1"),
+            event("e2", "payment_account.created", now_millis() - 1_000),
+        )])
+        .unwrap();
+    let second = scenario.start().unwrap();
+    let after = scenario
+        .await_outputs(before.len() + 1, Duration::from_secs(60))
+        .unwrap();
+    assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
+    let completed: Vec<_> = after
+        .iter()
+        .filter(|v| v["type"] == "step_completed")
+        .map(|v| v["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(completed, ["login", "payment_account"]);
+    assert_eq!(
+        count(&after, "type", "entered"),
+        1,
+        "no second entry after the restart"
+    );
+    assert_eq!(
+        count(&after, "kind", "command"),
+        1,
+        "the email, once; the task and call are cancelled"
+    );
+}
