@@ -1,0 +1,52 @@
+# Waymark — every target is annotated; `make` alone prints this help.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+export WAYMARK_CACHE ?= $(HOME)/.cache/waymark
+# Build output lives outside the work tree so CI runs and fresh clones reuse it.
+export CARGO_TARGET_DIR ?= $(WAYMARK_CACHE)/target
+CARGO ?= cargo
+WAYMARK := $(CARGO_TARGET_DIR)/release/waymark
+
+##@ The two commands
+demo: ## Set up, start Kafka, run the reference journey live on it, and show its output
+	bash scripts/demo.sh
+
+test: ## Set up, start a test broker, and run every check: fmt, clippy, unit, golden, end-to-end
+	bash scripts/test.sh
+
+##@ Building
+setup: ## Install the system packages the build and tests need (idempotent)
+	bash scripts/setup.sh
+
+build: ## Build the waymark binary (release profile, shared by tests and demo)
+	$(CARGO) build --release --workspace --all-targets
+
+lint: ## cargo fmt --check and cargo clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+unit: ## Engine, journey, state and codec tests only (no broker needed)
+	$(CARGO) test --release -p waymark
+
+golden: build ## Check `waymark simulate` against ../shared/golden
+	bash scripts/golden.sh
+
+##@ Kafka (a real single-node KRaft broker from Maven Central)
+kafka-start: ## Start the local broker on 127.0.0.1:$${KAFKA_PORT:-9092}
+	bash scripts/kafka.sh start
+
+kafka-topics: ## Create Waymark's topics on the local broker
+	bash scripts/kafka.sh topics
+
+kafka-stop: ## Stop the local broker
+	bash scripts/kafka.sh stop
+
+##@ Housekeeping
+clean: ## Remove local state and demo output (keeps the build cache)
+	rm -rf .waymark
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: demo test setup build lint unit golden kafka-start kafka-topics kafka-stop clean help

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, builds, starts a dedicated test broker, and runs
+# every check. The broker is stopped again at the end, pass or fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export WAYMARK_CACHE=${WAYMARK_CACHE:-$HOME/.cache/waymark}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WAYMARK_CACHE/target}
+# A broker of its own, so a running demo broker (9092) is left alone.
+export KAFKA_PORT=${WAYMARK_TEST_KAFKA_PORT:-19092}
+export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+export WAYMARK_TEST_BROKERS=127.0.0.1:$KAFKA_PORT
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "setup"
+bash scripts/setup.sh
+
+step "build (release; the first build compiles RocksDB and librdkafka, ~25 min on 2 cores)"
+cargo build --release --workspace --all-targets
+
+step "lint: rustfmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "unit and property tests (engine, journeys, state, codec, config)"
+cargo test --release -p waymark
+
+step "golden trace through waymark simulate"
+bash scripts/golden.sh
+
+step "start the test broker on $WAYMARK_TEST_BROKERS"
+bash scripts/kafka.sh start
+trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+
+step "end-to-end scenarios against the real broker"
+cargo test --release -p waymark-e2e -- --test-threads=1
+
+echo
+echo "make test: all checks passed in $(( $(date +%s) - started ))s"
