@@ -1,0 +1,83 @@
+//! The command line without a broker: invalid journey and config files stop start-up with a
+//! message naming file, line and field; `--help` teaches.
+
+use std::process::Command;
+
+use waymark_e2e::*;
+
+fn waymark(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(waymark_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn journeys_check_accepts_the_reference_journey() {
+    let (ok, stdout, _) = waymark(&["journeys", "check", reference_journey().to_str().unwrap()]);
+    assert!(ok);
+    assert!(
+        stdout.contains("b2b-onboarding v1") && stdout.contains("7 steps"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_invalid_journey_stops_run_before_it_connects_and_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(reference_journey())
+        .unwrap()
+        .replace("after: login", "after: logn");
+    std::fs::write(&bad, text).unwrap();
+    let (ok, _, stderr) = waymark(&["journeys", "check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("bad.yaml:")
+            && stderr.contains("rules[0].after")
+            && stderr.contains("unknown step `logn`"),
+        "{stderr}"
+    );
+    // `run` refuses the same file at start-up (no broker is listening on port 1).
+    let (ok, _, stderr) = waymark(&[
+        "run",
+        "--brokers",
+        "127.0.0.1:1",
+        "--journeys",
+        bad.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("rules[0].after"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_config_key_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("waymark.yaml");
+    std::fs::write(
+        &cfg,
+        "kafka:\n  brokers: 127.0.0.1:1\ncommit-interval: 100\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = waymark(&["--config", cfg.to_str().unwrap(), "run"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("waymark.yaml:3:") && stderr.contains("commit-interval"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_every_command() {
+    let (ok, stdout, _) = waymark(&["--help"]);
+    assert!(ok);
+    for cmd in [
+        "run", "simulate", "journeys", "produce", "tail", "loadgen", "topics", "state",
+    ] {
+        assert!(stdout.contains(cmd), "--help lacks {cmd}:\n{stdout}");
+    }
+}
