@@ -20,7 +20,8 @@ def load(path):
 
 
 def key(r):
-    return r.get("command_id") or r.get("journey_event_id")
+    # A command_emitted journey event carries its command's id too: key by kind.
+    return r["command_id"] if r.get("kind") == "command" else r.get("journey_event_id")
 
 
 def main():

@@ -62,6 +62,28 @@ pub enum KafkaToolError {
     UnknownTopic(String),
 }
 
+/// How Waymark's clients report librdkafka's global errors: the end of a partition is a
+/// signal, not an error (consumers ask for it with `enable.partition.eof`), and the rest are
+/// retried by librdkafka itself, so they are warnings until the operation that needs them fails.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) => tracing::trace!(%reason, "Partition end reached."),
+        _ => tracing::warn!(%error, %reason, "Kafka client error; librdkafka retries."),
+    }
+}
+
+/// Client context of the tools: [`log_client_error`] for global errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ToolContext;
+
+impl rdkafka::ClientContext for ToolContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ToolContext {}
+
 /// Base settings of every client: brokers plus user-supplied librdkafka properties.
 pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();
@@ -331,12 +353,12 @@ pub fn tail(
     opts: &TailOptions,
     out: &mut impl Write,
 ) -> Result<u64, KafkaToolError> {
-    let consumer: BaseConsumer = client_config(brokers, &BTreeMap::new())
+    let consumer: BaseConsumer<ToolContext> = client_config(brokers, &BTreeMap::new())
         .set("group.id", format!("waymark-tail-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(ToolContext)
         .map_err(client_err("creating a consumer", brokers))?;
     let mut tpl = TopicPartitionList::new();
     for name in topic_names {

@@ -149,7 +149,11 @@ struct RunContext {
     core: Arc<Mutex<Core>>,
 }
 
-impl ClientContext for RunContext {}
+impl ClientContext for RunContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::log_client_error(&error, reason);
+    }
+}
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // A poisoned lock means a panic in the loop; the process is going down anyway.
