@@ -67,7 +67,9 @@ pub enum KafkaToolError {
 /// retried by librdkafka itself, so they are warnings until the operation that needs them fails.
 pub fn log_client_error(error: &KafkaError, reason: &str) {
     match error {
-        KafkaError::PartitionEOF(_) => tracing::trace!(%reason, "Partition end reached."),
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::trace!(%reason, "Partition end reached.")
+        }
         _ => tracing::warn!(%error, %reason, "Kafka client error; librdkafka retries."),
     }
 }

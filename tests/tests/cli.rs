@@ -81,3 +81,32 @@ fn help_lists_every_command() {
         assert!(stdout.contains(cmd), "--help lacks {cmd}:\n{stdout}");
     }
 }
+
+#[test]
+fn simulate_is_deterministic_byte_for_byte() {
+    let golden = golden_dir();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("expected.json")).unwrap())
+            .unwrap();
+    let args = [
+        "simulate",
+        "--journeys",
+        reference_journey().to_str().unwrap(),
+        "--events",
+        golden.join("events.jsonl").to_str().unwrap(),
+        "--until",
+        expected["until"].as_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let run = || Command::new(waymark_bin()).args(&args).output().unwrap();
+    let (a, b) = (run(), run());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(
+        a.stdout.len() > 100_000,
+        "golden output should be substantial"
+    );
+    assert!(
+        a.stdout == b.stdout,
+        "two runs of simulate on the same input differ"
+    );
+}
