@@ -276,21 +276,12 @@ impl Config {
     /// Parses a config file's text.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            let (line, column, message) = crate::journey::yaml_error_parts(&e);
             ConfigError::Syntax {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
+                message,
             }
         })
     }

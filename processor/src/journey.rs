@@ -514,23 +514,27 @@ impl JourneySet {
 /// Parses and validates one journey file's text.
 pub fn parse_journey(path: &Path, text: &str) -> Result<Journey, JourneyError> {
     let def: JourneyDef = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
+        let (line, column, message) = yaml_error_parts(&e);
         JourneyError::Syntax {
             path: path.to_owned(),
             line,
             column,
-            message: first_line(&e.to_string()),
+            message,
         }
     })?;
     compile(path, def)
 }
 
-/// serde-saphyr renders a snippet after the message; the first line is the message itself.
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_owned()
+/// A YAML parse error as (1-based line, column, message); 0 where the position is unknown.
+/// serde-saphyr renders a snippet after the message: only the message's first line is kept.
+pub(crate) fn yaml_error_parts(e: &serde_saphyr::Error) -> (u64, u64, String) {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let text = e.to_string();
+    let message = text.lines().next().unwrap_or_default().trim().to_owned();
+    (line, column, message)
 }
 
 struct Validator<'a> {
