@@ -179,7 +179,7 @@ impl ConsumerContext for RunContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut core = lock(&self.core);
@@ -189,6 +189,7 @@ impl ConsumerContext for RunContext {
                         core.failed.get_or_insert(e);
                     }
                 }
+                core.check_offsets(consumer, tpl);
                 let n = core.partitions.len();
                 core.metrics.assigned(n);
                 core.health.ready.store(true, Ordering::Relaxed);
@@ -250,6 +251,51 @@ impl Core {
             },
         );
         Ok(())
+    }
+
+    /// Compares each assigned partition's local state with the group's committed offset and
+    /// says loudly when they disagree: the local state then misses events (or is ahead of a
+    /// reset), and journeys of the affected customers may be wrong until it is rebuilt.
+    fn check_offsets<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        tpl: &TopicPartitionList,
+    ) {
+        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read committed offsets to check the local state.");
+                return;
+            }
+        };
+        for el in committed.elements() {
+            let Some(part) = self.partitions.get(&el.partition()) else {
+                continue;
+            };
+            let group = match el.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            let local = part.committed_offset;
+            if group == local {
+                continue;
+            }
+            match (local, group) {
+                (None, Some(group)) => tracing::warn!(
+                    partition = el.partition(),
+                    committed_offset = group,
+                    path = %part.path.display(),
+                    "No local state for a partition the group has consumed: customers who entered earlier are unknown here. Restore the state directory, or reset the group's offsets to reprocess from the start."
+                ),
+                (local, group) => tracing::warn!(
+                    partition = el.partition(),
+                    local_offset = local,
+                    committed_offset = group,
+                    path = %part.path.display(),
+                    "Local state and committed offset disagree (a crash between commit and state write, or an offset reset); outputs stay exactly-once, the local state may miss the events in between."
+                ),
+            }
+        }
     }
 
     fn begin(&mut self) -> Result<(), PipelineError> {

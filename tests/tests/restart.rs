@@ -55,6 +55,7 @@ fn state_survives_a_clean_restart() {
     let after = scenario
         .await_outputs(before.len() + 1, Duration::from_secs(60))
         .unwrap();
+    let second_log = second.log_text();
     assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
     let completed: Vec<_> = after
         .iter()
@@ -71,5 +72,59 @@ fn state_survives_a_clean_restart() {
         count(&after, "kind", "command"),
         1,
         "the email, once; the task and call are cancelled"
+    );
+    assert!(
+        !second_log.contains("disagree") && !second_log.contains("No local state"),
+        "a clean restart needs no warning:\n{second_log}"
+    );
+
+    // The operator's "why": state inspect on the stopped processor's state.
+    let inspect = std::process::Command::new(waymark_bin())
+        .args(["state", "inspect", "c1", "--state-dir"])
+        .arg(scenario.dir.path().join("state"))
+        .arg("--journeys")
+        .arg(reference_journey())
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let instance = &report["explanation"]["journeys"][0]["instances"][0];
+    let actions: Vec<(&str, &str)> = instance["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap(), a["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("invite-email", "sent"),
+            ("assist-task", "cancelled"),
+            ("sales-rep-call", "cancelled")
+        ]
+    );
+    let reason = instance["actions"][1]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("step `payment_account` completed at"),
+        "{reason}"
+    );
+    assert_eq!(report["profile"]["sales_rep"], "rep-1");
+
+    // A lost state directory is not silently accepted: the operator is told what is missing.
+    std::fs::remove_dir_all(scenario.dir.path().join("state")).unwrap();
+    let third = scenario.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !third.log_text().contains("No local state") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = third.log_text();
+    assert!(third.terminate(Duration::from_secs(30)).unwrap().success());
+    assert!(
+        log.contains("No local state for a partition the group has consumed"),
+        "{log}"
     );
 }
