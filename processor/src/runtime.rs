@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, Output};
-use crate::state::{StateCache, StateError, StateStore};
+use crate::state::{PreparedBatch, StateCache, StateError, StateStore};
 
 /// Meta key under which the runtime keeps its watermark.
 pub const META_WATERMARK: &str = "watermark";
@@ -23,7 +23,9 @@ pub enum Rejection {
     #[error("undecodable record: {0}")]
     Undecodable(String),
     /// `customer_id` is empty.
-    #[error("customer_id is missing or empty; every event must name its customer")]
+    #[error(
+        "customer_id is missing, empty or starts with a NUL byte; every event must name its customer"
+    )]
     MissingCustomerId,
     /// `event_id` is empty.
     #[error("event_id is missing or empty; every event needs a unique id for de-duplication")]
@@ -80,7 +82,7 @@ pub fn validate(
     now: Option<Millis>,
     max_future_skew: Millis,
 ) -> Result<(), Rejection> {
-    if ev.customer_id.trim().is_empty() {
+    if ev.customer_id.trim().is_empty() || ev.customer_id.starts_with('\0') {
         return Err(Rejection::MissingCustomerId);
     }
     if ev.event_id.trim().is_empty() {
@@ -307,6 +309,18 @@ impl PartitionRuntime {
     /// Writes every change since the last flush to the store in one atomic batch.
     pub fn flush(&mut self) -> Result<(), StateError> {
         self.cache.flush(&mut *self.store)?;
+        Ok(())
+    }
+
+    /// Encodes every change since the last flush without writing it (see
+    /// [`StateCache::prepare`]); nothing may change before [`PartitionRuntime::write_prepared`].
+    pub fn prepare(&self) -> Result<PreparedBatch, StateError> {
+        self.cache.prepare()
+    }
+
+    /// Writes a batch from [`PartitionRuntime::prepare`] to the store.
+    pub fn write_prepared(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
+        self.cache.write_prepared(&mut *self.store, prepared)?;
         Ok(())
     }
 

@@ -76,6 +76,15 @@ struct Entry<V> {
     used: u64,
 }
 
+/// A flush encoded by [`StateCache::prepare`] and not yet written.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    /// Every change, as one atomic batch.
+    pub batch: StateBatch,
+    /// What the batch holds.
+    pub stats: FlushStats,
+}
+
 /// What one [`StateCache::flush`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushStats {
@@ -412,11 +421,15 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
     /// Writes nothing if nothing is pending. On error nothing is marked clean or evicted: the
     /// next call writes the same changes again (plus any made since).
     pub fn flush(&mut self, store: &mut dyn StateStore) -> Result<FlushStats, StateError> {
+        let prepared = self.prepare()?;
+        self.write_prepared(store, prepared)
+    }
+
+    /// Encodes every change since the last flush into one batch, without writing it or
+    /// forgetting it: the caller may ship the batch elsewhere first (the state changelog) and
+    /// then hand it to [`StateCache::write_prepared`]. The cache must not change in between.
+    pub fn prepare(&self) -> Result<PreparedBatch, StateError> {
         let mut stats = FlushStats::default();
-        if self.is_clean() {
-            stats.evicted = self.evict();
-            return Ok(stats);
-        }
         let mut batch =
             StateBatch::with_capacity(self.dirty.len() + self.timers.len() + self.meta.len());
         for id in &self.dirty {
@@ -448,8 +461,20 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
             batch.put_meta(key, bytes.clone());
             stats.meta_put += 1;
         }
-        store.write(batch)?;
+        Ok(PreparedBatch { batch, stats })
+    }
 
+    /// Writes a batch from [`StateCache::prepare`] atomically, then marks everything clean and
+    /// evicts beyond capacity. On error nothing is forgotten: a retry writes it again.
+    pub fn write_prepared(
+        &mut self,
+        store: &mut dyn StateStore,
+        prepared: PreparedBatch,
+    ) -> Result<FlushStats, StateError> {
+        let PreparedBatch { batch, mut stats } = prepared;
+        if !batch.is_empty() {
+            store.write(batch)?;
+        }
         for id in self.dirty.drain(..) {
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.dirty = false;

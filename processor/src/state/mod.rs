@@ -34,8 +34,8 @@ mod tests;
 use std::path::PathBuf;
 
 pub use cache::{
-    DEFAULT_CACHE_CAPACITY, FlushStats, STATE_FORMAT_VERSION, StateCache, decode_value,
-    encode_value,
+    DEFAULT_CACHE_CAPACITY, FlushStats, PreparedBatch, STATE_FORMAT_VERSION, StateCache,
+    decode_value, encode_value,
 };
 pub use memory::MemoryStore;
 pub use rocks::{RocksEnv, RocksOptions, RocksStore};
