@@ -139,6 +139,11 @@ pub struct TopicsConfig {
     /// Copies of events that arrived later than the allowed lateness. Default
     /// `customer-events.late`.
     pub late_events: String,
+    /// Compacted changelog of every partition's state, written in the same transaction as the
+    /// outputs; a partition without up-to-date local state is restored from it. Needs as many
+    /// partitions as `customer-events` and `cleanup.policy=compact`. Default
+    /// `waymark.state-changelog`.
+    pub state_changelog: String,
 }
 
 impl Default for TopicsConfig {
@@ -151,6 +156,7 @@ impl Default for TopicsConfig {
             commands_contact_center: "commands.contact-center".into(),
             dead_letters: "customer-events.dlq".into(),
             late_events: "customer-events.late".into(),
+            state_changelog: "waymark.state-changelog".into(),
         }
     }
 }
@@ -365,6 +371,7 @@ impl Config {
             ),
             ("topics.dead-letters", &topics.dead_letters),
             ("topics.late-events", &topics.late_events),
+            ("topics.state-changelog", &topics.state_changelog),
         ];
         for (field, name) in all {
             if name.trim().is_empty() {

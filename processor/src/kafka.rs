@@ -119,7 +119,7 @@ fn client_err<'a>(action: &str, brokers: &'a str) -> impl Fn(KafkaError) -> Kafk
     }
 }
 
-/// Creates Waymark's topics (input, outputs, dead letters, late events) when missing, with
+/// Creates Waymark's topics (input, outputs, dead letters, late events, state changelog) when missing, with
 /// `partitions` partitions and replication factor `replication`. Existing topics are left as
 /// they are. Returns the names created.
 pub async fn create_topics(
@@ -133,10 +133,19 @@ pub async fn create_topics(
         .map_err(client_err("creating an admin client", brokers))?;
     let mut names = vec![topics.customer_events.as_str()];
     names.extend(topics.outputs());
-    let new: Vec<NewTopic<'_>> = names
+    let mut new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
         .collect();
+    // The state changelog keeps the latest record per customer: compacted, never deleted by age.
+    new.push(
+        NewTopic::new(
+            &topics.state_changelog,
+            partitions,
+            TopicReplication::Fixed(replication),
+        )
+        .set("cleanup.policy", "compact"),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)
