@@ -40,13 +40,17 @@ use crate::config::Config;
 use crate::engine::{Applied, Engine};
 use crate::kafka::{client_config, producer_config};
 use crate::model::{Millis, Output};
-use crate::runtime::{PartitionRuntime, Rejection, validate};
+use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
-use crate::state::{RocksEnv, RocksStore, StateError};
+use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
 use crate::telemetry::{EventResult, Health, Metrics};
 
 /// Meta key of the next input offset to read, stored with each state flush.
 pub const META_OFFSET: &str = "input-offset";
+
+/// Changelog keys starting with this prefix carry partition metadata (the watermark), not a
+/// customer; customer ids never start with a NUL byte.
+pub const CHANGELOG_META_PREFIX: &str = "\u{0}meta/";
 
 /// Headers on dead-lettered and late records.
 pub mod headers {
@@ -189,7 +193,10 @@ impl ConsumerContext for RunContext {
                         core.failed.get_or_insert(e);
                     }
                 }
-                core.check_offsets(consumer, tpl);
+                if let Err(e) = core.reconcile_offsets(consumer, tpl) {
+                    tracing::error!(error = %e, "Cannot restore partition state.");
+                    core.failed.get_or_insert(e);
+                }
                 let n = core.partitions.len();
                 core.metrics.assigned(n);
                 core.health.ready.store(true, Ordering::Relaxed);
@@ -253,49 +260,196 @@ impl Core {
         Ok(())
     }
 
-    /// Compares each assigned partition's local state with the group's committed offset and
-    /// says loudly when they disagree: the local state then misses events (or is ahead of a
-    /// reset), and journeys of the affected customers may be wrong until it is rebuilt.
-    fn check_offsets<C: ConsumerContext>(
-        &self,
+    /// Compares each assigned partition's local state with the group's committed offset. When
+    /// the local state is missing or behind (a new machine, a lost disk, a crash between the
+    /// commit and the state write), the partition is rebuilt from the state changelog, which
+    /// holds exactly what the committed offsets produced. Local state ahead of the group (an
+    /// operator reset the offsets) is kept, with a warning.
+    fn reconcile_offsets<C: ConsumerContext>(
+        &mut self,
         consumer: &BaseConsumer<C>,
         tpl: &TopicPartitionList,
-    ) {
+    ) -> Result<(), PipelineError> {
         let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "Cannot read committed offsets to check the local state.");
-                return;
+                return Ok(());
             }
         };
         for el in committed.elements() {
-            let Some(part) = self.partitions.get(&el.partition()) else {
+            let partition = el.partition();
+            let Some(part) = self.partitions.get(&partition) else {
                 continue;
             };
-            let group = match el.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            let local = part.committed_offset;
-            if group == local {
+            let Offset::Offset(group) = el.offset() else {
                 continue;
-            }
-            match (local, group) {
-                (None, Some(group)) => tracing::warn!(
-                    partition = el.partition(),
-                    committed_offset = group,
-                    path = %part.path.display(),
-                    "No local state for a partition the group has consumed: customers who entered earlier are unknown here. Restore the state directory, or reset the group's offsets to reprocess from the start."
-                ),
-                (local, group) => tracing::warn!(
-                    partition = el.partition(),
+            };
+            match part.committed_offset {
+                Some(local) if local == group => {}
+                Some(local) if local > group => tracing::warn!(
+                    partition,
                     local_offset = local,
                     committed_offset = group,
                     path = %part.path.display(),
-                    "Local state and committed offset disagree (a crash between commit and state write, or an offset reset); outputs stay exactly-once, the local state may miss the events in between."
+                    "Local state is ahead of the group's committed offset (were the offsets reset?); keeping it: re-read events are duplicates and change nothing."
                 ),
+                local => {
+                    tracing::info!(
+                        partition,
+                        local_offset = local,
+                        committed_offset = group,
+                        "Local state is missing or behind; restoring the partition from the state changelog."
+                    );
+                    self.health.ready.store(false, Ordering::Relaxed);
+                    self.restore_partition(partition, group)?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Rebuilds a partition's local state from its changelog partition (read_committed, to its
+    /// end), then records `committed` as its input offset.
+    fn restore_partition(&mut self, partition: i32, committed: i64) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let Some(old) = self.partitions.remove(&partition) else {
+            return Ok(());
+        };
+        let path = old.path.clone();
+        drop(old);
+        let state_err = |source| PipelineError::State {
+            partition,
+            path: path.clone(),
+            source,
+        };
+        RocksStore::destroy(&path).map_err(state_err)?;
+        let mut store = self.rocks.open(&path).map_err(state_err)?;
+        let kafka_err = |action, source| PipelineError::Kafka { action, source };
+        let topic = self.cfg.topics.state_changelog.clone();
+        let reader: BaseConsumer<crate::kafka::ToolContext> =
+            client_config(&self.cfg.kafka.brokers, &self.cfg.kafka.properties)
+                .set("group.id", format!("{}-restore", self.cfg.kafka.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed")
+                .create_with_context(crate::kafka::ToolContext)
+                .map_err(|e| kafka_err("create the changelog reader", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+            .map_err(|e| kafka_err("assign the changelog partition", e))?;
+        reader
+            .assign(&tpl)
+            .map_err(|e| kafka_err("assign the changelog partition", e))?;
+        // The last timer written per customer, so a later version replaces it.
+        let mut timers: std::collections::HashMap<String, Millis> =
+            std::collections::HashMap::new();
+        let mut batch = StateBatch::new();
+        let mut records = 0u64;
+        let mut last_log = Instant::now();
+        loop {
+            match reader.poll(Duration::from_secs(30)) {
+                Some(Ok(msg)) => {
+                    records += 1;
+                    let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+                    if let Some(meta) = key.strip_prefix(CHANGELOG_META_PREFIX) {
+                        batch.put_meta(meta, msg.payload().unwrap_or_default().to_vec());
+                        continue;
+                    }
+                    if let Some(old) = timers.remove(&key) {
+                        batch.delete_timer(old, &key);
+                    }
+                    match msg.payload() {
+                        Some(bytes) => {
+                            let state: crate::engine::CustomerState =
+                                crate::state::decode_value(&key, bytes).map_err(state_err)?;
+                            if let Some(due) = state.next_due {
+                                batch.put_timer(due, &key);
+                                timers.insert(key.clone(), due);
+                            }
+                            batch.put_customer(&key, bytes.to_vec());
+                        }
+                        None => {
+                            batch.delete_customer(&key);
+                        }
+                    }
+                    if batch.len() >= 10_000 {
+                        crate::state::StateStore::write(&mut store, std::mem::take(&mut batch))
+                            .map_err(state_err)?;
+                    }
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        tracing::info!(
+                            partition,
+                            records,
+                            elapsed_secs = started.elapsed().as_secs(),
+                            "Restoring."
+                        );
+                        last_log = Instant::now();
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(kafka_err("read the state changelog", e)),
+                None => {
+                    return Err(kafka_err(
+                        "read the state changelog (no record and no end of partition within 30 s)",
+                        KafkaError::Canceled,
+                    ));
+                }
+            }
+        }
+        batch.put_meta(META_OFFSET, committed.to_be_bytes().to_vec());
+        crate::state::StateStore::write(&mut store, batch).map_err(state_err)?;
+        let runtime = PartitionRuntime::open(
+            self.engine.clone(),
+            Box::new(store),
+            self.cfg.cache_capacity,
+            self.cfg.allowed_lateness_ms(),
+        )
+        .map_err(state_err)?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            partition,
+            records,
+            pending_timers = runtime.pending_timers(),
+            seconds = secs,
+            records_per_sec = (records as f64 / secs.max(1e-6)) as u64,
+            "Partition restored from the state changelog."
+        );
+        self.partitions.insert(
+            partition,
+            Partition {
+                runtime,
+                path,
+                pending_offset: None,
+                committed_offset: Some(committed),
+                caught_up: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Produces a state batch's customer records (and the watermark) to the changelog
+    /// partition of the same number.
+    fn send_changelog(&mut self, partition: i32, batch: &StateBatch) -> Result<(), PipelineError> {
+        let topic = self.cfg.topics.state_changelog.clone();
+        for op in batch.ops() {
+            match op {
+                BatchOp::PutCustomer { id, bytes } => {
+                    self.send_to(&topic, Some(partition), id.as_bytes(), Some(bytes), None)?
+                }
+                BatchOp::DeleteCustomer { id } => {
+                    self.send_to(&topic, Some(partition), id.as_bytes(), None, None)?
+                }
+                BatchOp::PutMeta { key, bytes } if key == META_WATERMARK => {
+                    let key = format!("{CHANGELOG_META_PREFIX}{key}");
+                    self.send_to(&topic, Some(partition), key.as_bytes(), Some(bytes), None)?
+                }
+                // Timers are derived from each customer's next wake-up on restore; the input
+                // offset is the group's committed offset.
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn begin(&mut self) -> Result<(), PipelineError> {
@@ -318,8 +472,27 @@ impl Core {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), PipelineError> {
+        self.send_to(topic, None, key, Some(payload), headers)
+    }
+
+    /// Produces one record in the open transaction (opening one if needed); `payload: None`
+    /// is a tombstone; `partition: None` lets the key choose.
+    fn send_to(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), PipelineError> {
         self.begin()?;
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(h) = headers {
             record = record.headers(h);
         }
@@ -515,14 +688,33 @@ impl Core {
         }
         let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
-        for (partition, part) in &self.partitions {
+        for (partition, part) in self.partitions.iter_mut() {
             if let Some(next) = part.pending_offset {
                 let _ = offsets.add_partition_offset(
                     &self.cfg.topics.customer_events,
                     *partition,
                     Offset::Offset(next),
                 );
+                part.runtime
+                    .put_meta(META_OFFSET, next.to_be_bytes().to_vec());
             }
+        }
+        // The state changes of this batch go to the changelog in the same transaction, so the
+        // changelog always holds exactly the state the committed offsets produced.
+        let mut prepared = Vec::with_capacity(self.partitions.len());
+        for (partition, part) in &self.partitions {
+            let batch = part
+                .runtime
+                .prepare()
+                .map_err(|source| PipelineError::State {
+                    partition: *partition,
+                    path: part.path.clone(),
+                    source,
+                })?;
+            prepared.push((*partition, batch));
+        }
+        for (partition, batch) in &prepared {
+            self.send_changelog(*partition, &batch.batch)?;
         }
         let timeout = Duration::from_secs(30);
         let group = if offsets.count() > 0 {
@@ -547,16 +739,17 @@ impl Core {
             return self.abort_and_rewind(consumer, e);
         }
         self.summary.transactions += 1;
-        for (partition, part) in self.partitions.iter_mut() {
+        for (partition, batch) in prepared {
+            let Some(part) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
             if let Some(next) = part.pending_offset.take() {
-                part.runtime
-                    .put_meta(META_OFFSET, next.to_be_bytes().to_vec());
                 part.committed_offset = Some(next);
             }
             part.runtime
-                .flush()
+                .write_prepared(batch)
                 .map_err(|source| PipelineError::State {
-                    partition: *partition,
+                    partition,
                     path: part.path.clone(),
                     source,
                 })?;
