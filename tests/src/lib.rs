@@ -106,6 +106,7 @@ impl Scenario {
             commands_contact_center: format!("{id}.commands.contact-center"),
             dead_letters: format!("{id}.customer-events.dlq"),
             late_events: format!("{id}.customer-events.late"),
+            state_changelog: format!("{id}.state-changelog"),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -121,7 +122,7 @@ impl Scenario {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("waymark.yaml");
         let yaml = format!(
-            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
+            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
             topics.journey_events,
             topics.commands_email,
@@ -129,6 +130,7 @@ impl Scenario {
             topics.commands_contact_center,
             topics.dead_letters,
             topics.late_events,
+            topics.state_changelog,
             reference_journey().display(),
             dir.path().join("state").display(),
             brokers = brokers(),

@@ -114,17 +114,35 @@ fn state_survives_a_clean_restart() {
     );
     assert_eq!(report["profile"]["sales_rep"], "rep-1");
 
-    // A lost state directory is not silently accepted: the operator is told what is missing.
+    // A lost state directory is rebuilt from the state changelog before processing goes on:
+    // the customer is still in the journey, so their next step counts and nothing repeats.
     std::fs::remove_dir_all(scenario.dir.path().join("state")).unwrap();
+    scenario
+        .produce_raw(&[(
+            Some("c1"),
+            event("e3", "financials.provided", now_millis() - 1_000),
+        )])
+        .unwrap();
     let third = scenario.start().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !third.log_text().contains("No local state") && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let last = scenario
+        .await_outputs(after.len() + 1, Duration::from_secs(60))
+        .unwrap();
     let log = third.log_text();
     assert!(third.terminate(Duration::from_secs(30)).unwrap().success());
     assert!(
-        log.contains("No local state for a partition the group has consumed"),
+        log.contains("Partition restored from the state changelog."),
         "{log}"
     );
+    let completed: Vec<_> = last
+        .iter()
+        .filter(|v| v["type"] == "step_completed")
+        .map(|v| v["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(completed, ["login", "payment_account", "financials"]);
+    assert_eq!(
+        count(&last, "type", "entered"),
+        1,
+        "restored, not re-entered"
+    );
+    assert_eq!(count(&last, "kind", "command"), 1);
 }
