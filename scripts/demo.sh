@@ -38,6 +38,7 @@ topics:
   commands-contact-center: commands.contact-center.demo-$run_id
   dead-letters: customer-events.dlq.demo-$run_id
   late-events: customer-events.late.demo-$run_id
+  state-changelog: waymark.state-changelog.demo-$run_id
 journeys: deploy/journeys/b2b-onboarding.yaml
 state-dir: $dir/state
 http-addr: 127.0.0.1:${DEMO_HTTP_PORT:-9464}
