@@ -103,6 +103,12 @@ pub struct KafkaConfig {
     /// stable across its restarts (e.g. the pod name). Default `waymark-processor`.
     #[serde(default = "default_transactional_id")]
     pub transactional_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per instance (e.g. the
+    /// pod name). A restarted instance with the same name takes its partitions back at once,
+    /// without a rebalance and without waiting for the session timeout. Default: none
+    /// (dynamic membership). Flag `--group-instance-id`, env `WAYMARK_GROUP_INSTANCE_ID`.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Extra librdkafka properties for every client (e.g. `security.protocol: SSL`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -114,6 +120,7 @@ impl Default for KafkaConfig {
             brokers: default_brokers(),
             group_id: default_group_id(),
             transactional_id: default_transactional_id(),
+            group_instance_id: None,
             properties: BTreeMap::new(),
         }
     }
@@ -274,6 +281,8 @@ pub struct Overrides {
     pub group_id: Option<String>,
     /// `--transactional-id` / `WAYMARK_TRANSACTIONAL_ID`.
     pub transactional_id: Option<String>,
+    /// `--group-instance-id` / `WAYMARK_GROUP_INSTANCE_ID`.
+    pub group_instance_id: Option<String>,
     /// `--input-format` / `WAYMARK_INPUT_FORMAT`.
     pub input_format: Option<InputFormat>,
 }
@@ -321,6 +330,9 @@ impl Config {
         }
         if let Some(v) = &overrides.transactional_id {
             cfg.kafka.transactional_id = v.clone();
+        }
+        if let Some(v) = &overrides.group_instance_id {
+            cfg.kafka.group_instance_id = Some(v.clone());
         }
         if let Some(v) = overrides.input_format {
             cfg.input_format = v;
@@ -393,6 +405,7 @@ impl Config {
                 key.as_str(),
                 "bootstrap.servers"
                     | "group.id"
+                    | "group.instance.id"
                     | "transactional.id"
                     | "enable.auto.commit"
                     | "isolation.level"

@@ -92,6 +92,10 @@ struct RunArgs {
     /// Transactional id of this instance (unique per instance, stable across restarts).
     #[arg(long, env = "WAYMARK_TRANSACTIONAL_ID")]
     transactional_id: Option<String>,
+    /// Static group membership name of this instance (e.g. the pod name): a restart takes its
+    /// partitions back without a rebalance.
+    #[arg(long, env = "WAYMARK_GROUP_INSTANCE_ID")]
+    group_instance_id: Option<String>,
     /// Encoding of customer-events values.
     #[arg(long, value_enum, env = "WAYMARK_INPUT_FORMAT")]
     input_format: Option<InputFormat>,
@@ -411,6 +415,7 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         http_addr: args.http_addr,
         group_id: args.group_id,
         transactional_id: args.transactional_id,
+        group_instance_id: args.group_instance_id,
         input_format: args.input_format,
     };
     let cfg = Config::load(config, &overrides)?;

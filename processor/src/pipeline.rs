@@ -857,6 +857,9 @@ pub fn run(
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("partition.assignment.strategy", "cooperative-sticky");
+        if let Some(instance) = &c.cfg.kafka.group_instance_id {
+            cc.set("group.instance.id", instance);
+        }
         drop(c);
         cc.create_with_context(RunContext { core: core.clone() })
             .map_err(|source| PipelineError::Kafka {
