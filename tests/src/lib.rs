@@ -122,7 +122,7 @@ impl Scenario {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("waymark.yaml");
         let yaml = format!(
-            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
+            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
             topics.journey_events,
             topics.commands_email,
@@ -289,6 +289,12 @@ impl Processor {
     /// `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
         http_get(&self.http, "/metrics")
+    }
+
+    /// SIGKILL: the process dies wherever it is, mid-transaction or not.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit (at most `timeout`).

@@ -1,0 +1,87 @@
+//! Chaos on the real broker: `waymark run` is killed with SIGKILL at random points while it
+//! works through a backlog, and restarted each time. What it committed to Kafka must still
+//! equal `waymark simulate` on the same events: no command lost, none duplicated, no
+//! premature nudge.
+
+use std::time::{Duration, Instant};
+
+use waymark_e2e::*;
+
+/// A small deterministic generator for the kill times (seed printed for reproduction).
+fn next(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *seed >> 33
+}
+
+#[test]
+fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
+    let scenario = Scenario::new("chaos", 4, "").unwrap();
+    let events = scenario.dir.path().join("events.jsonl");
+    for target in [
+        vec!["--output", events.to_str().unwrap()],
+        vec![
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &scenario.topics.customer_events,
+        ],
+    ] {
+        let out = std::process::Command::new(waymark_bin())
+            .args(["loadgen", "--customers", "12000", "--seed", "11"])
+            .args(&target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+
+    let mut seed = now_millis() as u64;
+    eprintln!("chaos seed {seed}");
+    let mut kills = 0;
+    let mut committed_after_kill = Vec::new();
+    while kills < 5 {
+        let processor = scenario.start().unwrap();
+        let delay = 300 + next(&mut seed) % 1500;
+        std::thread::sleep(Duration::from_millis(delay));
+        processor.kill();
+        kills += 1;
+        committed_after_kill.push(scenario.outputs().unwrap().len());
+    }
+    eprintln!(
+        "committed records after each kill: {committed_after_kill:?} of {}",
+        simulated.len()
+    );
+    // The kills must land mid-run, or the test proves nothing.
+    assert!(
+        committed_after_kill
+            .iter()
+            .any(|n| *n > 0 && *n < simulated.len()),
+        "no kill interrupted the run: {committed_after_kill:?} of {}",
+        simulated.len()
+    );
+    let started = Instant::now();
+    let processor = scenario.start().unwrap();
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(240))
+        .unwrap();
+    let log = processor.log_text();
+    assert!(
+        processor
+            .terminate(Duration::from_secs(30))
+            .unwrap()
+            .success()
+    );
+    eprintln!(
+        "after {kills} kills: {} records in {:?}",
+        kafka.len(),
+        started.elapsed()
+    );
+    assert_same_outputs(&kafka, &simulated);
+    assert!(!log.contains("ERROR"), "{log}");
+}
