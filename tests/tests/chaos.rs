@@ -87,3 +87,61 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
     assert_same_outputs(&kafka, &simulated);
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// Runs `scripts/kafka.sh <cmd>` for the test broker.
+fn kafka_sh(cmd: &str) {
+    let brokers = brokers();
+    let port: u16 = brokers
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("WAYMARK_TEST_BROKERS is host:port");
+    let status = std::process::Command::new("bash")
+        .arg(root().join("scripts/kafka.sh"))
+        .arg(cmd)
+        .env("KAFKA_PORT", port.to_string())
+        .env("KAFKA_CONTROLLER_PORT", (port + 1).to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/kafka.sh {cmd} failed");
+}
+
+#[test]
+fn broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
+    let scenario = Scenario::new("broker-restart", 4, "").unwrap();
+    let events = scenario.dir.path().join("events.jsonl");
+    for target in [
+        vec!["--output", events.to_str().unwrap()],
+        vec![
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &scenario.topics.customer_events,
+        ],
+    ] {
+        let out = std::process::Command::new(waymark_bin())
+            .args(["loadgen", "--customers", "8000", "--seed", "13"])
+            .args(&target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    let processor = scenario.start().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    kafka_sh("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    kafka_sh("start");
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(240))
+        .unwrap();
+    let log = processor.log_text();
+    let status = processor.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}; log:\n{log}");
+    assert_same_outputs(&kafka, &simulated);
+}
