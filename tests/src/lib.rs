@@ -340,12 +340,21 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
-/// `waymark simulate` of a JSON-lines file, as decoded JSON values.
+/// `waymark simulate` of a JSON-lines file with the default allowed lateness (5 minutes).
 pub fn simulate_file(events: &Path, until: Millis) -> Result<Vec<Value>> {
+    simulate_file_with(events, until, 300_000)
+}
+
+/// `waymark simulate` of a JSON-lines file, as decoded JSON values.
+pub fn simulate_file_with(
+    events: &Path,
+    until: Millis,
+    allowed_lateness: Millis,
+) -> Result<Vec<Value>> {
     let engine = Arc::new(Engine::new(JourneySet::load(&reference_journey())?));
     let mut out = Vec::new();
     let opts = SimulateOptions {
-        allowed_lateness: 300_000,
+        allowed_lateness,
         until: Some(until),
         max_future_skew: 86_400_000,
     };

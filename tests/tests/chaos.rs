@@ -145,3 +145,74 @@ fn broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     assert!(status.success(), "{status}; log:\n{log}");
     assert_same_outputs(&kafka, &simulated);
 }
+
+#[test]
+fn backlog_after_an_outage_never_nudges_a_customer_whose_completion_is_in_it() {
+    use waymark::config::InputFormat;
+    use waymark::model::CustomerEvent;
+    let scenario = Scenario::new("backlog", 1, "allowed-lateness-secs: 1").unwrap();
+    // The processor runs, catches up on an empty topic, and goes down.
+    let processor = scenario.start().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        processor
+            .terminate(Duration::from_secs(30))
+            .unwrap()
+            .success()
+    );
+
+    // While it is down, more than the first timer's delay (1h) of events happens.
+    let t0 = now_millis() + 10_000;
+    let ev = |id: &str, customer: &str, event_type: &str, at: i64| CustomerEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: [("email".to_owned(), format!("{customer}@example.com"))].into(),
+    };
+    let backlog = [
+        ev("a1", "paid", "login.created", t0),
+        ev("b1", "unpaid", "login.created", t0),
+        ev("a2", "paid", "payment_account.created", t0 + 40 * 60_000),
+        ev("c1", "later", "login.created", t0 + 2 * 3_600_000),
+    ];
+    let records: Vec<(Option<&str>, Vec<u8>)> = backlog
+        .iter()
+        .map(|e| {
+            let bytes = waymark::kafka::encode_event(e, InputFormat::Avro).unwrap();
+            (Some(e.customer_id.as_str()), bytes)
+        })
+        .collect();
+    scenario.produce_raw(&records).unwrap();
+    let file = scenario.dir.path().join("backlog.jsonl");
+    let text: String = backlog
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    std::fs::write(&file, text).unwrap();
+
+    // Back up: the backlog is replayed in event time; the wall clock cannot fire anything early.
+    let processor = scenario.start().unwrap();
+    let simulated = simulate_file_with(&file, now_millis(), 1_000).unwrap();
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        processor
+            .terminate(Duration::from_secs(30))
+            .unwrap()
+            .success()
+    );
+    let commands: Vec<(&str, &str)> = kafka
+        .iter()
+        .filter(|v| v["kind"] == "command")
+        .map(|v| {
+            (
+                v["customer_id"].as_str().unwrap(),
+                v["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(commands, [("unpaid", "invite-email")]);
+    assert_same_outputs(&kafka, &simulated);
+}
