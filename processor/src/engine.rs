@@ -115,6 +115,9 @@ pub enum Applied {
     Duplicate,
     /// No journey reacts to this event type: ignored (and counted by the caller).
     Ignored,
+    /// A `waymark.forget` request: the caller (the runtime, not the engine) erased the
+    /// customer's state.
+    Forgotten,
 }
 
 /// How an instance ended.

@@ -64,6 +64,11 @@ enum Command {
     Tail(TailArgs),
     /// Generate realistic onboarding traffic for the reference journey, to a file or Kafka.
     Loadgen(LoadgenCmd),
+    /// Erase a customer's state everywhere (right to be forgotten). Publishes a
+    /// `waymark.forget` request to customer-events; the processor that owns the customer's
+    /// partition deletes the local state and tombstones the state changelog in its next
+    /// transaction. Records already in output topics are not touched.
+    Forget(ForgetArgs),
     /// Manage Waymark's Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -142,6 +147,18 @@ struct ProduceArgs {
     format: InputFormat,
     /// Events, one JSON object per line (`-` for stdin).
     file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ForgetArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The input topic the processor consumes.
+    #[arg(long, default_value = "customer-events")]
+    topic: String,
+    /// The customer to forget.
+    customer_id: String,
 }
 
 #[derive(Args, Debug)]
@@ -345,6 +362,35 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Loadgen(cmd) => loadgen(cmd),
+        Command::Forget(args) => {
+            if args.customer_id.trim().is_empty() {
+                bail!("give the id of the customer to forget");
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let request = waymark::model::CustomerEvent {
+                event_id: format!("forget-{}-{now}", args.customer_id),
+                customer_id: args.customer_id.clone(),
+                event_type: waymark::runtime::FORGET_EVENT_TYPE.to_owned(),
+                occurred_at: now,
+                attributes: Default::default(),
+            };
+            let rt = runtime()?;
+            rt.block_on(waymark::kafka::produce_events(
+                &args.brokers,
+                &args.topic,
+                std::iter::once(request),
+                InputFormat::Avro,
+                0.0,
+            ))?;
+            eprintln!(
+                "forget request for {} published to {}; the processor erases the state in its next transaction",
+                args.customer_id, args.topic
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topics(TopicsCommand::Create {
             brokers,
             partitions,

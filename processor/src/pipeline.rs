@@ -647,6 +647,10 @@ impl Core {
             }
             Applied::Duplicate => self.metrics.events(EventResult::Duplicate, 1),
             Applied::Ignored => self.metrics.events(EventResult::Ignored, 1),
+            Applied::Forgotten => {
+                tracing::info!(partition, "Customer state erased on request.");
+                self.metrics.events(EventResult::Forgotten, 1);
+            }
         }
         self.send_outputs()
     }

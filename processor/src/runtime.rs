@@ -13,6 +13,10 @@ use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, Output};
 use crate::state::{PreparedBatch, StateCache, StateError, StateStore};
 
+/// Event type of a right-to-be-forgotten request (`waymark forget`): the customer's state is
+/// erased, locally and (through the state changelog) everywhere the partition is restored.
+pub const FORGET_EVENT_TYPE: &str = "waymark.forget";
+
 /// Meta key under which the runtime keeps its watermark.
 pub const META_WATERMARK: &str = "watermark";
 
@@ -123,6 +127,8 @@ pub struct RuntimeStats {
     pub duplicates: u64,
     /// Events of a type no journey reacts to.
     pub ignored: u64,
+    /// Forget requests handled.
+    pub forgotten: u64,
     /// Timer wake-ups handled.
     pub timers_fired: u64,
     /// Commands emitted.
@@ -198,6 +204,11 @@ impl PartitionRuntime {
         ev: &CustomerEvent,
         out: &mut Vec<Output>,
     ) -> Result<Applied, StateError> {
+        if ev.event_type == FORGET_EVENT_TYPE {
+            self.forget(&ev.customer_id)?;
+            self.stats.forgotten += 1;
+            return Ok(Applied::Forgotten);
+        }
         if !self.engine.is_relevant(&ev.event_type) {
             self.stats.ignored += 1;
             self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
@@ -224,6 +235,7 @@ impl PartitionRuntime {
                 self.cache.mark_dirty(&ev.customer_id);
             }
             Applied::Ignored => self.stats.ignored += 1,
+            Applied::Forgotten => {}
         }
         self.count(&out[before..]);
         self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
@@ -271,6 +283,17 @@ impl PartitionRuntime {
         }
         self.stats.timers_fired += woken as u64;
         Ok(woken)
+    }
+
+    /// Erases a customer's state and pending wake-up (written, and tombstoned in the
+    /// changelog, with the next flush). Returns whether there was any state.
+    pub fn forget(&mut self, customer: &str) -> Result<bool, StateError> {
+        let Some(due) = self.cache.get(&*self.store, customer)?.map(|s| s.next_due) else {
+            return Ok(false);
+        };
+        self.move_timer(customer, due, None);
+        self.cache.remove(customer);
+        Ok(true)
     }
 
     /// Records a customer's wake-up moving from `old` to `new` in both index copies.

@@ -21,7 +21,8 @@ use prometheus::{
 
 use crate::shutdown::CancellationToken;
 
-/// Events read from the input, by result (`accepted`, `duplicate`, `ignored`, `late`, `rejected`).
+/// Events read from the input, by result (`accepted`, `duplicate`, `ignored`, `late`,
+/// `rejected`, `forgotten`).
 pub const EVENTS_TOTAL: &str = "waymark_pipeline_events_total";
 /// Records dead-lettered, by reason code.
 pub const DEAD_LETTERS_TOTAL: &str = "waymark_pipeline_dead_letters_total";
@@ -55,6 +56,8 @@ pub enum EventResult {
     Late,
     /// Refused and dead-lettered.
     Rejected,
+    /// A forget request: the customer's state was erased.
+    Forgotten,
 }
 
 impl EventResult {
@@ -65,6 +68,7 @@ impl EventResult {
             EventResult::Ignored => "ignored",
             EventResult::Late => "late",
             EventResult::Rejected => "rejected",
+            EventResult::Forgotten => "forgotten",
         }
     }
 }

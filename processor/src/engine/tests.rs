@@ -546,6 +546,29 @@ fn commands_carry_the_profile_as_of_their_due_time() {
 }
 
 #[test]
+fn forget_erases_the_customer_and_everything_still_pending() {
+    let e = reference();
+    let events = vec![
+        login("e1", "c1", T0),
+        login("e2", "c2", T0),
+        ev(
+            "f",
+            "c1",
+            crate::runtime::FORGET_EVENT_TYPE,
+            T0 + 60_000,
+            &[],
+        ),
+        ev("p", "c1", "payment_account.created", T0 + 2 * 60_000, &[]),
+    ];
+    let out = run(&e, &events, T0 + 10 * D);
+    assert!(
+        out.iter().all(|o| o.customer_id() == "c2"),
+        "nothing more about c1: {out:?}"
+    );
+    assert_eq!(commands(&out).len(), 3, "c2 is untouched");
+}
+
+#[test]
 fn ids_are_stable_and_commands_carry_every_contract_field() {
     let e = reference();
     let a = run(&e, &[login("e1", "c1", T0)], T0 + 10 * D);
