@@ -193,11 +193,6 @@ impl PartitionRuntime {
         self.timers.len()
     }
 
-    /// The earliest pending wake-up.
-    pub fn next_timer(&self) -> Option<Millis> {
-        self.timers.first().map(|(due, _)| *due)
-    }
-
     /// Applies a validated event, then advances the watermark by it and fires what is due.
     pub fn on_event(
         &mut self,
@@ -329,12 +324,6 @@ impl PartitionRuntime {
         self.store.get_meta(key)
     }
 
-    /// Writes every change since the last flush to the store in one atomic batch.
-    pub fn flush(&mut self) -> Result<(), StateError> {
-        self.cache.flush(&mut *self.store)?;
-        Ok(())
-    }
-
     /// Encodes every change since the last flush without writing it (see
     /// [`StateCache::prepare`]); nothing may change before [`PartitionRuntime::write_prepared`].
     pub fn prepare(&self) -> Result<PreparedBatch, StateError> {
@@ -345,15 +334,5 @@ impl PartitionRuntime {
     pub fn write_prepared(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
         self.cache.write_prepared(&mut *self.store, prepared)?;
         Ok(())
-    }
-
-    /// A customer's state, for inspection.
-    pub fn customer(&mut self, customer_id: &str) -> Result<Option<CustomerState>, StateError> {
-        Ok(self.cache.get(&*self.store, customer_id)?.cloned())
-    }
-
-    /// The engine.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
     }
 }
