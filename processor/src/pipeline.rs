@@ -215,6 +215,16 @@ fn now_millis() -> Millis {
 }
 
 impl Core {
+    /// The runtime of a partition over its opened store.
+    fn open_runtime(&self, store: RocksStore) -> Result<PartitionRuntime, StateError> {
+        PartitionRuntime::open(
+            self.engine.clone(),
+            Box::new(store),
+            self.cfg.cache_capacity,
+            self.cfg.allowed_lateness_ms(),
+        )
+    }
+
     fn open_partition(&mut self, partition: i32) -> Result<(), PipelineError> {
         if self.partitions.contains_key(&partition) {
             return Ok(());
@@ -229,13 +239,7 @@ impl Core {
             source,
         };
         let store = self.rocks.open(&path).map_err(state_err)?;
-        let runtime = PartitionRuntime::open(
-            self.engine.clone(),
-            Box::new(store),
-            self.cfg.cache_capacity,
-            self.cfg.allowed_lateness_ms(),
-        )
-        .map_err(state_err)?;
+        let runtime = self.open_runtime(store).map_err(state_err)?;
         let committed_offset = runtime
             .get_meta(META_OFFSET)
             .map_err(state_err)?
@@ -399,13 +403,7 @@ impl Core {
         }
         batch.put_meta(META_OFFSET, committed.to_be_bytes().to_vec());
         crate::state::StateStore::write(&mut store, batch).map_err(state_err)?;
-        let runtime = PartitionRuntime::open(
-            self.engine.clone(),
-            Box::new(store),
-            self.cfg.cache_capacity,
-            self.cfg.allowed_lateness_ms(),
-        )
-        .map_err(state_err)?;
+        let runtime = self.open_runtime(store).map_err(state_err)?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             partition,

@@ -159,6 +159,34 @@ impl Scenario {
         ))?)
     }
 
+    /// Generates a loadgen trace of `customers` customers twice — to `<dir>/events.jsonl`
+    /// (for simulate) and straight to the input topic (loadgen is deterministic) — and returns
+    /// the file.
+    pub fn loadgen(&self, customers: &str, seed: &str) -> PathBuf {
+        let events = self.dir.path().join("events.jsonl");
+        let file = ["--output", events.to_str().unwrap_or_default()];
+        let brokers = brokers();
+        let kafka = [
+            "--brokers",
+            brokers.as_str(),
+            "--topic",
+            self.topics.customer_events.as_str(),
+        ];
+        for target in [&file[..], &kafka[..]] {
+            let out = Command::new(waymark_bin())
+                .args(["loadgen", "--customers", customers, "--seed", seed])
+                .args(target)
+                .output()
+                .expect("running waymark loadgen");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        events
+    }
+
     /// Produces raw records (key, value) to the input topic, in order.
     pub fn produce_raw(&self, records: &[(Option<&str>, Vec<u8>)]) -> Result<()> {
         use rdkafka::producer::{FutureProducer, FutureRecord};

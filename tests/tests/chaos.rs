@@ -18,29 +18,9 @@ fn next(seed: &mut u64) -> u64 {
 #[test]
 fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
     let scenario = Scenario::new("chaos", 4, "").unwrap();
-    let events = scenario.dir.path().join("events.jsonl");
     // `make chaos` runs a larger trace (WAYMARK_CHAOS_CUSTOMERS); `make test` a small one.
     let customers = std::env::var("WAYMARK_CHAOS_CUSTOMERS").unwrap_or_else(|_| "12000".into());
-    for target in [
-        vec!["--output", events.to_str().unwrap()],
-        vec![
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &scenario.topics.customer_events,
-        ],
-    ] {
-        let out = std::process::Command::new(waymark_bin())
-            .args(["loadgen", "--customers", &customers, "--seed", "11"])
-            .args(&target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let events = scenario.loadgen(&customers, "11");
     let simulated = simulate_file(&events, now_millis()).unwrap();
 
     let mut seed = now_millis() as u64;
@@ -110,27 +90,7 @@ fn kafka_sh(cmd: &str) {
 #[test]
 fn broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     let scenario = Scenario::new("broker-restart", 4, "").unwrap();
-    let events = scenario.dir.path().join("events.jsonl");
-    for target in [
-        vec!["--output", events.to_str().unwrap()],
-        vec![
-            "--brokers",
-            &brokers(),
-            "--topic",
-            &scenario.topics.customer_events,
-        ],
-    ] {
-        let out = std::process::Command::new(waymark_bin())
-            .args(["loadgen", "--customers", "8000", "--seed", "13"])
-            .args(&target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let events = scenario.loadgen("8000", "13");
     let simulated = simulate_file(&events, now_millis()).unwrap();
     let processor = scenario.start().unwrap();
     std::thread::sleep(Duration::from_millis(800));

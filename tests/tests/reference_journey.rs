@@ -44,27 +44,7 @@ fn golden_trace_through_kafka_passes_the_checker_and_equals_simulate() {
 #[test]
 fn loadgen_trace_of_a_thousand_customers_through_kafka_equals_simulate() {
     let scenario = Scenario::new("loadgen", 4, "").unwrap();
-    let events = scenario.dir.path().join("events.jsonl");
-    let loadgen = |target: &[&str]| {
-        let out = std::process::Command::new(waymark_bin())
-            .args(["loadgen", "--customers", "1200", "--seed", "7"])
-            .args(target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    // The same trace to a file (for simulate) and straight to Kafka: loadgen is deterministic.
-    loadgen(&["--output", events.to_str().unwrap()]);
-    loadgen(&[
-        "--brokers",
-        &brokers(),
-        "--topic",
-        &scenario.topics.customer_events,
-    ]);
+    let events = scenario.loadgen("1200", "7");
     let lines = std::fs::read_to_string(&events).unwrap().lines().count();
     assert!(lines > 4000, "loadgen wrote only {lines} events");
     let processor = scenario.start().unwrap();
