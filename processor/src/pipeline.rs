@@ -306,7 +306,10 @@ impl Core {
                         "Local state is missing or behind; restoring the partition from the state changelog."
                     );
                     self.health.ready.store(false, Ordering::Relaxed);
-                    self.restore_partition(partition, group)?;
+                    self.metrics.restoring(true);
+                    let restored = self.restore_partition(partition, group);
+                    self.metrics.restoring(false);
+                    restored?;
                 }
             }
         }
@@ -350,6 +353,7 @@ impl Core {
             std::collections::HashMap::new();
         let mut batch = StateBatch::new();
         let mut records = 0u64;
+        let mut counted = 0u64;
         let mut last_log = Instant::now();
         loop {
             match reader.poll(Duration::from_secs(30)) {
@@ -378,6 +382,8 @@ impl Core {
                         }
                     }
                     if batch.len() >= 10_000 {
+                        self.metrics.restored(records - counted);
+                        counted = records;
                         crate::state::StateStore::write(&mut store, std::mem::take(&mut batch))
                             .map_err(state_err)?;
                     }
@@ -403,6 +409,7 @@ impl Core {
         }
         batch.put_meta(META_OFFSET, committed.to_be_bytes().to_vec());
         crate::state::StateStore::write(&mut store, batch).map_err(state_err)?;
+        self.metrics.restored(records - counted);
         let runtime = self.open_runtime(store).map_err(state_err)?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(

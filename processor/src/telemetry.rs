@@ -40,6 +40,11 @@ pub const TIMERS_PENDING: &str = "waymark_runtime_timers_pending";
 pub const WATERMARK_LAG_SECONDS: &str = "waymark_runtime_watermark_lag_seconds";
 /// Partitions currently assigned to this instance.
 pub const PARTITIONS_ASSIGNED: &str = "waymark_pipeline_partitions_assigned";
+/// Changelog records read while restoring partitions (progress: compare with the changelog's
+/// end offsets).
+pub const RESTORE_RECORDS_TOTAL: &str = "waymark_state_restore_records_total";
+/// Partitions currently being restored from the changelog.
+pub const RESTORING_PARTITIONS: &str = "waymark_state_restoring_partitions";
 /// Build information (value 1), by version.
 pub const BUILD_INFO: &str = "waymark_build_info";
 
@@ -86,6 +91,8 @@ pub struct Metrics {
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
+    restore_records: prometheus::IntCounter,
+    restoring: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +159,22 @@ impl Metrics {
         registry
             .register(Box::new(partitions.clone()))
             .expect("unique");
+        let restore_records = prometheus::IntCounter::new(
+            RESTORE_RECORDS_TOTAL,
+            "Changelog records read while restoring partitions.",
+        )
+        .expect("static counter");
+        registry
+            .register(Box::new(restore_records.clone()))
+            .expect("unique");
+        let restoring = IntGauge::new(
+            RESTORING_PARTITIONS,
+            "Partitions being restored from the changelog.",
+        )
+        .expect("static gauge");
+        registry
+            .register(Box::new(restoring.clone()))
+            .expect("unique");
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
             .expect("static gauge");
         registry.register(Box::new(build.clone())).expect("unique");
@@ -167,7 +190,23 @@ impl Metrics {
             timers_pending,
             watermark_lag,
             partitions,
+            restore_records,
+            restoring,
         }
+    }
+
+    /// Marks a restore as started (`true`) or finished (`false`).
+    pub fn restoring(&self, started: bool) {
+        if started {
+            self.restoring.inc();
+        } else {
+            self.restoring.dec();
+        }
+    }
+
+    /// Counts changelog records read by a restore (call per batch, not per record).
+    pub fn restored(&self, records: u64) {
+        self.restore_records.inc_by(records);
     }
 
     /// Counts input events.

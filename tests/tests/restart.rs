@@ -128,6 +128,20 @@ fn state_survives_a_clean_restart() {
         .await_outputs(after.len() + 1, Duration::from_secs(60))
         .unwrap();
     let log = third.log_text();
+    let metrics = third.metrics().unwrap();
+    assert!(
+        metrics.contains("waymark_state_restoring_partitions 0"),
+        "{metrics}"
+    );
+    let restored: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("waymark_state_restore_records_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        restored >= 2,
+        "the changelog held the customer and the watermark: {restored}"
+    );
     assert!(third.terminate(Duration::from_secs(30)).unwrap().success());
     assert!(
         log.contains("Partition restored from the state changelog."),
