@@ -215,16 +215,6 @@ fn now_millis() -> Millis {
 }
 
 impl Core {
-    /// The runtime of a partition over its opened store.
-    fn open_runtime(&self, store: RocksStore) -> Result<PartitionRuntime, StateError> {
-        PartitionRuntime::open(
-            self.engine.clone(),
-            Box::new(store),
-            self.cfg.cache_capacity,
-            self.cfg.allowed_lateness_ms(),
-        )
-    }
-
     fn open_partition(&mut self, partition: i32) -> Result<(), PipelineError> {
         if self.partitions.contains_key(&partition) {
             return Ok(());
@@ -239,7 +229,13 @@ impl Core {
             source,
         };
         let store = self.rocks.open(&path).map_err(state_err)?;
-        let runtime = self.open_runtime(store).map_err(state_err)?;
+        let runtime = PartitionRuntime::open(
+            self.engine.clone(),
+            Box::new(store),
+            self.cfg.cache_capacity,
+            self.cfg.allowed_lateness_ms(),
+        )
+        .map_err(state_err)?;
         let committed_offset = runtime
             .get_meta(META_OFFSET)
             .map_err(state_err)?
@@ -410,25 +406,20 @@ impl Core {
         batch.put_meta(META_OFFSET, committed.to_be_bytes().to_vec());
         crate::state::StateStore::write(&mut store, batch).map_err(state_err)?;
         self.metrics.restored(records - counted);
-        let runtime = self.open_runtime(store).map_err(state_err)?;
+        // The restored store now reads like any other: open it the one way partitions open.
+        drop(store);
+        self.open_partition(partition)?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             partition,
             records,
-            pending_timers = runtime.pending_timers(),
+            pending_timers = self
+                .partitions
+                .get(&partition)
+                .map_or(0, |p| p.runtime.pending_timers()),
             seconds = secs,
             records_per_sec = (records as f64 / secs.max(1e-6)) as u64,
             "Partition restored from the state changelog."
-        );
-        self.partitions.insert(
-            partition,
-            Partition {
-                runtime,
-                path,
-                pending_offset: None,
-                committed_offset: Some(committed),
-                caught_up: false,
-            },
         );
         Ok(())
     }
