@@ -325,6 +325,20 @@ impl Processor {
         let _ = self.child.wait();
     }
 
+    /// Stops the processor with SIGTERM, asserts that it drained and exited 0 within 30 s,
+    /// and returns its log.
+    pub fn stop(self) -> String {
+        let log = self.log_text();
+        let status = self
+            .terminate(Duration::from_secs(30))
+            .expect("stopping waymark run");
+        assert!(
+            status.success(),
+            "waymark run exited with {status} after SIGTERM; log:\n{log}"
+        );
+        log
+    }
+
     /// Sends SIGTERM and waits for the exit (at most `timeout`).
     pub fn terminate(mut self, timeout: Duration) -> Result<ExitStatus> {
         let pid = self.child.id().to_string();

@@ -130,10 +130,5 @@ fn bad_records_are_dead_lettered_with_headers_and_processing_goes_on() {
             "missing `{line}` in metrics:\n{metrics}"
         );
     }
-    assert!(
-        processor
-            .terminate(Duration::from_secs(30))
-            .unwrap()
-            .success()
-    );
+    processor.stop();
 }

@@ -78,12 +78,7 @@ fn forget_erases_local_state_and_the_changelog() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        processor
-            .terminate(Duration::from_secs(30))
-            .unwrap()
-            .success()
-    );
+    processor.stop();
     assert!(
         inspect(&scenario, "gone").is_none(),
         "erased from the local state"
@@ -93,13 +88,7 @@ fn forget_erases_local_state_and_the_changelog() {
     // Rebuilt from the changelog alone, the partition still does not know the customer.
     std::fs::remove_dir_all(scenario.dir.path().join("state")).unwrap();
     let processor = scenario.start().unwrap();
-    let log = processor.log_text();
-    assert!(
-        processor
-            .terminate(Duration::from_secs(30))
-            .unwrap()
-            .success()
-    );
+    let log = processor.stop();
     assert!(
         log.contains("Partition restored from the state changelog."),
         "{log}"

@@ -42,7 +42,7 @@ fn state_survives_a_clean_restart() {
         2,
         "the command and its command_emitted event"
     );
-    assert!(first.terminate(Duration::from_secs(30)).unwrap().success());
+    first.stop();
 
     // After the restart, the payment account completes the instance that entered before it.
     scenario
@@ -55,8 +55,7 @@ fn state_survives_a_clean_restart() {
     let after = scenario
         .await_outputs(before.len() + 1, Duration::from_secs(60))
         .unwrap();
-    let second_log = second.log_text();
-    assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
+    let second_log = second.stop();
     let completed: Vec<_> = after
         .iter()
         .filter(|v| v["type"] == "step_completed")
@@ -127,7 +126,6 @@ fn state_survives_a_clean_restart() {
     let last = scenario
         .await_outputs(after.len() + 1, Duration::from_secs(60))
         .unwrap();
-    let log = third.log_text();
     let metrics = third.metrics().unwrap();
     assert!(
         metrics.contains("waymark_state_restoring_partitions 0"),
@@ -142,7 +140,7 @@ fn state_survives_a_clean_restart() {
         restored >= 2,
         "the changelog held the customer and the watermark: {restored}"
     );
-    assert!(third.terminate(Duration::from_secs(30)).unwrap().success());
+    let log = third.stop();
     assert!(
         log.contains("Partition restored from the state changelog."),
         "{log}"
