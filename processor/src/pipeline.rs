@@ -45,8 +45,28 @@ use crate::shutdown::CancellationToken;
 use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
 use crate::telemetry::{EventResult, Health, Metrics};
 
+mod restore;
+
+use restore::Restore;
+
 /// Meta key of the next input offset to read, stored with each state flush.
 pub const META_OFFSET: &str = "input-offset";
+
+/// Meta key of the partition's state version: a counter bumped by every transaction that
+/// commits the partition's offset. The same version is committed, as offset metadata, with
+/// the input offset in the transaction, so an instance that gets a partition (back) knows
+/// whether its local state is exactly what the group committed — even when another instance
+/// fired timers in between without consuming a record.
+pub const META_STATE_VERSION: &str = "state-version";
+
+/// Prefix of the offset metadata that carries the state version.
+const VERSION_METADATA_PREFIX: &str = "waymark-state-version=";
+
+/// The state version in a committed offset's metadata (`None` if the offset was committed by
+/// something else, e.g. an operator's offset reset).
+fn version_from_metadata(metadata: &str) -> Option<u64> {
+    metadata.strip_prefix(VERSION_METADATA_PREFIX)?.parse().ok()
+}
 
 /// Changelog keys starting with this prefix carry partition metadata (the watermark), not a
 /// customer; customer ids never start with a NUL byte.
@@ -127,6 +147,8 @@ struct Partition {
     pending_offset: Option<i64>,
     /// Next offset committed with the last transaction (what a rewind seeks back to).
     committed_offset: Option<i64>,
+    /// State version committed with it (see [`META_STATE_VERSION`]).
+    version: u64,
     /// The consumer reached the end of the partition and nothing arrived since.
     caught_up: bool,
 }
@@ -142,6 +164,8 @@ struct Core {
     health: Arc<Health>,
     producer: ThreadedProducer<DefaultProducerContext>,
     partitions: BTreeMap<i32, Partition>,
+    /// Assigned partitions being rebuilt from the changelog (paused on the consumer).
+    restoring: BTreeMap<i32, Restore>,
     in_transaction: bool,
     outputs: Vec<Output>,
     summary: RunSummary,
@@ -177,9 +201,15 @@ impl ConsumerContext for RunContext {
                 if let Some(p) = core.partitions.remove(&el.partition()) {
                     tracing::info!(partition = el.partition(), path = %p.path.display(), "Partition revoked.");
                 }
+                if let Some(r) = core.restoring.remove(&el.partition()) {
+                    core.metrics.restoring(false);
+                    tracing::info!(
+                        partition = r.partition,
+                        "Partition revoked while restoring; the restore stops."
+                    );
+                }
             }
-            let n = core.partitions.len();
-            core.metrics.assigned(n);
+            core.update_readiness();
         }
     }
 
@@ -197,9 +227,7 @@ impl ConsumerContext for RunContext {
                     tracing::error!(error = %e, "Cannot restore partition state.");
                     core.failed.get_or_insert(e);
                 }
-                let n = core.partitions.len();
-                core.metrics.assigned(n);
-                core.health.ready.store(true, Ordering::Relaxed);
+                core.update_readiness();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
@@ -240,11 +268,17 @@ impl Core {
             .get_meta(META_OFFSET)
             .map_err(state_err)?
             .and_then(|b| b.try_into().ok().map(i64::from_be_bytes));
+        let version = runtime
+            .get_meta(META_STATE_VERSION)
+            .map_err(state_err)?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
         tracing::info!(
             partition,
             path = %path.display(),
             pending_timers = runtime.pending_timers(),
             stored_offset = committed_offset,
+            state_version = version,
             "Partition assigned."
         );
         self.partitions.insert(
@@ -254,17 +288,29 @@ impl Core {
                 path,
                 pending_offset: None,
                 committed_offset,
+                version,
                 caught_up: false,
             },
         );
         Ok(())
     }
 
-    /// Compares each assigned partition's local state with the group's committed offset. When
-    /// the local state is missing or behind (a new machine, a lost disk, a crash between the
-    /// commit and the state write), the partition is rebuilt from the state changelog, which
-    /// holds exactly what the committed offsets produced. Local state ahead of the group (an
-    /// operator reset the offsets) is kept, with a warning.
+    /// Ready when connected, assigned and no partition is restoring.
+    fn update_readiness(&self) {
+        let assigned = self.partitions.len() + self.restoring.len();
+        self.metrics.assigned(assigned);
+        self.health
+            .ready
+            .store(self.restoring.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Compares each assigned partition's local state with what the group committed (input
+    /// offset and state version). When the local state is missing or differs — a new
+    /// machine, a lost disk, a crash between the commit and the state write, or the
+    /// partition was processed elsewhere since — the partition is paused and rebuilt from the
+    /// state changelog, which holds exactly the state the committed offsets produced. Local
+    /// state ahead of a group offset that carries no version (an operator reset the offsets)
+    /// is kept, with a warning.
     fn reconcile_offsets<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -277,150 +323,138 @@ impl Core {
                 return Ok(());
             }
         };
+        let mut paused = TopicPartitionList::new();
         for el in committed.elements() {
             let partition = el.partition();
             let Some(part) = self.partitions.get(&partition) else {
                 continue;
             };
             let Offset::Offset(group) = el.offset() else {
+                tracing::info!(
+                    partition,
+                    local_offset = part.committed_offset,
+                    "The group has no committed offset for this partition; starting from the local state (or the beginning)."
+                );
                 continue;
             };
-            match part.committed_offset {
-                Some(local) if local == group => {}
-                Some(local) if local > group => tracing::warn!(
+            let group_version = version_from_metadata(el.metadata());
+            let up_to_date = match group_version {
+                Some(v) => part.committed_offset == Some(group) && part.version == v,
+                None => part.committed_offset.is_some_and(|local| local >= group),
+            };
+            if up_to_date {
+                tracing::info!(
                     partition,
-                    local_offset = local,
                     committed_offset = group,
-                    path = %part.path.display(),
-                    "Local state is ahead of the group's committed offset (were the offsets reset?); keeping it: re-read events are duplicates and change nothing."
-                ),
-                local => {
-                    tracing::info!(
+                    state_version = part.version,
+                    "Local state matches the committed state."
+                );
+                if group_version.is_none() && part.committed_offset != Some(group) {
+                    tracing::warn!(
                         partition,
-                        local_offset = local,
+                        local_offset = part.committed_offset,
                         committed_offset = group,
-                        "Local state is missing or behind; restoring the partition from the state changelog."
+                        path = %part.path.display(),
+                        "Local state is ahead of the group's committed offset (were the offsets reset?); keeping it: re-read events are duplicates and change nothing."
                     );
-                    self.health.ready.store(false, Ordering::Relaxed);
-                    self.metrics.restoring(true);
-                    let restored = self.restore_partition(partition, group);
-                    self.metrics.restoring(false);
-                    restored?;
                 }
+                continue;
             }
+            tracing::info!(
+                partition,
+                local_offset = part.committed_offset,
+                local_version = part.version,
+                committed_offset = group,
+                committed_version = group_version,
+                "Local state is missing or differs from the committed state; pausing the partition and restoring it from the state changelog."
+            );
+            let Some(old) = self.partitions.remove(&partition) else {
+                continue;
+            };
+            let path = old.path.clone();
+            drop(old);
+            let restore = Restore::start(
+                &self.cfg,
+                &self.rocks,
+                partition,
+                path,
+                group,
+                group_version.unwrap_or(0),
+            )?;
+            self.restoring.insert(partition, restore);
+            self.metrics.restoring(true);
+            paused.add_partition(&self.cfg.topics.customer_events, partition);
+        }
+        if paused.count() > 0 {
+            consumer
+                .pause(&paused)
+                .map_err(|source| PipelineError::Kafka {
+                    action: "pause partitions to restore",
+                    source,
+                })?;
         }
         Ok(())
     }
 
-    /// Rebuilds a partition's local state from its changelog partition (read_committed, to its
-    /// end), then records `committed` as its input offset.
-    fn restore_partition(&mut self, partition: i32, committed: i64) -> Result<(), PipelineError> {
-        let started = Instant::now();
-        let Some(old) = self.partitions.remove(&partition) else {
-            return Ok(());
-        };
-        let path = old.path.clone();
-        drop(old);
-        let state_err = |source| PipelineError::State {
-            partition,
-            path: path.clone(),
-            source,
-        };
-        RocksStore::destroy(&path).map_err(state_err)?;
-        let mut store = self.rocks.open(&path).map_err(state_err)?;
-        let kafka_err = |action, source| PipelineError::Kafka { action, source };
-        let topic = self.cfg.topics.state_changelog.clone();
-        let reader: BaseConsumer<crate::kafka::ToolContext> =
-            client_config(&self.cfg.kafka.brokers, &self.cfg.kafka.properties)
-                .set("group.id", format!("{}-restore", self.cfg.kafka.group_id))
-                .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true")
-                .set("isolation.level", "read_committed")
-                .create_with_context(crate::kafka::ToolContext)
-                .map_err(|e| kafka_err("create the changelog reader", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Beginning)
-            .map_err(|e| kafka_err("assign the changelog partition", e))?;
-        reader
-            .assign(&tpl)
-            .map_err(|e| kafka_err("assign the changelog partition", e))?;
-        // The last timer written per customer, so a later version replaces it.
-        let mut timers: std::collections::HashMap<String, Millis> =
-            std::collections::HashMap::new();
-        let mut batch = StateBatch::new();
-        let mut records = 0u64;
-        let mut counted = 0u64;
-        let mut last_log = Instant::now();
-        loop {
-            match reader.poll(Duration::from_secs(30)) {
-                Some(Ok(msg)) => {
-                    records += 1;
-                    let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-                    if let Some(meta) = key.strip_prefix(CHANGELOG_META_PREFIX) {
-                        batch.put_meta(meta, msg.payload().unwrap_or_default().to_vec());
-                        continue;
-                    }
-                    if let Some(old) = timers.remove(&key) {
-                        batch.delete_timer(old, &key);
-                    }
-                    match msg.payload() {
-                        Some(bytes) => {
-                            let state: crate::engine::CustomerState =
-                                crate::state::decode_value(&key, bytes).map_err(state_err)?;
-                            if let Some(due) = state.next_due {
-                                batch.put_timer(due, &key);
-                                timers.insert(key.clone(), due);
-                            }
-                            batch.put_customer(&key, bytes.to_vec());
-                        }
-                        None => {
-                            batch.delete_customer(&key);
-                        }
-                    }
-                    if batch.len() >= 10_000 {
-                        self.metrics.restored(records - counted);
-                        counted = records;
-                        crate::state::StateStore::write(&mut store, std::mem::take(&mut batch))
-                            .map_err(state_err)?;
-                    }
-                    if last_log.elapsed() >= Duration::from_secs(5) {
-                        tracing::info!(
-                            partition,
-                            records,
-                            elapsed_secs = started.elapsed().as_secs(),
-                            "Restoring."
-                        );
-                        last_log = Instant::now();
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(kafka_err("read the state changelog", e)),
-                None => {
-                    return Err(kafka_err(
-                        "read the state changelog (no record and no end of partition within 30 s)",
-                        KafkaError::Canceled,
-                    ));
-                }
+    /// Advances every restore by one step; a finished partition is opened, rewound to its
+    /// committed offset and resumed.
+    fn step_restores<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        let partitions: Vec<i32> = self.restoring.keys().copied().collect();
+        let wait = Duration::from_millis(if self.partitions.is_empty() { 50 } else { 5 });
+        for partition in partitions {
+            let Some(restore) = self.restoring.get_mut(&partition) else {
+                continue;
+            };
+            if !restore.step(&self.metrics, wait)? {
+                continue;
             }
+            let Some(restore) = self.restoring.remove(&partition) else {
+                continue;
+            };
+            self.metrics.restoring(false);
+            let (records, elapsed) = restore.progress();
+            let committed = restore.committed;
+            // The restored store now reads like any other: open it the one way partitions open.
+            drop(restore);
+            self.open_partition(partition)?;
+            let topic = self.cfg.topics.customer_events.clone();
+            // Records fetched before the pause were skipped: read again from the committed offset.
+            consumer
+                .seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(committed),
+                    Duration::from_secs(10),
+                )
+                .map_err(|source| PipelineError::Kafka {
+                    action: "seek a restored partition to its committed offset",
+                    source,
+                })?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer
+                .resume(&tpl)
+                .map_err(|source| PipelineError::Kafka {
+                    action: "resume a restored partition",
+                    source,
+                })?;
+            let secs = elapsed.as_secs_f64();
+            tracing::info!(
+                partition,
+                records,
+                pending_timers = self
+                    .partitions
+                    .get(&partition)
+                    .map_or(0, |p| p.runtime.pending_timers()),
+                seconds = secs,
+                records_per_sec = (records as f64 / secs.max(1e-6)) as u64,
+                "Partition restored from the state changelog; resumed."
+            );
+            self.update_readiness();
         }
-        batch.put_meta(META_OFFSET, committed.to_be_bytes().to_vec());
-        crate::state::StateStore::write(&mut store, batch).map_err(state_err)?;
-        self.metrics.restored(records - counted);
-        // The restored store now reads like any other: open it the one way partitions open.
-        drop(store);
-        self.open_partition(partition)?;
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(
-            partition,
-            records,
-            pending_timers = self
-                .partitions
-                .get(&partition)
-                .map_or(0, |p| p.runtime.pending_timers()),
-            seconds = secs,
-            records_per_sec = (records as f64 / secs.max(1e-6)) as u64,
-            "Partition restored from the state changelog."
-        );
         Ok(())
     }
 
@@ -595,6 +629,10 @@ impl Core {
 
     fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let partition = msg.partition();
+        if self.restoring.contains_key(&partition) {
+            // Fetched just before the pause; read again after the restore (which seeks back).
+            return Ok(());
+        }
         self.open_partition(partition)?;
         self.begin()?;
         self.summary.records += 1;
@@ -687,16 +725,19 @@ impl Core {
             return Ok(());
         }
         let started = Instant::now();
+        // Every partition with a position commits it with a new state version, also when
+        // only timers changed its state: whoever owns the partition next can tell.
         let mut offsets = TopicPartitionList::new();
         for (partition, part) in self.partitions.iter_mut() {
-            if let Some(next) = part.pending_offset {
-                let _ = offsets.add_partition_offset(
-                    &self.cfg.topics.customer_events,
-                    *partition,
-                    Offset::Offset(next),
-                );
+            if let Some(next) = part.pending_offset.or(part.committed_offset) {
+                let version = part.version + 1;
+                let mut el = offsets.add_partition(&self.cfg.topics.customer_events, *partition);
+                let _ = el.set_offset(Offset::Offset(next));
+                el.set_metadata(format!("{VERSION_METADATA_PREFIX}{version}"));
                 part.runtime
                     .put_meta(META_OFFSET, next.to_be_bytes().to_vec());
+                part.runtime
+                    .put_meta(META_STATE_VERSION, version.to_be_bytes().to_vec());
             }
         }
         // The state changes of this batch go to the changelog in the same transaction, so the
@@ -743,8 +784,9 @@ impl Core {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 continue;
             };
-            if let Some(next) = part.pending_offset.take() {
+            if let Some(next) = part.pending_offset.take().or(part.committed_offset) {
                 part.committed_offset = Some(next);
+                part.version += 1;
             }
             part.runtime
                 .write_prepared(batch)
@@ -841,6 +883,7 @@ pub fn run(
         health: health.clone(),
         producer,
         partitions: BTreeMap::new(),
+        restoring: BTreeMap::new(),
         in_transaction: false,
         outputs: Vec::with_capacity(256),
         summary: RunSummary::default(),
@@ -878,10 +921,14 @@ pub fn run(
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
     loop {
-        let polled = consumer.poll(Duration::from_millis(20));
+        let restoring = !lock(&core).restoring.is_empty();
+        let polled = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
         let mut core = lock(&core);
         if let Some(e) = core.failed.take() {
             return Err(e);
+        }
+        if !core.restoring.is_empty() {
+            core.step_restores(&consumer)?;
         }
         match polled {
             Some(Ok(msg)) => {

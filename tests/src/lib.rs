@@ -83,6 +83,8 @@ pub fn free_port() -> u16 {
 
 /// One test's world: its topics, group, transactional id, state directory and config file.
 pub struct Scenario {
+    /// The unique name behind every topic, the group and the ids.
+    pub id: String,
     /// Topic names (all unique to this scenario).
     pub topics: TopicsConfig,
     /// Scratch directory (state, config, logs).
@@ -97,6 +99,16 @@ impl Scenario {
     /// Creates unique topics with `partitions` partitions and writes a config for them.
     /// `extra` is appended to the config file (e.g. `allowed-lateness-secs: 1`).
     pub fn new(name: &str, partitions: i32, extra: &str) -> Result<Scenario> {
+        Self::with_kafka_properties(name, partitions, extra, &[])
+    }
+
+    /// [`Scenario::new`] with extra librdkafka properties (`kafka.properties`) for `waymark run`.
+    pub fn with_kafka_properties(
+        name: &str,
+        partitions: i32,
+        extra: &str,
+        properties: &[(&str, &str)],
+    ) -> Result<Scenario> {
         let id = unique(name);
         let topics = TopicsConfig {
             customer_events: format!("{id}.customer-events"),
@@ -122,7 +134,7 @@ impl Scenario {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("waymark.yaml");
         let yaml = format!(
-            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
+            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\n  properties: {{{props}}}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
             topics.journey_events,
             topics.commands_email,
@@ -134,9 +146,15 @@ impl Scenario {
             reference_journey().display(),
             dir.path().join("state").display(),
             brokers = brokers(),
+            props = properties
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         std::fs::write(&config, yaml)?;
         Ok(Scenario {
+            id,
             topics,
             dir,
             config,
@@ -213,6 +231,30 @@ impl Scenario {
 
     /// Starts `waymark run` on this scenario's config; its log goes to `<dir>/run-N.log`.
     pub fn start(&self) -> Result<Processor> {
+        self.spawn(&[], self.http.clone())
+    }
+
+    /// Starts one more instance of `waymark run` in the same consumer group, named `name`:
+    /// its own state directory, HTTP port, transactional id and static membership id (the
+    /// same `name` again is the same instance restarted).
+    pub fn start_instance(&self, name: &str) -> Result<Processor> {
+        let http = format!("127.0.0.1:{}", free_port());
+        let state = self.dir.path().join(format!("state-{name}"));
+        let instance = format!("{}-{name}", self.id);
+        let args = [
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--http-addr",
+            http.as_str(),
+            "--transactional-id",
+            instance.as_str(),
+            "--group-instance-id",
+            instance.as_str(),
+        ];
+        self.spawn(&args, http.clone())
+    }
+
+    fn spawn(&self, run_args: &[&str], http: String) -> Result<Processor> {
         let n = std::fs::read_dir(self.dir.path())?.count();
         let log_path = self.dir.path().join(format!("run-{n}.log"));
         let log = std::fs::File::create(&log_path)?;
@@ -220,6 +262,7 @@ impl Scenario {
             .arg("--config")
             .arg(&self.config)
             .arg("run")
+            .args(run_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -228,7 +271,7 @@ impl Scenario {
         let p = Processor {
             child,
             log: log_path,
-            http: self.http.clone(),
+            http,
         };
         p.wait_ready(Duration::from_secs(60))?;
         Ok(p)
@@ -248,6 +291,43 @@ impl Scenario {
             .lines()
             .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
             .collect())
+    }
+
+    /// The group's committed input offsets, per partition (`None`: nothing committed yet).
+    pub fn committed_offsets(&self, partitions: i32) -> Result<Vec<Option<i64>>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let consumer: BaseConsumer = waymark::kafka::client_config(&brokers(), &Default::default())
+            .set("group.id", &self.id)
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&self.topics.customer_events, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Waits until the group has committed an offset in each of the `partitions` partitions.
+    pub fn await_committed_everywhere(&self, partitions: i32, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let offsets = self.committed_offsets(partitions)?;
+            if offsets.iter().all(Option::is_some) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("committed offsets after {timeout:?}: {offsets:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Commands and journey events, read back from Kafka.
@@ -319,6 +399,37 @@ impl Processor {
         http_get(&self.http, "/metrics")
     }
 
+    /// The sum of every sample of a metric (all label sets), 0 if absent or unreachable.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `metric` reaches at least `min` (or fails after `timeout`).
+    pub fn await_metric(&self, name: &str, min: f64, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name);
+            if v >= min {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} is {v} after {timeout:?}, want at least {min}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL: the process dies wherever it is, mid-transaction or not.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -328,10 +439,11 @@ impl Processor {
     /// Stops the processor with SIGTERM, asserts that it drained and exited 0 within 30 s,
     /// and returns its log.
     pub fn stop(self) -> String {
-        let log = self.log_text();
+        let path = self.log.clone();
         let status = self
             .terminate(Duration::from_secs(30))
             .expect("stopping waymark run");
+        let log = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             status.success(),
             "waymark run exited with {status} after SIGTERM; log:\n{log}"

@@ -90,7 +90,7 @@ fn forget_erases_local_state_and_the_changelog() {
     let processor = scenario.start().unwrap();
     let log = processor.stop();
     assert!(
-        log.contains("Partition restored from the state changelog."),
+        log.contains("Partition restored from the state changelog"),
         "{log}"
     );
     assert!(

@@ -142,7 +142,7 @@ fn state_survives_a_clean_restart() {
     );
     let log = third.stop();
     assert!(
-        log.contains("Partition restored from the state changelog."),
+        log.contains("Partition restored from the state changelog"),
         "{log}"
     );
     let completed: Vec<_> = last
