@@ -54,6 +54,11 @@ const fn default_commit_interval_ms() -> u64 {
 const fn default_allowed_lateness_secs() -> u64 {
     300
 }
+/// 30 days.
+pub const DEFAULT_RETENTION_SECS: u64 = 30 * 86_400;
+const fn default_retention_secs() -> u64 {
+    DEFAULT_RETENTION_SECS
+}
 const fn default_max_future_skew_secs() -> u64 {
     86_400
 }
@@ -225,6 +230,14 @@ pub struct Config {
     /// (dead-lettered) rather than allowed to push the watermark ahead. Default 86400 (1 day).
     #[serde(default = "default_max_future_skew_secs")]
     pub max_future_skew_secs: u64,
+    /// How long a customer's journey instances are kept after the last one ended, in seconds
+    /// of event time. Then they are compacted away — locally and, through a smaller record or
+    /// a tombstone, in the compacted changelog — keeping only how many there were, so new
+    /// instances get new ids and `re-entry: never` still holds. History-reading predicates
+    /// (`nth`, `among-earlier`) no longer see compacted events. `0` keeps everything.
+    /// Default 2592000 (30 days). `waymark simulate --retention` must match it.
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
     /// How often outputs, state and input offsets are committed together, in milliseconds.
     /// Default 100.
     #[serde(default = "default_commit_interval_ms")]
@@ -256,6 +269,7 @@ impl Default for Config {
             http_addr: default_http_addr(),
             allowed_lateness_secs: default_allowed_lateness_secs(),
             max_future_skew_secs: default_max_future_skew_secs(),
+            retention_secs: default_retention_secs(),
             commit_interval_ms: default_commit_interval_ms(),
             max_batch_events: default_max_batch_events(),
             cache_capacity: default_cache_capacity(),
@@ -420,6 +434,11 @@ impl Config {
             .validate()
             .map_err(|e| invalid("rocksdb", &e.to_string()))?;
         Ok(())
+    }
+
+    /// Retention in milliseconds (`None`: keep forever).
+    pub fn retention_ms(&self) -> Option<i64> {
+        (self.retention_secs > 0).then(|| (self.retention_secs as i64).saturating_mul(1000))
     }
 
     /// Allowed lateness in milliseconds.

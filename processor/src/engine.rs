@@ -61,6 +61,9 @@ pub struct ProfileValue {
 pub struct JourneyMemory {
     /// Hashes of the stable ids of every output already emitted, sorted.
     pub emitted: Vec<u64>,
+    /// Instances compacted away by retention. Later instances are numbered after them (so
+    /// their ids stay unique), and a `re-entry: never` journey is not entered again.
+    pub retired: u32,
 }
 
 /// Everything the engine knows about one customer. Serialized into the state store.
@@ -80,6 +83,9 @@ pub struct CustomerState {
     pub late_events: u32,
     /// Repeated deliveries of an event id already seen.
     pub duplicates: u32,
+    /// Set by retention: the time of the newest event compacted away. Events at or before it
+    /// belong to retired instances; arriving now, they are late and change nothing.
+    pub retired_until: Option<Millis>,
 }
 
 /// Values kept per profile attribute; the oldest is dropped beyond this.
@@ -92,6 +98,12 @@ impl CustomerState {
         let values = self.profile.get(attr)?;
         let upto = values.partition_point(|v| v.at <= at);
         values.get(upto.saturating_sub(1)).map(|v| v.value.as_str())
+    }
+
+    /// Whether nothing worth keeping is left (no events, and no instance was ever retired):
+    /// the caller may delete the customer.
+    pub fn is_disposable(&self) -> bool {
+        self.events.is_empty() && self.journeys.values().all(|m| m.retired == 0)
     }
 
     /// The latest value of every profile attribute.
@@ -185,6 +197,9 @@ struct Candidate {
 #[derive(Debug, Clone)]
 pub struct Engine {
     journeys: JourneySet,
+    /// How long after a customer's last instance ended (event time) its instances are
+    /// compacted away; `None` keeps them forever.
+    retention: Option<Millis>,
     /// Event types some journey reacts to.
     relevant: HashSet<String>,
     /// Attributes that predicates read, per event type.
@@ -236,10 +251,19 @@ impl Engine {
         }
         Engine {
             journeys,
+            retention: None,
             relevant,
             predicate_attrs,
             profile_attrs,
         }
+    }
+
+    /// Compacts a customer's finished instances away once the watermark is `retention` past
+    /// the end of the last one (and nothing is pending): the events are dropped, the number
+    /// of instances is kept (see [`JourneyMemory::retired`]). `None` keeps everything.
+    pub fn with_retention(mut self, retention: Option<Millis>) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The journeys this engine runs.
@@ -268,6 +292,11 @@ impl Engine {
         if state.events.iter().any(|e| e.event_id == ev.event_id) {
             state.duplicates = state.duplicates.saturating_add(1);
             return Applied::Duplicate;
+        }
+        if state.retired_until.is_some_and(|h| ev.occurred_at <= h) {
+            // Belongs to instances retention compacted away: late, counted, not applied.
+            state.late_events = state.late_events.saturating_add(1);
+            return Applied::Accepted { late: true };
         }
         let late = ev.occurred_at < watermark;
         if late {
@@ -321,10 +350,20 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let mut next_due: Option<Millis> = None;
+        // The newest event or instance end, and whether some instance is still active.
+        let mut quiet_since = state.events.last().map_or(Millis::MIN, |e| e.at);
+        let mut active = false;
         for journey in self.journeys.iter() {
-            let instances = derive_instances(journey, &state.events);
+            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
+            let instances = derive_instances(journey, &state.events, retired);
             if instances.is_empty() {
                 continue;
+            }
+            for inst in &instances {
+                match inst.end_at() {
+                    Some(end) => quiet_since = quiet_since.max(end),
+                    None => active = true,
+                }
             }
             let memory = state.journeys.get(&journey.name);
             let mut ready = Vec::new();
@@ -357,12 +396,41 @@ impl Engine {
                 }
             }
         }
+        if let Some(retention) = self.retention
+            && next_due.is_none()
+            && !active
+            && !state.events.is_empty()
+        {
+            let retire_at = quiet_since.saturating_add(retention);
+            if retire_at <= watermark {
+                self.retire(state, quiet_since);
+            } else {
+                next_due = Some(retire_at);
+            }
+        }
         state.next_due = next_due;
+    }
+
+    /// Compacts every (finished) instance away: counts them, forgets their events and what
+    /// they emitted. Only called with nothing active and nothing pending.
+    fn retire(&self, state: &mut CustomerState, until: Millis) {
+        for journey in self.journeys.iter() {
+            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
+            let n = derive_instances(journey, &state.events, retired).len() as u32;
+            if n > 0 || state.journeys.contains_key(&journey.name) {
+                let memory = state.journeys.entry(journey.name.clone()).or_default();
+                memory.retired = retired + n;
+                memory.emitted.clear();
+            }
+        }
+        state.events.clear();
+        state.retired_until = Some(until);
     }
 
     /// The customer's instances of `journey`, derived from the state (for `state inspect`).
     pub fn instances(&self, journey: &Journey, state: &CustomerState) -> Vec<Instance> {
-        derive_instances(journey, &state.events)
+        let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
+        derive_instances(journey, &state.events, retired)
     }
 }
 
@@ -485,6 +553,8 @@ pub struct JourneyExplanation {
     pub journey: String,
     /// Journey version.
     pub version: u32,
+    /// Finished instances compacted away by retention (numbered before `instances`).
+    pub retired_instances: u32,
     /// Instances, oldest first.
     pub instances: Vec<InstanceExplanation>,
 }
@@ -541,8 +611,9 @@ impl Engine {
         use crate::model::format_millis;
         let mut journeys = Vec::new();
         for journey in self.journeys.iter() {
-            let instances = derive_instances(journey, &state.events);
-            if instances.is_empty() {
+            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
+            let instances = derive_instances(journey, &state.events, retired);
+            if instances.is_empty() && retired == 0 {
                 continue;
             }
             let emitted = state.journeys.get(&journey.name);
@@ -604,6 +675,7 @@ impl Engine {
             journeys.push(JourneyExplanation {
                 journey: journey.name.clone(),
                 version: journey.version,
+                retired_instances: retired,
                 instances: out,
             });
         }
@@ -694,15 +766,16 @@ fn matches(m: &Matcher, events: &[StoredEvent], i: usize) -> bool {
     })
 }
 
-/// Derives the instances of `journey` from a customer's sorted events.
-fn derive_instances(journey: &Journey, events: &[StoredEvent]) -> Vec<Instance> {
+/// Derives the instances of `journey` from a customer's sorted events; `retired` instances
+/// came before them (see [`JourneyMemory::retired`]).
+fn derive_instances(journey: &Journey, events: &[StoredEvent], retired: u32) -> Vec<Instance> {
     let mut instances: Vec<Instance> = Vec::new();
     let steps = journey.steps.len();
     for i in 0..events.len() {
         let active = instances.last().is_some_and(|inst| inst.end.is_none());
         if !active {
             let may_enter = match instances.last() {
-                None => true,
+                None => retired == 0 || journey.re_entry == ReEntry::AfterEnd,
                 Some(prev) => {
                     journey.re_entry == ReEntry::AfterEnd
                         && prev.end_at().is_some_and(|end| events[i].at >= end)
@@ -712,7 +785,7 @@ fn derive_instances(journey: &Journey, events: &[StoredEvent]) -> Vec<Instance> 
                 continue;
             }
             instances.push(Instance {
-                number: instances.len() as u32 + 1,
+                number: retired + instances.len() as u32 + 1,
                 entered_at: events[i].at,
                 completed: vec![None; steps],
                 end: None,

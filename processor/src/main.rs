@@ -123,6 +123,10 @@ struct SimulateArgs {
     /// Events further than this ahead of --until are refused (only checked with --until).
     #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
     max_future_skew: Duration,
+    /// Finished journey instances are compacted away this long after the last one ended (as
+    /// `retention-secs` in `waymark run`'s config; `0s` keeps them forever).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    retention: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,9 +250,12 @@ fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
 }
 
-fn load_engine(path: &Path) -> Result<Arc<Engine>> {
+/// The engine for the journeys at `path`, compacting finished instances after `retention`
+/// (milliseconds; `None` or 0 keeps them).
+fn load_engine(path: &Path, retention: Option<i64>) -> Result<Arc<Engine>> {
     let set = JourneySet::load(path)?;
-    Ok(Arc::new(Engine::new(set)))
+    let retention = retention.filter(|r| *r > 0);
+    Ok(Arc::new(Engine::new(set).with_retention(retention)))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -272,7 +279,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(cli.config.as_deref(), args),
         Command::Simulate(args) => {
-            let engine = load_engine(&args.journeys)?;
+            let engine = load_engine(&args.journeys, Some(args.retention.as_millis() as i64))?;
             let until = args
                 .until
                 .as_deref()
@@ -412,7 +419,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             state_dir,
             journeys,
         }) => {
-            let engine = load_engine(&journeys)?;
+            let engine = load_engine(&journeys, None)?;
             let report = waymark::pipeline::inspect(&state_dir, &engine, &customer_id)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
@@ -465,7 +472,7 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         input_format: args.input_format,
     };
     let cfg = Config::load(config, &overrides)?;
-    let engine = load_engine(&cfg.journeys)?;
+    let engine = load_engine(&cfg.journeys, cfg.retention_ms())?;
     for j in engine.journeys().iter() {
         tracing::info!(journey = %j.name, version = j.version, source = %j.source.display(), "Journey loaded.");
     }

@@ -218,12 +218,16 @@ impl PartitionRuntime {
             .engine
             .apply(state, &ev.customer_id, ev, self.watermark, out);
         let new_due = state.next_due;
+        let disposable = state.is_disposable();
         match applied {
             Applied::Accepted { late } => {
                 self.stats.accepted += 1;
                 self.stats.late += u64::from(late);
                 self.cache.mark_dirty(&ev.customer_id);
                 self.move_timer(&ev.customer_id, old_due, new_due);
+                if disposable {
+                    self.cache.remove(&ev.customer_id);
+                }
             }
             Applied::Duplicate => {
                 self.stats.duplicates += 1;
@@ -259,16 +263,23 @@ impl PartitionRuntime {
                 break;
             };
             let before = out.len();
-            let new_due = match self.cache.get_mut(&*self.store, &customer)? {
+            let (new_due, disposable) = match self.cache.get_mut(&*self.store, &customer)? {
                 Some(state) => {
                     self.engine.advance(state, &customer, watermark, out);
-                    state.next_due
+                    (state.next_due, state.is_disposable())
                 }
-                None => None,
+                None => (None, false),
             };
             self.cache.mark_dirty(&customer);
             // The entry was popped already: only the index's store copy needs moving.
             self.cache.set_timer(&customer, Some(due), None);
+            if disposable {
+                // Retention left nothing worth keeping: delete the customer (a changelog
+                // tombstone, so compaction removes it there too).
+                self.cache.remove(&customer);
+                woken += 1;
+                continue;
+            }
             if let Some(next) = new_due {
                 self.timers.insert((next, customer.clone()));
                 self.cache.set_timer(&customer, None, Some(next));
@@ -334,5 +345,63 @@ impl PartitionRuntime {
     pub fn write_prepared(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
         self.cache.write_prepared(&mut *self.store, prepared)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journey::{JourneySet, parse_journey};
+    use crate::state::{BatchOp, MemoryStore};
+
+    const D: Millis = 86_400_000;
+
+    fn event(id: &str, event_type: &str, at: Millis) -> CustomerEvent {
+        CustomerEvent {
+            event_id: id.into(),
+            customer_id: "c1".into(),
+            event_type: event_type.into(),
+            occurred_at: at,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn retention_deletes_a_customer_with_nothing_left_and_keeps_a_compacted_one() {
+        let text = "journey: trial\nversion: 1\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\n";
+        let j = parse_journey(std::path::Path::new("trial.yaml"), text).unwrap();
+        let engine = Arc::new(Engine::new(JourneySet::new(vec![j])).with_retention(Some(D)));
+        let ops = |events: &[CustomerEvent]| {
+            let mut rt =
+                PartitionRuntime::open(engine.clone(), Box::new(MemoryStore::new()), 16, 0)
+                    .unwrap();
+            let mut out = Vec::new();
+            for e in events {
+                rt.on_event(e, &mut out).unwrap();
+            }
+            assert_eq!(rt.pending_timers(), 1, "woken when retention is up");
+            rt.advance_to(events[events.len() - 1].occurred_at + D, &mut out)
+                .unwrap();
+            assert_eq!(rt.pending_timers(), 0);
+            rt.prepare().unwrap().batch.ops().to_vec()
+        };
+        // Never entered: deleted (a changelog tombstone).
+        let never = ops(&[event("p", "subscription.paid", 0)]);
+        assert!(
+            never
+                .iter()
+                .any(|op| matches!(op, BatchOp::DeleteCustomer { id } if id == "c1")),
+            "{never:?}"
+        );
+        // Entered and finished: a compacted record remains (it counts the instance).
+        let done = ops(&[
+            event("s", "trial.started", 0),
+            event("p", "subscription.paid", 1000),
+        ]);
+        assert!(
+            done.iter()
+                .any(|op| matches!(op, BatchOp::PutCustomer { id, .. } if id == "c1")),
+            "{done:?}"
+        );
     }
 }

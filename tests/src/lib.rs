@@ -505,7 +505,11 @@ pub fn simulate_file_with(
     until: Millis,
     allowed_lateness: Millis,
 ) -> Result<Vec<Value>> {
-    let engine = Arc::new(Engine::new(JourneySet::load(&reference_journey())?));
+    // The retention `waymark run` uses by default, so both compact the same customers.
+    let retention = waymark::config::DEFAULT_RETENTION_SECS as Millis * 1000;
+    let engine = Arc::new(
+        Engine::new(JourneySet::load(&reference_journey())?).with_retention(Some(retention)),
+    );
     let mut out = Vec::new();
     let opts = SimulateOptions {
         allowed_lateness,

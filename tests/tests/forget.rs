@@ -1,6 +1,7 @@
-//! Right to be forgotten on the real broker: `waymark forget` erases a customer's state in the
-//! processor and tombstones the state changelog, so a partition restored from the changelog
-//! does not bring the customer back.
+//! Erasure and retention on the real broker: `waymark forget` erases a customer's state in the
+//! processor and tombstones the state changelog, and retention compacts finished instances
+//! away (or deletes customers who never entered), so a partition restored from the changelog
+//! brings back neither.
 
 use std::process::Command;
 use std::time::Duration;
@@ -101,4 +102,81 @@ fn forget_erases_local_state_and_the_changelog() {
         inspect(&scenario, "kept").is_some(),
         "the others are restored"
     );
+}
+
+fn event(
+    id: &str,
+    customer: &str,
+    event_type: &str,
+    at: i64,
+    line: &str,
+) -> (Option<String>, Vec<u8>) {
+    let ev = CustomerEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: [("product_line".to_owned(), line.to_owned())].into(),
+    };
+    (
+        Some(customer.to_owned()),
+        waymark::kafka::encode_event(&ev, InputFormat::Avro).unwrap(),
+    )
+}
+
+#[test]
+fn retention_compacts_finished_instances_locally_and_in_the_changelog() {
+    let scenario = Scenario::new(
+        "retention",
+        1,
+        "allowed-lateness-secs: 1\nretention-secs: 3600",
+    )
+    .unwrap();
+    let t = now_millis() - 3 * 3_600_000;
+    let records = [
+        // Reaches the goal (an order from a second product line) two minutes in.
+        event("d1", "done", "login.created", t, ""),
+        event("d2", "done", "order.placed", t + 60_000, "paper"),
+        event("d3", "done", "order.placed", t + 120_000, "office"),
+        // Never enters the journey.
+        event("s1", "stray", "payment_account.created", t, ""),
+        // Still active (no payment account, no goal): kept whatever its age.
+        login("active", t),
+    ];
+    let raw: Vec<(Option<&str>, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (k.as_deref(), v.clone()))
+        .collect();
+    scenario.produce_raw(&raw).unwrap();
+    let check = |when: &str| {
+        let done = inspect(&scenario, "done").expect("a compacted customer is kept");
+        let journey = &done["explanation"]["journeys"][0];
+        assert_eq!(journey["retired_instances"], 1, "{when}: {done}");
+        assert_eq!(
+            journey["instances"].as_array().unwrap().len(),
+            0,
+            "{when}: {done}"
+        );
+        assert_eq!(
+            done["events"].as_array().unwrap().len(),
+            0,
+            "{when}: {done}"
+        );
+        assert!(inspect(&scenario, "stray").is_none(), "{when}: deleted");
+        let active = inspect(&scenario, "active").expect("an active customer is kept");
+        assert_eq!(active["events"].as_array().unwrap().len(), 1, "{when}");
+    };
+    let processor = scenario.start().unwrap();
+    // done: entered, 4 steps completed, goal reached; active: entered, login completed, the
+    // one-hour email and its command_emitted (the two-day task is not due yet).
+    scenario.await_outputs(10, Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    processor.stop();
+    check("local state");
+
+    // Rebuilt from the changelog alone: the same.
+    std::fs::remove_dir_all(scenario.dir.path().join("state")).unwrap();
+    let processor = scenario.start().unwrap();
+    processor.stop();
+    check("restored from the changelog");
 }

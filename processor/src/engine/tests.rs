@@ -475,6 +475,132 @@ fn re_entry_after_end_starts_a_new_instance_with_new_ids() {
     );
 }
 
+/// A trial journey with the given re-entry policy, and an engine for it with `retention`.
+fn trial(re_entry: &str, retention: Option<Millis>) -> Arc<Engine> {
+    let text = format!(
+        "journey: trial\nversion: 2\nre-entry: {re_entry}\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n"
+    );
+    let j = parse_journey(Path::new("trial.yaml"), &text).unwrap();
+    Arc::new(Engine::new(JourneySet::new(vec![j])).with_retention(retention))
+}
+
+fn apply_all(e: &Engine, state: &mut CustomerState, events: &[CustomerEvent]) -> Vec<Applied> {
+    let mut out = Vec::new();
+    events
+        .iter()
+        .map(|ev| e.apply(state, "c1", ev, ev.occurred_at - LATENESS, &mut out))
+        .collect()
+}
+
+#[test]
+fn retention_compacts_a_finished_instance_and_keeps_its_count() {
+    let e = trial("after-end", Some(7 * D));
+    let mut state = CustomerState::default();
+    apply_all(
+        &e,
+        &mut state,
+        &[
+            ev("a", "c1", "trial.started", T0, &[]),
+            ev("b", "c1", "subscription.paid", T0 + H, &[]),
+        ],
+    );
+    let mut out = Vec::new();
+    e.advance(&mut state, "c1", T0 + 2 * H, &mut out);
+    assert_eq!(
+        state.next_due,
+        Some(T0 + H + 7 * D),
+        "woken when retention is up"
+    );
+    assert_eq!(state.events.len(), 2);
+    out.clear();
+    e.advance(&mut state, "c1", T0 + H + 7 * D, &mut out);
+    assert!(out.is_empty(), "compaction emits nothing: {out:?}");
+    assert!(state.events.is_empty());
+    assert_eq!(state.journeys["trial"].retired, 1);
+    assert!(state.journeys["trial"].emitted.is_empty());
+    assert_eq!(state.retired_until, Some(T0 + H));
+    assert_eq!(state.next_due, None);
+    assert!(
+        !state.is_disposable(),
+        "the count of retired instances stays"
+    );
+    // An event of the compacted past is late and changes nothing.
+    let old = ev("z", "c1", "trial.started", T0 + 30 * 60_000, &[]);
+    assert_eq!(
+        e.apply(&mut state, "c1", &old, T0 + 8 * D, &mut out),
+        Applied::Accepted { late: true }
+    );
+    assert!(state.events.is_empty() && out.is_empty());
+}
+
+#[test]
+fn after_retention_a_returning_customer_gets_the_next_instance_number_and_new_ids() {
+    let events = vec![
+        ev("a", "c1", "trial.started", T0, &[]),
+        ev("b", "c1", "subscription.paid", T0 + H, &[]),
+        ev("c", "c1", "trial.started", T0 + 40 * D, &[]),
+    ];
+    let kept = run(&trial("after-end", None), &events, T0 + 60 * D);
+    let compacted = run(&trial("after-end", Some(7 * D)), &events, T0 + 60 * D);
+    assert_eq!(as_set(&kept), as_set(&compacted));
+    let instances: BTreeSet<u32> = compacted
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) => Some(c.instance),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(instances, [2].into(), "the returning customer's nudge");
+}
+
+#[test]
+fn after_retention_re_entry_never_still_holds() {
+    let events = vec![
+        ev("a", "c1", "trial.started", T0, &[]),
+        ev("b", "c1", "subscription.paid", T0 + H, &[]),
+        ev("c", "c1", "trial.started", T0 + 40 * D, &[]),
+    ];
+    let out = run(&trial("never", Some(7 * D)), &events, T0 + 60 * D);
+    assert!(
+        out.iter().all(|o| match o {
+            Output::JourneyEvent(j) => j.instance == 1,
+            Output::Command(_) => false,
+        }),
+        "no second instance, no nudge: {out:?}"
+    );
+    assert_eq!(
+        as_set(&out),
+        as_set(&run(&trial("never", None), &events, T0 + 60 * D))
+    );
+}
+
+#[test]
+fn retention_never_touches_an_active_instance_or_a_pending_action() {
+    let e = reference().as_ref().clone().with_retention(Some(D));
+    let mut state = CustomerState::default();
+    apply_all(&e, &mut state, &[login("l", "c1", T0)]);
+    let mut out = Vec::new();
+    e.advance(&mut state, "c1", T0 + 100 * D, &mut out);
+    assert_eq!(commands(&out).len(), 3, "every nudge fired");
+    assert_eq!(state.events.len(), 1, "the instance never ended: kept");
+    assert_eq!(state.next_due, None);
+}
+
+#[test]
+fn a_customer_who_never_entered_is_disposable_after_retention() {
+    let e = trial("never", Some(7 * D));
+    let mut state = CustomerState::default();
+    apply_all(
+        &e,
+        &mut state,
+        &[ev("b", "c1", "subscription.paid", T0, &[])],
+    );
+    assert!(!state.is_disposable());
+    let mut out = Vec::new();
+    e.advance(&mut state, "c1", T0 + 7 * D, &mut out);
+    assert!(state.is_disposable(), "{state:?}");
+}
+
 #[test]
 fn exit_condition_ends_the_instance_and_cancels_pending_actions() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
@@ -810,6 +936,18 @@ proptest! {
         let a = run(&engine, &events, until);
         let b = run(&engine, &with_dups, until);
         prop_assert_eq!(as_set(&a), as_set(&b));
+    }
+
+    #[test]
+    fn retention_changes_no_output_of_a_re_entry_never_journey(
+        customers in prop::collection::vec((0..(2 * D), customer_trace()), 1..6),
+        retention_hours in 1..(20 * 24i64),
+    ) {
+        let kept = reference();
+        let compacting = Arc::new(kept.as_ref().clone().with_retention(Some(retention_hours * H)));
+        let events: Vec<CustomerEvent> = materialize(&customers).into_iter().map(|mut e| { e.occurred_at += T0; e }).collect();
+        let until = T0 + 60 * D;
+        prop_assert_eq!(as_set(&run(&kept, &events, until)), as_set(&run(&compacting, &events, until)));
     }
 
     #[test]

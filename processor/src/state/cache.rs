@@ -16,7 +16,7 @@ use super::{Millis, StateBatch, StateError, StateStore};
 ///
 /// Bump it when the state type changes incompatibly, and teach [`decode_value`] to read the
 /// previous version (or to say clearly that it cannot).
-pub const STATE_FORMAT_VERSION: u8 = 1;
+pub const STATE_FORMAT_VERSION: u8 = 2;
 
 /// Default [`StateCache`] capacity, in entries (customers).
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
