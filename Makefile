@@ -33,6 +33,9 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 	KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 bash scripts/kafka.sh start
 	WAYMARK_TEST_BROKERS=127.0.0.1:19092 WAYMARK_CHAOS_CUSTOMERS=30000 $(CARGO) test --release -p waymark-e2e --test chaos -- --nocapture
 
+bench: build ## Throughput (exactly-once vs at-least-once vs simulate), recovery after kill -9, restore; a table
+	python3 scripts/bench.py
+
 golden: build ## Check `waymark simulate` against ../shared/golden
 	bash scripts/golden.sh
 
@@ -53,4 +56,4 @@ clean: ## Remove local state and demo output (keeps the build cache)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo test setup build lint unit chaos golden kafka-start kafka-topics kafka-stop clean help
+.PHONY: demo test setup build lint unit chaos bench golden kafka-start kafka-topics kafka-stop clean help

@@ -92,6 +92,20 @@ fn default_http_addr() -> SocketAddr {
 
 pub use crate::codec::InputFormat;
 
+/// What `waymark run` guarantees about its outputs (config `processing-guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessingGuarantee {
+    /// Outputs, changelog and input offsets commit in one Kafka transaction: `read_committed`
+    /// readers see every command exactly once, even across crashes.
+    #[default]
+    ExactlyOnce,
+    /// No transactions: outputs are flushed, then offsets committed. After a crash the last
+    /// batch is processed again and its outputs repeat (with the same ids, so sinks drop
+    /// them). Faster; for deployments whose sinks all de-duplicate.
+    AtLeastOnce,
+}
+
 /// Kafka connection and client settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -209,6 +223,10 @@ pub struct Config {
     /// Encoding of `customer-events` values. Default `avro`.
     #[serde(default)]
     pub input_format: InputFormat,
+    /// `exactly-once` (default) or `at-least-once`. Flag `--processing-guarantee`,
+    /// environment `WAYMARK_PROCESSING_GUARANTEE`.
+    #[serde(default)]
+    pub processing_guarantee: ProcessingGuarantee,
     /// Journey definitions: a file or a directory of `*.yaml`. Default `deploy/journeys`.
     /// Flag `--journeys`, environment `WAYMARK_JOURNEYS`.
     #[serde(default = "default_journeys")]
@@ -264,6 +282,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             topics: TopicsConfig::default(),
             input_format: InputFormat::default(),
+            processing_guarantee: ProcessingGuarantee::default(),
             journeys: default_journeys(),
             state_dir: default_state_dir(),
             http_addr: default_http_addr(),
@@ -299,6 +318,8 @@ pub struct Overrides {
     pub group_instance_id: Option<String>,
     /// `--input-format` / `WAYMARK_INPUT_FORMAT`.
     pub input_format: Option<InputFormat>,
+    /// `--processing-guarantee` / `WAYMARK_PROCESSING_GUARANTEE`.
+    pub processing_guarantee: Option<ProcessingGuarantee>,
 }
 
 impl Config {
@@ -347,6 +368,9 @@ impl Config {
         }
         if let Some(v) = &overrides.group_instance_id {
             cfg.kafka.group_instance_id = Some(v.clone());
+        }
+        if let Some(v) = overrides.processing_guarantee {
+            cfg.processing_guarantee = v;
         }
         if let Some(v) = overrides.input_format {
             cfg.input_format = v;

@@ -104,6 +104,10 @@ struct RunArgs {
     /// Encoding of customer-events values.
     #[arg(long, value_enum, env = "WAYMARK_INPUT_FORMAT")]
     input_format: Option<InputFormat>,
+    /// exactly-once (transactions, the default) or at-least-once (faster; outputs of the last
+    /// batch repeat after a crash, with the same ids).
+    #[arg(long, value_enum, env = "WAYMARK_PROCESSING_GUARANTEE")]
+    processing_guarantee: Option<waymark::config::ProcessingGuarantee>,
 }
 
 #[derive(Args, Debug)]
@@ -470,6 +474,7 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         transactional_id: args.transactional_id,
         group_instance_id: args.group_instance_id,
         input_format: args.input_format,
+        processing_guarantee: args.processing_guarantee,
     };
     let cfg = Config::load(config, &overrides)?;
     let engine = load_engine(&cfg.journeys, cfg.retention_ms())?;

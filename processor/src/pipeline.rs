@@ -18,6 +18,10 @@
 //! fenced and stops), or records of one customer spread over several partitions (key by
 //! customer id).
 //!
+//! With `processing-guarantee: at-least-once` there are no transactions: a batch's outputs
+//! are flushed (acknowledged by the broker) before its offsets are committed, so nothing is
+//! lost, and a crash repeats at most the last batch's outputs, with the same ids.
+//!
 //! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
 //! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
 //! journey semantics (that is `engine`) or storage details (that is `state`).
@@ -36,7 +40,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::codec;
-use crate::config::Config;
+use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
 use crate::kafka::{client_config, producer_config};
 use crate::model::{Millis, Output};
@@ -163,9 +167,13 @@ struct Core {
     metrics: Metrics,
     health: Arc<Health>,
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// `exactly-once`: batches are Kafka transactions.
+    transactional: bool,
     partitions: BTreeMap<i32, Partition>,
     /// Assigned partitions being rebuilt from the changelog (paused on the consumer).
     restoring: BTreeMap<i32, Restore>,
+    /// A batch is open: something was produced since the last commit (inside a transaction
+    /// when `transactional`).
     in_transaction: bool,
     outputs: Vec<Output>,
     summary: RunSummary,
@@ -483,15 +491,15 @@ impl Core {
     }
 
     fn begin(&mut self) -> Result<(), PipelineError> {
-        if !self.in_transaction {
+        if !self.in_transaction && self.transactional {
             self.producer
                 .begin_transaction()
                 .map_err(|source| PipelineError::Kafka {
                     action: "begin transaction",
                     source,
                 })?;
-            self.in_transaction = true;
         }
+        self.in_transaction = true;
         Ok(())
     }
 
@@ -766,13 +774,24 @@ impl Core {
         } else {
             None
         };
-        let result = (|| {
-            if let Some(group) = &group {
-                self.producer
-                    .send_offsets_to_transaction(&offsets, group, timeout)?;
-            }
-            self.producer.commit_transaction(timeout)
-        })();
+        let result = if self.transactional {
+            (|| {
+                if let Some(group) = &group {
+                    self.producer
+                        .send_offsets_to_transaction(&offsets, group, timeout)?;
+                }
+                self.producer.commit_transaction(timeout)
+            })()
+        } else {
+            // At least once: every output is acknowledged before the offsets move on.
+            self.producer.flush(timeout).and_then(|()| {
+                if offsets.count() > 0 {
+                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                } else {
+                    Ok(())
+                }
+            })
+        };
         self.in_transaction = false;
         if let Err(e) = result {
             self.metrics
@@ -815,8 +834,10 @@ impl Core {
                 self.cfg.kafka.transactional_id.clone(),
             ));
         }
-        tracing::warn!(error = %e, "Transaction failed; aborting and re-processing the batch.");
-        if let Err(abort) = self.producer.abort_transaction(Duration::from_secs(30)) {
+        tracing::warn!(error = %e, "Commit failed; aborting and re-processing the batch.");
+        if self.transactional
+            && let Err(abort) = self.producer.abort_transaction(Duration::from_secs(30))
+        {
             return Err(PipelineError::Kafka {
                 action: "abort transaction",
                 source: abort,
@@ -853,21 +874,32 @@ pub fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, PipelineError> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        producer_config(&cfg.kafka.brokers, &cfg.kafka.properties)
+    let transactional = cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+    let mut producer_cfg = producer_config(&cfg.kafka.brokers, &cfg.kafka.properties);
+    if transactional {
+        producer_cfg
             .set("transactional.id", &cfg.kafka.transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            .set("transaction.timeout.ms", "60000");
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_cfg
             .create()
             .map_err(|source| PipelineError::Kafka {
                 action: "create producer",
                 source,
             })?;
-    producer
-        .init_transactions(Duration::from_secs(60))
-        .map_err(|source| PipelineError::Kafka {
-            action: "init transactions (is the broker up, and transaction.state.log settings valid for its size?)",
-            source,
-        })?;
+    if transactional {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(|source| PipelineError::Kafka {
+                action: "init transactions (is the broker up, and transaction.state.log settings valid for its size?)",
+                source,
+            })?;
+    } else {
+        tracing::warn!(
+            "processing-guarantee is at-least-once: after a crash the outputs of the last batch are produced again (same ids)."
+        );
+    }
     let rocks = RocksEnv::new(&cfg.rocksdb).map_err(|source| PipelineError::State {
         partition: -1,
         path: cfg.state_dir.clone(),
@@ -882,6 +914,7 @@ pub fn run(
         metrics,
         health: health.clone(),
         producer,
+        transactional,
         partitions: BTreeMap::new(),
         restoring: BTreeMap::new(),
         in_transaction: false,

@@ -62,6 +62,45 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+#[test]
+fn at_least_once_after_kill_9_loses_nothing_and_repeats_only_identical_records() {
+    let scenario =
+        Scenario::new("at-least-once", 4, "processing-guarantee: at-least-once").unwrap();
+    let events = scenario.loadgen("8000", "17");
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    for delay in [700, 1400] {
+        let processor = scenario.start().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        processor.kill();
+    }
+    let processor = scenario.start().unwrap();
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(240))
+        .unwrap();
+    let log = processor.stop();
+    assert!(
+        log.contains("at-least-once"),
+        "the mode is announced: {log}"
+    );
+    // Repeats are allowed, but only as exact copies (same id, same content).
+    let mut first: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let mut repeats = 0;
+    for v in &kafka {
+        match first.get(&id_of(v)) {
+            Some(seen) => {
+                assert_eq!(seen, v, "a repeated record differs");
+                repeats += 1;
+            }
+            None => {
+                first.insert(id_of(v), v.clone());
+            }
+        }
+    }
+    eprintln!("at-least-once: {repeats} repeated records after 2 kills");
+    let unique: Vec<_> = first.into_values().collect();
+    assert_same_outputs(&unique, &simulated);
+}
+
 /// Runs `scripts/kafka.sh <cmd>` for the test broker.
 fn kafka_sh(cmd: &str) {
     let brokers = brokers();

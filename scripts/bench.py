@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""`make bench`: Waymark's throughput, recovery and restore figures on this machine.
+
+Runs against a real broker (started by scripts/kafka.sh on BENCH_KAFKA_PORT, default 29092)
+with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a table:
+
+  * `waymark simulate` throughput (the offline baseline every other figure is compared with);
+  * `waymark run` throughput with processing-guarantee exactly-once, then at-least-once, on
+    the same trace (fresh topics each);
+  * recovery after `kill -9` mid-run: time from the restart to ready, and to the first
+    committed transaction that carries output;
+  * restore: the state directory deleted, time and records/s to rebuild it from the changelog.
+
+Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
+absolute numbers across runs.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("WAYMARK_CACHE", Path.home() / ".cache/waymark"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
+WAYMARK = TARGET / "release/waymark"
+PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
+BROKERS = f"127.0.0.1:{PORT}"
+CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "50000")
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
+HTTP = "127.0.0.1:19464"
+RUN_ID = time.strftime("%Y%m%d%H%M%S")
+WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def kafka(cmd):
+    env = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_CONTROLLER_PORT=str(PORT + 1))
+    subprocess.run(["bash", str(ROOT / "scripts/kafka.sh"), cmd], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def metrics():
+    try:
+        with urllib.request.urlopen(f"http://{HTTP}/metrics", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def metric(text, name, label=""):
+    """Sum of the samples of `name` whose labels contain `label`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def ready():
+    try:
+        with urllib.request.urlopen(f"http://{HTTP}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def config(name, guarantee):
+    suffix = f"bench-{RUN_ID}-{name}"
+    path = WORK / f"{name}.yaml"
+    topics = {
+        "customer-events": f"customer-events.{suffix}",
+        "journey-events": f"journey-events.{suffix}",
+        "commands-email": f"commands.email.{suffix}",
+        "commands-sms": f"commands.sms.{suffix}",
+        "commands-contact-center": f"commands.contact-center.{suffix}",
+        "dead-letters": f"customer-events.dlq.{suffix}",
+        "late-events": f"customer-events.late.{suffix}",
+        "state-changelog": f"waymark.state-changelog.{suffix}",
+    }
+    lines = [
+        "kafka:", f"  brokers: {BROKERS}", f"  group-id: {suffix}",
+        f"  transactional-id: {suffix}", "topics:",
+        *[f"  {k}: {v}" for k, v in topics.items()],
+        f"journeys: {ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
+        f"state-dir: {WORK / name / 'state'}", f"http-addr: {HTTP}",
+        f"processing-guarantee: {guarantee}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    subprocess.run([str(WAYMARK), "--config", str(path), "topics", "create", "--brokers",
+                    BROKERS, "--partitions", str(PARTITIONS)], check=True,
+                   stderr=subprocess.DEVNULL)
+    subprocess.run([str(WAYMARK), "produce", "--brokers", BROKERS, "--topic",
+                    topics["customer-events"], str(WORK / "events.jsonl")], check=True,
+                   stderr=subprocess.DEVNULL)
+    return path
+
+
+def start(cfg, logname):
+    logf = open(WORK / logname, "w")
+    return subprocess.Popen([str(WAYMARK), "--config", str(cfg), "run"], stdout=subprocess.DEVNULL,
+                            stderr=logf)
+
+
+def wait(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return time.monotonic()
+        time.sleep(0.05)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def processed():
+    return metric(metrics(), "waymark_pipeline_events_total")
+
+
+def wait_idle(quiet=3.0, timeout=900):
+    """Waits until the processed-events counter has not moved for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        now = processed()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif now > 0 and time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.2)
+    raise SystemExit("bench: the processor never went idle")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def main():
+    WORK.mkdir(parents=True, exist_ok=True)
+    log(f"broker on {BROKERS}")
+    kafka("start")
+    events = WORK / "events.jsonl"
+    subprocess.run([str(WAYMARK), "loadgen", "--customers", CUSTOMERS, "--seed", "42",
+                    "--output", str(events)], check=True, stderr=subprocess.DEVNULL)
+    n = sum(1 for _ in open(events))
+    log(f"trace: {CUSTOMERS} customers, {n} events")
+    rows = []
+
+    t = time.monotonic()
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    subprocess.run([str(WAYMARK), "simulate", "--journeys",
+                    str(ROOT / "deploy/journeys/b2b-onboarding.yaml"), "--events", str(events),
+                    "--until", until], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    sim = n / (time.monotonic() - t)
+    rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
+
+    rates = {}
+    for guarantee in ["exactly-once", "at-least-once"]:
+        cfg = config(guarantee, guarantee)
+        proc = start(cfg, f"{guarantee}.log")
+        t0 = wait(ready, 120, "ready")
+        t1 = wait(lambda: processed() >= n, 900, f"{n} events processed")
+        rates[guarantee] = n / (t1 - t0)
+        stop(proc)
+        rows.append((f"run, {guarantee}, {PARTITIONS} partitions",
+                     f"{rates[guarantee]:,.0f} events/s", f"{rates[guarantee] / sim:.2f}"))
+    rows.append(("exactly-once ÷ at-least-once", "",
+                 f"{rates['exactly-once'] / rates['at-least-once']:.2f}"))
+
+    # Recovery after kill -9, a third of the way through a fresh backlog.
+    cfg = config("recovery", "exactly-once")
+    proc = start(cfg, "recovery-1.log")
+    wait(ready, 120, "ready")
+    wait(lambda: processed() >= n / 3, 900, "a third of the events")
+    proc.kill()
+    proc.wait()
+    t0 = time.monotonic()
+    proc = start(cfg, "recovery-2.log")
+    t_ready = wait(ready, 300, "ready after kill -9")
+
+    def first_output():
+        m = metrics()
+        return (metric(m, "waymark_pipeline_transactions_total", 'result="committed"') >= 1
+                and metric(m, "waymark_engine_journey_events_total") > 0)
+    t_out = wait(first_output, 300, "first committed output after kill -9")
+    rows.append(("recovery after kill -9: ready", f"{(t_ready - t0) * 1000:,.0f} ms", ""))
+    rows.append(("recovery after kill -9: first committed output",
+                 f"{(t_out - t0) * 1000:,.0f} ms", ""))
+    wait_idle()
+    stop(proc)
+
+    # Restore: the state directory is gone; everything comes back from the changelog.
+    shutil.rmtree(WORK / "recovery" / "state")
+    t0 = time.monotonic()
+    proc = start(cfg, "restore.log")
+    t_ready = wait(ready, 900, "ready after restore")
+    restored = metric(metrics(), "waymark_state_restore_records_total")
+    stop(proc)
+    secs = t_ready - t0
+    rows.append(("restore from the changelog", f"{restored:,.0f} records in {secs:.1f} s",
+                 f"{restored / secs:,.0f} records/s"))
+
+    print(f"\nWaymark bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, broker on "
+          f"this machine, trace of {CUSTOMERS} customers / {n} events\n")
+    print("| what | result | ratio |")
+    print("|---|---|---|")
+    for what, result, ratio in rows:
+        print(f"| {what} | {result} | {ratio} |")
+    (WORK / "bench.json").write_text(json.dumps(rows, indent=1))
+    log(f"logs and configs in {WORK}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        if os.environ.get("BENCH_KEEP_KAFKA") != "1":
+            kafka("stop")
