@@ -89,7 +89,9 @@ def config(name, guarantee):
     }
     lines = [
         "kafka:", f"  brokers: {BROKERS}", f"  group-id: {suffix}",
-        f"  transactional-id: {suffix}", "topics:",
+        f"  transactional-id: {suffix}",
+        # Static membership, as recommended: a restart takes its partitions back at once.
+        f"  group-instance-id: {suffix}", "topics:",
         *[f"  {k}: {v}" for k, v in topics.items()],
         f"journeys: {ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
         f"state-dir: {WORK / name / 'state'}", f"http-addr: {HTTP}",
