@@ -170,6 +170,9 @@ pub struct TopicsConfig {
     /// partitions as `customer-events` and `cleanup.policy=compact`. Default
     /// `waymark.state-changelog`.
     pub state_changelog: String,
+    /// What the channel sinks report back (delivered, failed, ...). Default
+    /// `intervention-outcomes`.
+    pub intervention_outcomes: String,
 }
 
 impl Default for TopicsConfig {
@@ -183,6 +186,7 @@ impl Default for TopicsConfig {
             dead_letters: "customer-events.dlq".into(),
             late_events: "customer-events.late".into(),
             state_changelog: "waymark.state-changelog".into(),
+            intervention_outcomes: "intervention-outcomes".into(),
         }
     }
 }
@@ -195,6 +199,11 @@ impl TopicsConfig {
             crate::model::Channel::Sms => &self.commands_sms,
             crate::model::Channel::ContactCenter => &self.commands_contact_center,
         }
+    }
+
+    /// The dead-letter topic of a channel sink: its command topic + `.dlq`.
+    pub fn sink_dead_letters(&self, channel: crate::model::Channel) -> String {
+        format!("{}.dlq", self.commands(channel))
     }
 
     /// Every output topic of the processor.
@@ -274,6 +283,99 @@ pub struct Config {
     /// RocksDB tuning.
     #[serde(default)]
     pub rocksdb: RocksOptions,
+    /// The channel sinks (`waymark sink <channel>`).
+    #[serde(default)]
+    pub sinks: SinksConfig,
+}
+
+/// Settings of the channel sinks (`waymark sink email|...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SinksConfig {
+    /// Consumer groups are `<group-prefix>-<channel>`. Default `waymark-sink`.
+    pub group_prefix: String,
+    /// Where each sink keeps the ids of commands it handled (`<state-dir>/<channel>`), so a
+    /// command redelivered after a crash is not sent again. Default `.waymark/sinks`.
+    pub state_dir: PathBuf,
+    /// Address of the sink's `/livez`, `/readyz` and `/metrics`. Default `127.0.0.1:9465`.
+    pub http_addr: SocketAddr,
+    /// Deliveries per second at most, per sink. Default 50.
+    pub rate_per_sec: f64,
+    /// Attempts per command before it goes to the sink's dead-letter topic. Default 5.
+    pub max_attempts: usize,
+    /// First retry delay in milliseconds; doubled per attempt, with jitter. Default 200.
+    pub retry_min_ms: u64,
+    /// Longest retry delay in milliseconds. Default 10000.
+    pub retry_max_ms: u64,
+    /// The email sink.
+    pub email: EmailConfig,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig {
+            group_prefix: "waymark-sink".into(),
+            state_dir: ".waymark/sinks".into(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            rate_per_sec: 50.0,
+            max_attempts: 5,
+            retry_min_ms: 200,
+            retry_max_ms: 10_000,
+            email: EmailConfig::default(),
+        }
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on loopback or inside the cluster).
+    #[default]
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// The email sink: SMTP server, sender and templates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EmailConfig {
+    /// SMTP server host. Default `127.0.0.1`.
+    pub smtp_host: String,
+    /// SMTP server port. Default 25.
+    pub smtp_port: u16,
+    /// `none` (default), `starttls` or `tls`.
+    pub tls: SmtpTls,
+    /// SMTP user, if the server wants authentication.
+    pub username: Option<String>,
+    /// Its password; better given as `WAYMARK_SMTP_PASSWORD`.
+    pub password: Option<String>,
+    /// Sender. Default `Waymark <noreply@example.com>`.
+    pub from: String,
+    /// Directory of templates: `<template>/subject.txt`, `body.txt` and optionally
+    /// `body.html`; an A/B variant `v` uses `<template>.v/` when present. Default
+    /// `deploy/templates/email`.
+    pub templates: PathBuf,
+    /// SMTP timeout per attempt, in seconds. Default 30.
+    pub timeout_secs: u64,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 25,
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            from: "Waymark <noreply@example.com>".into(),
+            templates: "deploy/templates/email".into(),
+            timeout_secs: 30,
+        }
+    }
 }
 
 impl Default for Config {
@@ -293,6 +395,7 @@ impl Default for Config {
             max_batch_events: default_max_batch_events(),
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            sinks: SinksConfig::default(),
             rocksdb: RocksOptions::default(),
         }
     }
@@ -422,6 +525,10 @@ impl Config {
             ("topics.dead-letters", &topics.dead_letters),
             ("topics.late-events", &topics.late_events),
             ("topics.state-changelog", &topics.state_changelog),
+            (
+                "topics.intervention-outcomes",
+                &topics.intervention_outcomes,
+            ),
         ];
         for (field, name) in all {
             if name.trim().is_empty() {

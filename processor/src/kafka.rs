@@ -146,6 +146,18 @@ pub async fn create_topics(
         )
         .set("cleanup.policy", "compact"),
     );
+    // What the sinks write: outcomes, and each channel's dead letters.
+    let sink_dlqs: Vec<String> = crate::model::Channel::ALL
+        .iter()
+        .map(|c| topics.sink_dead_letters(*c))
+        .collect();
+    for name in std::iter::once(&topics.intervention_outcomes).chain(&sink_dlqs) {
+        new.push(NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(replication),
+        ));
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)

@@ -42,5 +42,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod shutdown;
 pub mod simulate;
+pub mod sink;
 pub mod state;
 pub mod telemetry;

@@ -75,6 +75,10 @@ enum Command {
     /// Look into the local state of a stopped processor.
     #[command(subcommand)]
     State(StateCommand),
+    /// Deliver the commands of one channel (email over SMTP), at most once per command id,
+    /// with retries, a dead-letter topic and outcomes on `intervention-outcomes`.
+    #[command(subcommand)]
+    Sink(SinkCommand),
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +112,31 @@ struct RunArgs {
     /// batch repeat after a crash, with the same ids).
     #[arg(long, value_enum, env = "WAYMARK_PROCESSING_GUARANTEE")]
     processing_guarantee: Option<waymark::config::ProcessingGuarantee>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SinkCommand {
+    /// Send `commands.email` as email over SMTP, rendered from `sinks.email.templates`.
+    Email(SinkArgs),
+}
+
+#[derive(Args, Debug)]
+struct SinkArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS")]
+    brokers: Option<String>,
+    /// Where the sink remembers handled command ids (default `sinks.state-dir`).
+    #[arg(long, env = "WAYMARK_SINK_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Address for /livez, /readyz and /metrics (default `sinks.http-addr`).
+    #[arg(long, env = "WAYMARK_SINK_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// SMTP server host (default `sinks.email.smtp-host`).
+    #[arg(long, env = "WAYMARK_SMTP_HOST")]
+    smtp_host: Option<String>,
+    /// SMTP server port (default `sinks.email.smtp-port`).
+    #[arg(long, env = "WAYMARK_SMTP_PORT")]
+    smtp_port: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +311,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config = cli.config.clone();
     match cli.command {
         Command::Run(args) => run(cli.config.as_deref(), args),
+        Command::Sink(command) => sink(cli.config.as_deref(), command),
         Command::Simulate(args) => {
             let engine = load_engine(&args.journeys, Some(args.retention.as_millis() as i64))?;
             let until = args
@@ -483,25 +513,87 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let addr = cfg.http_addr;
+    let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
+    supervise(
+        "pipeline",
+        addr,
+        drain_timeout,
+        move |metrics, health, token| {
+            waymark::pipeline::run(cfg, engine, metrics, health, token).map(|_| ())
+        },
+    )
+}
+
+/// `waymark sink <channel>`.
+fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
+    let SinkCommand::Email(args) = command;
+    let overrides = Overrides {
+        brokers: args.brokers,
+        ..Overrides::default()
+    };
+    let mut cfg = Config::load(config, &overrides)?;
+    if let Some(dir) = args.state_dir {
+        cfg.sinks.state_dir = dir;
+    }
+    if let Some(addr) = args.http_addr {
+        cfg.sinks.http_addr = addr;
+    }
+    if let Some(host) = args.smtp_host {
+        cfg.sinks.email.smtp_host = host;
+    }
+    if let Some(port) = args.smtp_port {
+        cfg.sinks.email.smtp_port = port;
+    }
+    let provider = waymark::sink::email::EmailProvider::new(&cfg.sinks.email)?;
+    let rocks = waymark::state::RocksEnv::new(&cfg.rocksdb)?;
+    tracing::info!(
+        smtp = %format!("{}:{}", cfg.sinks.email.smtp_host, cfg.sinks.email.smtp_port),
+        templates = %cfg.sinks.email.templates.display(),
+        "Email sink starting."
+    );
+    let addr = cfg.sinks.http_addr;
+    let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
+    supervise(
+        "sink",
+        addr,
+        drain_timeout,
+        move |metrics, health, token| {
+            waymark::sink::run(&cfg, &provider, &rocks, &metrics, &health, token).map(|_| ())
+        },
+    )
+}
+
+/// Serves `/livez`, `/readyz` and `/metrics` on `addr` and runs `work` on a dedicated thread
+/// until it ends (an error) or SIGTERM/SIGINT asks it to drain, for at most `drain_timeout`.
+/// The exit code says which: 0 drained, 124 drain timeout, 1 error.
+fn supervise<E>(
+    name: &str,
+    addr: std::net::SocketAddr,
+    drain_timeout: Duration,
+    work: impl FnOnce(Metrics, Arc<Health>, CancellationToken) -> Result<(), E> + Send + 'static,
+) -> Result<ExitCode>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let rt = runtime()?;
     let token = CancellationToken::new();
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     rt.spawn(shutdown::cancel_on_signal(token.clone()));
     let (addr, http) = rt.block_on(telemetry::serve(
-        cfg.http_addr,
+        addr,
         metrics.clone(),
         health.clone(),
         token.clone(),
     ))?;
     tracing::info!(%addr, "Serving /livez /readyz /metrics.");
-    let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
-    let pipeline_token = token.clone();
+    let work_token = token.clone();
     let worker = std::thread::Builder::new()
-        .name("waymark-pipeline".into())
-        .spawn(move || waymark::pipeline::run(cfg, engine, metrics, health, pipeline_token))
-        .context("cannot start the pipeline thread")?;
-    // Wait for the pipeline to end by itself (error) or for a signal, then for the drain.
+        .name(format!("waymark-{name}"))
+        .spawn(move || work(metrics, health, work_token))
+        .with_context(|| format!("cannot start the {name} thread"))?;
+    // Wait for the work to end by itself (error) or for a signal, then for the drain.
     let result = rt.block_on(async {
         let waiter = tokio::task::spawn_blocking(move || worker.join());
         tokio::pin!(waiter);
@@ -522,8 +614,8 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(shutdown::EXIT_DRAIN_TIMEOUT as u8))
         }
-        Some(Ok(Ok(Ok(_summary)))) => Ok(ExitCode::SUCCESS),
+        Some(Ok(Ok(Ok(())))) => Ok(ExitCode::SUCCESS),
         Some(Ok(Ok(Err(e)))) => Err(e.into()),
-        Some(Ok(Err(_))) | Some(Err(_)) => bail!("the pipeline thread panicked"),
+        Some(Ok(Err(_))) | Some(Err(_)) => bail!("the {name} thread panicked"),
     }
 }

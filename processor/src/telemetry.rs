@@ -43,6 +43,11 @@ pub const PARTITIONS_ASSIGNED: &str = "waymark_pipeline_partitions_assigned";
 /// Changelog records read while restoring partitions (progress: compare with the changelog's
 /// end offsets).
 pub const RESTORE_RECORDS_TOTAL: &str = "waymark_state_restore_records_total";
+/// Commands a channel sink handled, by `channel` and `result` (`delivered`, `duplicate`, or
+/// the failure code).
+pub const SINK_DELIVERIES_TOTAL: &str = "waymark_sink_deliveries_total";
+/// Delivery attempts a sink retried, by `channel`.
+pub const SINK_RETRIES_TOTAL: &str = "waymark_sink_retries_total";
 /// Partitions currently being restored from the changelog.
 pub const RESTORING_PARTITIONS: &str = "waymark_state_restoring_partitions";
 /// Build information (value 1), by version.
@@ -93,6 +98,8 @@ pub struct Metrics {
     partitions: IntGauge,
     restore_records: prometheus::IntCounter,
     restoring: IntGauge,
+    sink_deliveries: IntCounterVec,
+    sink_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +182,16 @@ impl Metrics {
         registry
             .register(Box::new(restoring.clone()))
             .expect("unique");
+        let sink_deliveries = counter(
+            SINK_DELIVERIES_TOTAL,
+            "Commands a channel sink handled, by result.",
+            &["channel", "result"],
+        );
+        let sink_retries = counter(
+            SINK_RETRIES_TOTAL,
+            "Delivery attempts a channel sink retried.",
+            &["channel"],
+        );
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
             .expect("static gauge");
         registry.register(Box::new(build.clone())).expect("unique");
@@ -192,7 +209,21 @@ impl Metrics {
             partitions,
             restore_records,
             restoring,
+            sink_deliveries,
+            sink_retries,
         }
+    }
+
+    /// Counts a command a sink handled.
+    pub fn sink_delivery(&self, channel: &str, result: &str) {
+        self.sink_deliveries
+            .with_label_values(&[channel, result])
+            .inc();
+    }
+
+    /// Counts a retried delivery attempt.
+    pub fn sink_retry(&self, channel: &str) {
+        self.sink_retries.with_label_values(&[channel]).inc();
     }
 
     /// Marks a restore as started (`true`) or finished (`false`).

@@ -119,6 +119,7 @@ impl Scenario {
             dead_letters: format!("{id}.customer-events.dlq"),
             late_events: format!("{id}.customer-events.late"),
             state_changelog: format!("{id}.state-changelog"),
+            intervention_outcomes: format!("{id}.intervention-outcomes"),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -134,7 +135,7 @@ impl Scenario {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("waymark.yaml");
         let yaml = format!(
-            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\n  properties: {{{props}}}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
+            "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\n  properties: {{{props}}}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\n  intervention-outcomes: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
             topics.journey_events,
             topics.commands_email,
@@ -143,6 +144,7 @@ impl Scenario {
             topics.dead_letters,
             topics.late_events,
             topics.state_changelog,
+            topics.intervention_outcomes,
             reference_journey().display(),
             dir.path().join("state").display(),
             brokers = brokers(),
@@ -207,6 +209,11 @@ impl Scenario {
 
     /// Produces raw records (key, value) to the input topic, in order.
     pub fn produce_raw(&self, records: &[(Option<&str>, Vec<u8>)]) -> Result<()> {
+        self.produce_to(&self.topics.customer_events, records)
+    }
+
+    /// Produces raw records (key, value) to `topic`, in order.
+    pub fn produce_to(&self, topic: &str, records: &[(Option<&str>, Vec<u8>)]) -> Result<()> {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -215,8 +222,7 @@ impl Scenario {
             waymark::kafka::producer_config(&brokers(), &Default::default()).create()?;
         rt.block_on(async {
             for (key, value) in records {
-                let mut r: FutureRecord<'_, str, Vec<u8>> =
-                    FutureRecord::to(&self.topics.customer_events).payload(value);
+                let mut r: FutureRecord<'_, str, Vec<u8>> = FutureRecord::to(topic).payload(value);
                 if let Some(k) = key {
                     r = r.key(*k);
                 }
@@ -255,14 +261,22 @@ impl Scenario {
     }
 
     fn spawn(&self, run_args: &[&str], http: String) -> Result<Processor> {
+        let args: Vec<&str> = std::iter::once("run")
+            .chain(run_args.iter().copied())
+            .collect();
+        self.spawn_command(&args, http)
+    }
+
+    /// Starts `waymark --config <scenario config> <args…>` (a long-running subcommand that
+    /// serves `/readyz` on `http`) and waits until it is ready.
+    pub fn spawn_command(&self, args: &[&str], http: String) -> Result<Processor> {
         let n = std::fs::read_dir(self.dir.path())?.count();
-        let log_path = self.dir.path().join(format!("run-{n}.log"));
+        let log_path = self.dir.path().join(format!("{}-{n}.log", args[0]));
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(waymark_bin())
             .arg("--config")
             .arg(&self.config)
-            .arg("run")
-            .args(run_args)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -330,6 +344,51 @@ impl Scenario {
         }
     }
 
+    /// Every record of `topic` (all partitions, read_committed): key, value and headers.
+    pub fn read_raw(&self, topic: &str) -> Result<Vec<RawRecord>> {
+        use rdkafka::Message;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let consumer: BaseConsumer = waymark::kafka::client_config(&brokers(), &Default::default())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let mut out = Vec::new();
+        let mut idle_since = Instant::now();
+        while idle_since.elapsed() < Duration::from_secs(2) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    idle_since = Instant::now();
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_owned(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(RawRecord {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => bail!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Commands and journey events, read back from Kafka.
     pub fn outputs(&self) -> Result<Vec<Value>> {
         self.read(
@@ -362,6 +421,17 @@ impl Scenario {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// A record as read by [`Scenario::read_raw`].
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Key, as text.
+    pub key: Option<String>,
+    /// Value bytes.
+    pub value: Vec<u8>,
+    /// Headers, as text.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// A running `waymark run` process.
@@ -581,5 +651,77 @@ pub fn assert_same_outputs(kafka: &[Value], simulated: &[Value]) {
     );
     for (id, sv) in &s {
         assert_eq!(&k[id][0], &sv[0], "record {id} differs");
+    }
+}
+
+/// The loopback SMTP server of `scripts/smtp-server.py` (Debian's aiosmtpd): every accepted
+/// message lands in `maildir` as a `.eml` file; recipients starting with `reject` get a `550`.
+pub struct SmtpServer {
+    child: Child,
+    /// Where accepted messages are written.
+    pub maildir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl SmtpServer {
+    /// Starts the server on `port` and waits until it accepts connections.
+    pub fn start(port: u16, maildir: &Path) -> Result<SmtpServer> {
+        let child = Command::new("/usr/bin/python3")
+            .arg(root().join("scripts/smtp-server.py"))
+            .args(["--port", &port.to_string(), "--maildir"])
+            .arg(maildir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context(
+                "starting scripts/smtp-server.py (is python3-aiosmtpd installed? `make setup`)",
+            )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the SMTP server did not listen on port {port} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(SmtpServer {
+            child,
+            maildir: maildir.to_owned(),
+            port,
+        })
+    }
+
+    /// Every message received so far, oldest first, as text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.maildir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived.
+    pub fn await_messages(&self, n: usize, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.messages();
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if Instant::now() > deadline {
+                bail!("{} of {n} messages after {timeout:?}", got.len());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,291 @@
+//! The email channel: a command becomes a message over SMTP.
+//!
+//! Owns rendering (minijinja templates per command template and A/B variant, with the
+//! command's params and customer attributes) and the SMTP exchange (lettre), and the
+//! classification of SMTP answers into transient (4xx, connection trouble: retry) and
+//! permanent (5xx: dead letter) failures. It must not consume Kafka or remember what was sent:
+//! that is the runner's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Message, SmtpTransport, Transport};
+
+use super::{DeliveryError, Provider};
+use crate::config::{EmailConfig, SmtpTls};
+use crate::model::{Channel, InterventionCommand};
+
+/// Why the email sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSetupError {
+    /// The sender address does not parse.
+    #[error("sinks.email.from `{0}` is not a mailbox (e.g. `Onboarding <onboarding@example.com>`)")]
+    From(String),
+    /// The SMTP transport cannot be built (TLS setup).
+    #[error("sinks.email: cannot set up SMTP to {host}: {message}")]
+    Transport {
+        /// The server.
+        host: String,
+        /// lettre's message.
+        message: String,
+    },
+    /// The templates directory is missing.
+    #[error(
+        "sinks.email.templates: {0} is not a directory; it holds one folder per template (subject.txt, body.txt, optional body.html)"
+    )]
+    Templates(PathBuf),
+}
+
+/// Delivers email commands over SMTP.
+pub struct EmailProvider {
+    transport: SmtpTransport,
+    from: Mailbox,
+    templates: PathBuf,
+}
+
+/// A rendered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text part.
+    pub text: String,
+    /// HTML part, when the template has one.
+    pub html: Option<String>,
+}
+
+impl EmailProvider {
+    /// Connects lazily (the first delivery opens the connection) per `cfg`.
+    pub fn new(cfg: &EmailConfig) -> Result<Self, EmailSetupError> {
+        let from: Mailbox = cfg
+            .from
+            .parse()
+            .map_err(|_| EmailSetupError::From(cfg.from.clone()))?;
+        if !cfg.templates.is_dir() {
+            return Err(EmailSetupError::Templates(cfg.templates.clone()));
+        }
+        let transport_err = |e: lettre::transport::smtp::Error| EmailSetupError::Transport {
+            host: cfg.smtp_host.clone(),
+            message: e.to_string(),
+        };
+        let mut builder = match cfg.tls {
+            SmtpTls::None => SmtpTransport::builder_dangerous(&cfg.smtp_host),
+            SmtpTls::Starttls => {
+                SmtpTransport::starttls_relay(&cfg.smtp_host).map_err(transport_err)?
+            }
+            SmtpTls::Tls => SmtpTransport::relay(&cfg.smtp_host).map_err(transport_err)?,
+        }
+        .port(cfg.smtp_port)
+        .timeout(Some(Duration::from_secs(cfg.timeout_secs)));
+        if let Some(user) = &cfg.username {
+            let password = std::env::var("WAYMARK_SMTP_PASSWORD")
+                .ok()
+                .or_else(|| cfg.password.clone())
+                .unwrap_or_default();
+            builder = builder.credentials(Credentials::new(user.clone(), password));
+        }
+        Ok(EmailProvider {
+            transport: builder.build(),
+            from,
+            templates: cfg.templates.clone(),
+        })
+    }
+
+    /// Renders a command with its template (the variant's folder when it has one).
+    pub fn render(&self, command: &InterventionCommand) -> Result<Rendered, DeliveryError> {
+        render(&self.templates, command)
+    }
+
+    /// The message for a command: rendered, addressed to its `email` attribute, with the
+    /// command id as `Message-ID` (so a receiving system can drop a repeat).
+    pub fn message(&self, command: &InterventionCommand) -> Result<Message, DeliveryError> {
+        let to_text = command
+            .attributes
+            .get("email")
+            .or_else(|| command.params.get("email"))
+            .ok_or_else(|| {
+                DeliveryError::permanent(
+                    "no_address",
+                    format!(
+                        "command {} for customer {} has no `email` attribute; add `email` to the journey's `profile` and to the customer's events",
+                        command.command_id, command.customer_id
+                    ),
+                )
+            })?;
+        let to: Mailbox = to_text.parse().map_err(|_| {
+            DeliveryError::permanent(
+                "bad_address",
+                format!(
+                    "`{to_text}` (customer {}) is not an email address",
+                    command.customer_id
+                ),
+            )
+        })?;
+        let r = self.render(command)?;
+        let builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(r.subject)
+            .message_id(Some(format!("<{}@waymark>", command.command_id)));
+        let built = match r.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(r.text, html)),
+            None => builder.header(ContentType::TEXT_PLAIN).body(r.text),
+        };
+        built.map_err(|e| DeliveryError::permanent("unbuildable", e.to_string()))
+    }
+}
+
+/// The folder of a command's template: `<template>.<variant>` when it exists, else
+/// `<template>`.
+fn template_dir(root: &Path, command: &InterventionCommand) -> Result<PathBuf, DeliveryError> {
+    let name = command.template.as_deref().unwrap_or(&command.action);
+    if let Some(variant) = &command.variant {
+        let dir = root.join(format!("{name}.{variant}"));
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+    }
+    let dir = root.join(name);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(DeliveryError::permanent(
+            "no_template",
+            format!(
+                "no email template `{name}`: create {}/subject.txt and body.txt",
+                dir.display()
+            ),
+        ))
+    }
+}
+
+/// Renders `subject.txt`, `body.txt` and (optional) `body.html` of the command's template
+/// with `command` (its params, attributes, customer, journey, action, variant, due time).
+pub fn render(root: &Path, command: &InterventionCommand) -> Result<Rendered, DeliveryError> {
+    let dir = template_dir(root, command)?;
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
+    let ctx = minijinja::context! {
+        customer_id => &command.customer_id,
+        journey => &command.journey,
+        action => &command.action,
+        variant => &command.variant,
+        due_at => crate::model::format_millis(command.due_at),
+        params => &command.params,
+        attributes => &command.attributes,
+    };
+    let part = |file: &str| -> Result<Option<String>, DeliveryError> {
+        let path = dir.join(file);
+        let Ok(source) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        env.render_str(&source, &ctx).map(Some).map_err(|e| {
+            DeliveryError::permanent("template_error", format!("{}: {e}", path.display()))
+        })
+    };
+    let missing = |file: &str| {
+        DeliveryError::permanent(
+            "no_template",
+            format!("{} is missing", dir.join(file).display()),
+        )
+    };
+    Ok(Rendered {
+        subject: part("subject.txt")?
+            .ok_or_else(|| missing("subject.txt"))?
+            .trim()
+            .to_owned(),
+        text: part("body.txt")?.ok_or_else(|| missing("body.txt"))?,
+        html: part("body.html")?,
+    })
+}
+
+impl Provider for EmailProvider {
+    fn channel(&self) -> Channel {
+        Channel::Email
+    }
+
+    fn deliver(&self, command: &InterventionCommand) -> Result<String, DeliveryError> {
+        let message = self.message(command)?;
+        match self.transport.send(&message) {
+            Ok(response) => Ok(format!(
+                "accepted: {} {}",
+                response.code(),
+                response.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) if e.is_permanent() => Err(DeliveryError::permanent(
+                "rejected",
+                format!("the SMTP server rejected the message: {e}"),
+            )),
+            Err(e) => Err(DeliveryError::transient(
+                "unreachable",
+                format!("SMTP delivery failed, will retry: {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(template: &str, variant: Option<&str>) -> InterventionCommand {
+        InterventionCommand {
+            command_id: "c-1".into(),
+            journey: "b2b-onboarding".into(),
+            journey_version: 1,
+            customer_id: "cust-1".into(),
+            instance: 1,
+            rule: "payment-account-nudge".into(),
+            action: "invite-email".into(),
+            channel: Channel::Email,
+            due_at: 0,
+            template: Some(template.into()),
+            variant: variant.map(str::to_owned),
+            params: [(
+                "link".to_owned(),
+                "https://billing.example.com/x".to_owned(),
+            )]
+            .into(),
+            attributes: [("email".to_owned(), "ana@example.com".to_owned())].into(),
+        }
+    }
+
+    fn templates() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/templates/email")
+    }
+
+    #[test]
+    fn the_payment_account_invite_carries_the_link_in_both_parts() {
+        let r = render(&templates(), &command("payment-account-invite", None)).unwrap();
+        assert!(!r.subject.is_empty() && !r.subject.contains('\n'));
+        assert!(
+            r.text.contains("https://billing.example.com/x"),
+            "{}",
+            r.text
+        );
+        assert!(r.html.unwrap().contains("https://billing.example.com/x"));
+    }
+
+    #[test]
+    fn a_variant_folder_wins_and_an_unknown_variant_falls_back() {
+        let plain = render(&templates(), &command("payment-account-invite", None)).unwrap();
+        let b = render(&templates(), &command("payment-account-invite", Some("b"))).unwrap();
+        assert_ne!(plain.subject, b.subject);
+        let z = render(&templates(), &command("payment-account-invite", Some("z"))).unwrap();
+        assert_eq!(plain, z);
+    }
+
+    #[test]
+    fn a_missing_template_or_variable_is_a_permanent_error_that_says_what_to_do() {
+        let e = render(&templates(), &command("nope", None)).unwrap_err();
+        assert!(e.permanent && e.message.contains("subject.txt"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/subject.txt"), "Hi {{ attributes.name }}").unwrap();
+        std::fs::write(dir.path().join("t/body.txt"), "x").unwrap();
+        let e = render(dir.path(), &command("t", None)).unwrap_err();
+        assert!(e.permanent && e.message.contains("subject.txt"), "{e}");
+    }
+}

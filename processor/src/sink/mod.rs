@@ -1,0 +1,416 @@
+//! `waymark sink <channel>`: turns the commands of one channel topic into deliveries.
+//!
+//! Owns the one runner every channel shares: consume the channel's command topic in the
+//! sink's own consumer group, skip commands already handled (a durable log of command ids),
+//! limit the delivery rate, retry transient failures with exponential backoff and jitter, send
+//! permanent failures and exhausted retries to `<topic>.dlq` with headers that name the error,
+//! the attempts and the source offset, and publish an [`InterventionOutcome`] for every
+//! command to `intervention-outcomes`. It must not know how a channel delivers: that is a
+//! [`Provider`] (`email` here).
+//!
+//! # Once, as far as a provider allows
+//!
+//! A command's id is written to the local log *after* the provider accepted it and *before*
+//! the input offset is committed, so a crash anywhere but in the instant between the
+//! provider's acceptance and that write never delivers twice; the provider also gets the
+//! command id as an idempotency key (for email, the `Message-ID`) so the receiving side can
+//! drop the rare repeat.
+
+pub mod email;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backon::{BlockingRetryable, ExponentialBuilder};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::codec;
+use crate::config::Config;
+use crate::kafka::{ToolContext, client_config, producer_config};
+use crate::model::{Channel, InterventionCommand, InterventionOutcome, Millis};
+use crate::shutdown::CancellationToken;
+use crate::state::{RocksEnv, RocksStore, StateBatch, StateError, StateStore};
+use crate::telemetry::Metrics;
+
+/// Headers on a sink's dead letters (beside the pipeline's `waymark.source.*` ones).
+pub mod headers {
+    /// Delivery attempts made.
+    pub const ATTEMPTS: &str = "waymark.attempts";
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    /// A retry cannot help (a rejected address, a command the provider cannot express).
+    pub permanent: bool,
+    /// Short, bounded reason code for headers and metrics (`rejected`, `unreachable`, ...).
+    pub code: &'static str,
+    /// What happened and, where possible, what to do.
+    pub message: String,
+}
+
+impl DeliveryError {
+    /// A failure a retry may fix.
+    pub fn transient(code: &'static str, message: impl Into<String>) -> Self {
+        DeliveryError {
+            permanent: false,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure no retry fixes.
+    pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
+        DeliveryError {
+            permanent: true,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One channel's way of delivering a command: the seam between the runner and an email
+/// server, an SMS API or a contact-center system.
+pub trait Provider {
+    /// The channel it serves.
+    fn channel(&self) -> Channel;
+    /// Delivers one command; `Ok` carries the provider's answer (for the outcome's detail).
+    fn deliver(&self, command: &InterventionCommand) -> Result<String, DeliveryError>;
+}
+
+/// Why a sink stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A Kafka client call failed.
+    #[error("kafka: {action}: {source}")]
+    Kafka {
+        /// What was attempted.
+        action: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// An outcome could not be encoded (a bug: the model and schemas disagree).
+    #[error("cannot encode an outcome: {0}")]
+    Encode(String),
+    /// The log of handled commands failed.
+    #[error("sink state at {path}: {source}")]
+    State {
+        /// Its directory.
+        path: PathBuf,
+        /// The error.
+        source: StateError,
+    },
+}
+
+/// What a sink did, reported when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Commands delivered.
+    pub delivered: u64,
+    /// Commands dead-lettered.
+    pub failed: u64,
+    /// Commands skipped because they were handled before.
+    pub duplicates: u64,
+}
+
+/// The durable log of command ids a sink has handled (RocksDB, keyed by command id).
+struct HandledLog {
+    store: RocksStore,
+    path: PathBuf,
+}
+
+impl HandledLog {
+    fn status(&self, command_id: &str) -> Result<Option<String>, SinkError> {
+        self.store
+            .get_customer(command_id)
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|source| SinkError::State {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn record(&mut self, command_id: &str, status: &str) -> Result<(), SinkError> {
+        let mut batch = StateBatch::new();
+        batch.put_customer(command_id, status.as_bytes().to_vec());
+        self.store.write(batch).map_err(|source| SinkError::State {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+struct Runner<'a, P> {
+    cfg: &'a Config,
+    provider: &'a P,
+    metrics: &'a Metrics,
+    log: HandledLog,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    next_slot: Instant,
+    summary: SinkSummary,
+}
+
+impl<P: Provider> Runner<'_, P> {
+    fn kafka(action: &'static str) -> impl Fn(KafkaError) -> SinkError {
+        move |source| SinkError::Kafka { action, source }
+    }
+
+    /// Waits for the next delivery slot of the rate limit.
+    fn pace(&mut self) {
+        let now = Instant::now();
+        if self.next_slot > now {
+            std::thread::sleep(self.next_slot - now);
+        }
+        let gap = Duration::from_secs_f64(1.0 / self.cfg.sinks.rate_per_sec.max(0.001));
+        self.next_slot = self.next_slot.max(now) + gap;
+    }
+
+    fn produce(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| SinkError::Kafka {
+                action: "produce",
+                source: e,
+            })
+    }
+
+    fn outcome(
+        &self,
+        command: &InterventionCommand,
+        status: &str,
+        detail: String,
+    ) -> Result<(), SinkError> {
+        let outcome = InterventionOutcome {
+            outcome_id: crate::engine::stable_id(&[&command.command_id, status]),
+            command_id: command.command_id.clone(),
+            customer_id: command.customer_id.clone(),
+            journey: command.journey.clone(),
+            action: command.action.clone(),
+            channel: command.channel,
+            status: status.to_owned(),
+            at: now_millis(),
+            detail: Some(detail),
+        };
+        let bytes =
+            codec::encode_outcome(&outcome).map_err(|e| SinkError::Encode(e.to_string()))?;
+        self.produce(
+            &self.cfg.topics.intervention_outcomes,
+            command.customer_id.as_bytes(),
+            &bytes,
+            None,
+        )
+    }
+
+    fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        code: &str,
+        message: &str,
+        attempts: usize,
+    ) -> Result<(), SinkError> {
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: crate::pipeline::headers::ERROR_CODE,
+                value: Some(code),
+            })
+            .insert(Header {
+                key: crate::pipeline::headers::ERROR_MESSAGE,
+                value: Some(message),
+            })
+            .insert(Header {
+                key: headers::ATTEMPTS,
+                value: Some(&attempts.to_string()),
+            })
+            .insert(Header {
+                key: crate::pipeline::headers::SOURCE_TOPIC,
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: crate::pipeline::headers::SOURCE_PARTITION,
+                value: Some(&msg.partition().to_string()),
+            })
+            .insert(Header {
+                key: crate::pipeline::headers::SOURCE_OFFSET,
+                value: Some(&msg.offset().to_string()),
+            });
+        let topic = self.cfg.topics.sink_dead_letters(self.provider.channel());
+        self.produce(
+            &topic,
+            msg.key().unwrap_or_default(),
+            msg.payload().unwrap_or_default(),
+            Some(h),
+        )
+    }
+
+    /// Handles one command record; the caller commits its offset afterwards.
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), SinkError> {
+        let channel = self.provider.channel().as_str();
+        let command = match codec::decode_command(msg.payload().unwrap_or_default()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(offset = msg.offset(), error = %e, "Undecodable command dead-lettered.");
+                self.metrics.sink_delivery(channel, "undecodable");
+                self.summary.failed += 1;
+                return self.dead_letter(msg, "undecodable", &format!("{}: {e}", e.kind()), 0);
+            }
+        };
+        if let Some(status) = self.log.status(&command.command_id)? {
+            tracing::info!(command_id = %command.command_id, %status, "Command handled before; skipped.");
+            self.metrics.sink_delivery(channel, "duplicate");
+            self.summary.duplicates += 1;
+            return Ok(());
+        }
+        self.pace();
+        let s = &self.cfg.sinks;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(s.retry_min_ms))
+            .with_max_delay(Duration::from_millis(s.retry_max_ms))
+            .with_max_times(s.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let attempts = std::cell::Cell::new(0usize);
+        let provider = self.provider;
+        let result = (|| {
+            attempts.set(attempts.get() + 1);
+            provider.deliver(&command)
+        })
+        .retry(backoff)
+        .sleep(std::thread::sleep)
+        .when(|e: &DeliveryError| !e.permanent)
+        .notify(|e: &DeliveryError, after: Duration| {
+            self.metrics.sink_retry(channel);
+            tracing::warn!(command_id = %command.command_id, error = %e, retry_in_ms = after.as_millis() as u64, "Delivery failed; retrying.");
+        })
+        .call();
+        match result {
+            Ok(detail) => {
+                self.log.record(&command.command_id, "delivered")?;
+                tracing::info!(command_id = %command.command_id, customer_id = %command.customer_id, action = %command.action, "Delivered.");
+                self.metrics.sink_delivery(channel, "delivered");
+                self.summary.delivered += 1;
+                self.outcome(&command, "delivered", detail)
+            }
+            Err(e) => {
+                let code = if e.permanent {
+                    e.code
+                } else {
+                    "retries_exhausted"
+                };
+                self.log.record(&command.command_id, "failed")?;
+                tracing::warn!(command_id = %command.command_id, error = %e, attempts = attempts.get(), code, "Delivery failed; dead-lettered.");
+                self.metrics.sink_delivery(channel, code);
+                self.summary.failed += 1;
+                self.dead_letter(msg, code, &e.message, attempts.get())?;
+                let status = if e.permanent { "bounced" } else { "failed" };
+                self.outcome(&command, status, e.message)
+            }
+        }
+    }
+}
+
+/// Runs a sink until `shutdown` is cancelled (then finishes the current command, commits and
+/// returns) or a fatal error. Blocks the calling thread.
+pub fn run<P: Provider>(
+    cfg: &Config,
+    provider: &P,
+    rocks: &RocksEnv,
+    metrics: &Metrics,
+    health: &crate::telemetry::Health,
+    shutdown: CancellationToken,
+) -> Result<SinkSummary, SinkError> {
+    let channel = provider.channel();
+    let topic = cfg.topics.commands(channel).to_owned();
+    let path = cfg.sinks.state_dir.join(channel.as_str());
+    let store = rocks.open(&path).map_err(|source| SinkError::State {
+        path: path.clone(),
+        source,
+    })?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_config(&cfg.kafka.brokers, &cfg.kafka.properties)
+            .create()
+            .map_err(Runner::<P>::kafka("create producer"))?;
+    let consumer: BaseConsumer<ToolContext> =
+        client_config(&cfg.kafka.brokers, &cfg.kafka.properties)
+            .set(
+                "group.id",
+                format!("{}-{}", cfg.sinks.group_prefix, channel.as_str()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create_with_context(ToolContext)
+            .map_err(Runner::<P>::kafka("create consumer"))?;
+    consumer
+        .subscribe(&[&topic])
+        .map_err(Runner::<P>::kafka("subscribe"))?;
+    let mut runner = Runner {
+        cfg,
+        provider,
+        metrics,
+        log: HandledLog { store, path },
+        producer,
+        next_slot: Instant::now(),
+        summary: SinkSummary::default(),
+    };
+    health
+        .live
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%topic, channel = channel.as_str(), "Sink consuming.");
+    while !shutdown.is_cancelled() {
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = match polled {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Consumer error.");
+                continue;
+            }
+        };
+        runner.handle(&msg)?;
+        // What the command produced (outcome, dead letter) is acknowledged before its offset
+        // moves on: nothing is lost.
+        runner
+            .producer
+            .flush(Duration::from_secs(30))
+            .map_err(Runner::<P>::kafka("flush outcomes"))?;
+        consumer
+            .commit_message(&msg, CommitMode::Sync)
+            .map_err(Runner::<P>::kafka("commit offset"))?;
+    }
+    health
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let summary = runner.summary;
+    tracing::info!(
+        delivered = summary.delivered,
+        failed = summary.failed,
+        duplicates = summary.duplicates,
+        "Sink stopped after committing."
+    );
+    Ok(summary)
+}

@@ -1,0 +1,188 @@
+//! The email sink end to end: `waymark run` turns logins into invite commands, `waymark sink
+//! email` delivers them to a real SMTP server on loopback (aiosmtpd) — through an SMTP outage,
+//! with retries — dead-letters a permanently rejected address with headers that say why, and
+//! reports every outcome. A command delivered again (a redelivery after a crash, or a whole
+//! new consumer group) is never sent twice.
+
+use std::time::Duration;
+
+use waymark::codec::decode_outcome;
+use waymark::config::InputFormat;
+use waymark::model::CustomerEvent;
+use waymark::telemetry::{SINK_DELIVERIES_TOTAL, SINK_RETRIES_TOTAL};
+use waymark_e2e::*;
+
+fn event(id: &str, customer: &str, event_type: &str, at: i64, email: &str) -> (String, Vec<u8>) {
+    let ev = CustomerEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: [
+            ("email".to_owned(), email.to_owned()),
+            ("sales_rep".to_owned(), "Rita Reyes".to_owned()),
+        ]
+        .into(),
+    };
+    (
+        customer.to_owned(),
+        waymark::kafka::encode_event(&ev, InputFormat::Avro).unwrap(),
+    )
+}
+
+#[test]
+fn invites_reach_the_inbox_once_rejections_are_dead_lettered_and_outcomes_reported() {
+    let smtp_port = free_port();
+    let templates = root().join("deploy/templates/email");
+    let extra = format!(
+        "allowed-lateness-secs: 1\nsinks:\n  retry-min-ms: 100\n  retry-max-ms: 500\n  max-attempts: 60\n  email:\n    smtp-port: {smtp_port}\n    from: \"Onboarding <onboarding@example.com>\"\n    templates: {}\n",
+        templates.display()
+    );
+    let scenario = Scenario::new("email", 1, &extra).unwrap();
+    let t = now_millis() - 2 * 3_600_000;
+    let records = [
+        event("a1", "ana", "login.created", t, "ana@example.com"),
+        event("r1", "rex", "login.created", t, "reject-rex@example.com"),
+        // Paid within the hour: no invite.
+        event("p1", "paid", "login.created", t, "paid@example.com"),
+        event(
+            "p2",
+            "paid",
+            "payment_account.created",
+            t + 60_000,
+            "paid@example.com",
+        ),
+    ];
+    let raw: Vec<(Option<&str>, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_str()), v.clone()))
+        .collect();
+    scenario.produce_raw(&raw).unwrap();
+    let processor = scenario.start().unwrap();
+    let commands = scenario.read_raw(&scenario.topics.commands_email).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut commands = commands;
+    while commands.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no invite commands");
+        std::thread::sleep(Duration::from_millis(500));
+        commands = scenario.read_raw(&scenario.topics.commands_email).unwrap();
+    }
+    processor.stop();
+    assert_eq!(commands.len(), 2, "ana and rex, not the customer who paid");
+
+    // The sink starts while the SMTP server is still down: it retries.
+    let sink_http = format!("127.0.0.1:{}", free_port());
+    let state = scenario.dir.path().join("sink-state");
+    let sink_args = |http: &str| {
+        vec![
+            "sink".to_owned(),
+            "email".to_owned(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--http-addr".to_owned(),
+            http.to_owned(),
+        ]
+    };
+    let args = sink_args(&sink_http);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sink = scenario.spawn_command(&args, sink_http.clone()).unwrap();
+    sink.await_metric(SINK_RETRIES_TOTAL, 1.0, Duration::from_secs(30))
+        .unwrap();
+    let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
+    let mail = smtp.await_messages(1, Duration::from_secs(60)).unwrap();
+    sink.await_metric(SINK_DELIVERIES_TOTAL, 2.0, Duration::from_secs(60))
+        .unwrap();
+
+    let ana_command = waymark::codec::decode_command(
+        &commands
+            .iter()
+            .find(|r| r.key.as_deref() == Some("ana"))
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    let message = &mail[0];
+    assert!(message.contains("To: ana@example.com"), "{message}");
+    assert!(
+        message.contains("From: Onboarding <onboarding@example.com>"),
+        "{message}"
+    );
+    assert!(
+        message.contains("https://billing.example.com/payment-account/new"),
+        "the seed's payment-account link: {message}"
+    );
+    assert!(message.contains("Rita Reyes"), "the sales rep: {message}");
+    assert!(
+        message.contains(&format!("<{}@waymark>", ana_command.command_id)),
+        "Message-ID is the command id: {message}"
+    );
+    assert!(message.contains("text/html"), "an HTML part: {message}");
+
+    // rex's address is rejected for good: dead-lettered with the reason, not retried forever.
+    let dlq = scenario
+        .read_raw(
+            &scenario
+                .topics
+                .sink_dead_letters(waymark::model::Channel::Email),
+        )
+        .unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].key.as_deref(), Some("rex"));
+    assert_eq!(dlq[0].headers["waymark.error.code"], "rejected");
+    assert!(dlq[0].headers["waymark.error.message"].contains("550"));
+    assert!(dlq[0].headers["waymark.attempts"].parse::<u32>().unwrap() >= 1);
+    assert_eq!(
+        dlq[0].headers["waymark.source.topic"],
+        scenario.topics.commands_email
+    );
+    assert!(
+        dlq[0].headers["waymark.source.offset"]
+            .parse::<i64>()
+            .is_ok()
+    );
+
+    let outcomes: Vec<_> = scenario
+        .read_raw(&scenario.topics.intervention_outcomes)
+        .unwrap()
+        .iter()
+        .map(|r| decode_outcome(&r.value).unwrap())
+        .map(|o| (o.customer_id, o.status))
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [
+            ("ana".to_owned(), "delivered".to_owned()),
+            ("rex".to_owned(), "bounced".to_owned()),
+        ]
+        .into(),
+    );
+
+    // A redelivered command (same id) is skipped, however it comes back.
+    let again: Vec<(Option<&str>, Vec<u8>)> = commands
+        .iter()
+        .map(|r| (r.key.as_deref(), r.value.clone()))
+        .collect();
+    scenario
+        .produce_to(&scenario.topics.commands_email, &again)
+        .unwrap();
+    let metric = |s: &Processor| {
+        s.metrics()
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("result=\"duplicate\"} 2"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !metric(&sink) {
+        assert!(std::time::Instant::now() < deadline, "{}", sink.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Killed and restarted: nothing is sent again.
+    sink.kill();
+    let sink = scenario.spawn_command(&args, sink_http.clone()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let log = sink.stop();
+    assert_eq!(smtp.messages().len(), 1, "sent once: {log}");
+}
