@@ -39,9 +39,18 @@ topics:
   dead-letters: customer-events.dlq.demo-$run_id
   late-events: customer-events.late.demo-$run_id
   state-changelog: waymark.state-changelog.demo-$run_id
+  intervention-outcomes: intervention-outcomes.demo-$run_id
 journeys: deploy/journeys/b2b-onboarding.yaml
 state-dir: $dir/state
 http-addr: 127.0.0.1:${DEMO_HTTP_PORT:-9464}
+sinks:
+  group-prefix: waymark-sink-demo-$run_id
+  state-dir: $dir/sinks
+  http-addr: 127.0.0.1:${DEMO_SINK_HTTP_PORT:-9465}
+  rate-per-sec: 1000
+  email:
+    smtp-port: ${DEMO_SMTP_PORT:-2525}
+    from: "Onboarding <onboarding@example.com>"
 YAML
 "$waymark" --config "$dir/waymark.yaml" topics create --partitions 4
 
@@ -78,6 +87,29 @@ step "a few commands, as the sinks receive them"
 awk '/"kind":"command"/ && n++ < 3' "$dir/output.jsonl"
 step "summary"
 python3 scripts/summarize.py "$dir/output.jsonl" "$dir/simulate.jsonl"
+
+step "the email sink delivers the emails to a real SMTP server (aiosmtpd on 127.0.0.1:${DEMO_SMTP_PORT:-2525})"
+emails=$(grep '"kind":"command"' "$dir/output.jsonl" | grep -c '"channel":"email"' || true)
+mkdir -p "$dir/mail"
+/usr/bin/python3 scripts/smtp-server.py --port "${DEMO_SMTP_PORT:-2525}" --maildir "$dir/mail" > "$dir/smtp.log" 2>&1 &
+smtp_pid=$!
+"$waymark" --config "$dir/waymark.yaml" sink email > "$dir/sink.log" 2>&1 &
+sink_pid=$!
+trap 'kill -TERM $run_pid $sink_pid $smtp_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  got=$(find "$dir/mail" -name '*.eml' 2>/dev/null | wc -l)
+  echo "  $got of $emails emails received"
+  [[ $got -ge $emails ]] && break
+  kill -0 $sink_pid 2>/dev/null || { cat "$dir/sink.log"; exit 1; }
+  sleep 2
+done
+first=$(find "$dir/mail" -name '*.eml' | sort | head -1 || true)
+if [[ -n $first ]]; then
+  echo "--- $first (as received) ---"
+  grep -E '^(From|To|Subject|Message-ID):|billing.example.com' "$first" | head -8 || true
+fi
+kill -TERM $sink_pid && wait $sink_pid && echo "waymark sink email exited 0"
+kill -TERM $smtp_pid 2>/dev/null || true
 
 step "metrics excerpt"
 curl -fs "http://127.0.0.1:${DEMO_HTTP_PORT:-9464}/metrics" | awk '/^waymark_(pipeline_events_total|engine_commands_total|pipeline_transactions_total)/ && n++ < 12' 

@@ -49,7 +49,9 @@ def main():
     p.add_argument("--port", type=int, default=2525)
     p.add_argument("--maildir", required=True, type=Path)
     args = p.parse_args()
-    controller = Controller(Maildir(args.maildir), hostname=args.host, port=args.port)
+    # A fixed server name: the default looks up this machine's FQDN on every connection.
+    controller = Controller(Maildir(args.maildir), hostname=args.host, port=args.port,
+                            server_hostname="waymark-smtp.localhost")
     controller.start()
     print(f"smtp-server: listening on {args.host}:{args.port}, mail in {args.maildir}", flush=True)
     stop = asyncio.Event()

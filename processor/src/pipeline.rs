@@ -92,6 +92,24 @@ pub mod headers {
     pub const WATERMARK: &str = "waymark.watermark";
 }
 
+/// The `waymark.source.*` headers naming where a record was read (on dead letters and late
+/// copies, here and in the sinks).
+pub(crate) fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::SOURCE_TOPIC,
+            value: Some(msg.topic()),
+        })
+        .insert(Header {
+            key: headers::SOURCE_PARTITION,
+            value: Some(&msg.partition().to_string()),
+        })
+        .insert(Header {
+            key: headers::SOURCE_OFFSET,
+            value: Some(&msg.offset().to_string()),
+        })
+}
+
 /// Why `waymark run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -587,22 +605,6 @@ impl Core {
         Ok(())
     }
 
-    fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
-        OwnedHeaders::new()
-            .insert(Header {
-                key: headers::SOURCE_TOPIC,
-                value: Some(msg.topic()),
-            })
-            .insert(Header {
-                key: headers::SOURCE_PARTITION,
-                value: Some(&msg.partition().to_string()),
-            })
-            .insert(Header {
-                key: headers::SOURCE_OFFSET,
-                value: Some(&msg.offset().to_string()),
-            })
-    }
-
     fn dead_letter(
         &mut self,
         msg: &BorrowedMessage<'_>,
@@ -617,7 +619,7 @@ impl Core {
         self.metrics.dead_letter(why.code());
         self.metrics.events(EventResult::Rejected, 1);
         self.summary.dead_letters += 1;
-        let h = Self::source_headers(msg)
+        let h = source_headers(msg)
             .insert(Header {
                 key: headers::ERROR_CODE,
                 value: Some(why.code()),
@@ -680,7 +682,7 @@ impl Core {
             Applied::Accepted { late: false } => self.metrics.events(EventResult::Accepted, 1),
             Applied::Accepted { late: true } => {
                 self.metrics.events(EventResult::Late, 1);
-                let h = Self::source_headers(msg).insert(Header {
+                let h = source_headers(msg).insert(Header {
                     key: headers::WATERMARK,
                     value: Some(&crate::model::format_millis(watermark)),
                 });

@@ -35,6 +35,9 @@ use crate::shutdown::CancellationToken;
 use crate::state::{RocksEnv, RocksStore, StateBatch, StateError, StateStore};
 use crate::telemetry::Metrics;
 
+/// How often handled offsets are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Headers on a sink's dead letters (beside the pipeline's `waymark.source.*` ones).
 pub mod headers {
     /// Delivery attempts made.
@@ -230,7 +233,7 @@ impl<P: Provider> Runner<'_, P> {
         message: &str,
         attempts: usize,
     ) -> Result<(), SinkError> {
-        let h = OwnedHeaders::new()
+        let h = crate::pipeline::source_headers(msg)
             .insert(Header {
                 key: crate::pipeline::headers::ERROR_CODE,
                 value: Some(code),
@@ -242,18 +245,6 @@ impl<P: Provider> Runner<'_, P> {
             .insert(Header {
                 key: headers::ATTEMPTS,
                 value: Some(&attempts.to_string()),
-            })
-            .insert(Header {
-                key: crate::pipeline::headers::SOURCE_TOPIC,
-                value: Some(msg.topic()),
-            })
-            .insert(Header {
-                key: crate::pipeline::headers::SOURCE_PARTITION,
-                value: Some(&msg.partition().to_string()),
-            })
-            .insert(Header {
-                key: crate::pipeline::headers::SOURCE_OFFSET,
-                value: Some(&msg.offset().to_string()),
             });
         let topic = self.cfg.topics.sink_dead_letters(self.provider.channel());
         self.produce(
@@ -357,6 +348,7 @@ pub fn run<P: Provider>(
                 format!("{}-{}", cfg.sinks.group_prefix, channel.as_str()),
             )
             .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .create_with_context(ToolContext)
@@ -380,7 +372,27 @@ pub fn run<P: Provider>(
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%topic, channel = channel.as_str(), "Sink consuming.");
-    while !shutdown.is_cancelled() {
+    let mut uncommitted = 0usize;
+    let mut last_commit = Instant::now();
+    loop {
+        let stopping = shutdown.is_cancelled();
+        if uncommitted > 0 && (stopping || last_commit.elapsed() >= COMMIT_INTERVAL) {
+            // What the commands produced (outcomes, dead letters) is acknowledged before
+            // their offsets move on: nothing is lost. A crash before this commit redelivers
+            // them, and the handled-command log skips them.
+            runner
+                .producer
+                .flush(Duration::from_secs(30))
+                .map_err(Runner::<P>::kafka("flush outcomes"))?;
+            consumer
+                .commit_consumer_state(CommitMode::Sync)
+                .map_err(Runner::<P>::kafka("commit offsets"))?;
+            uncommitted = 0;
+            last_commit = Instant::now();
+        }
+        if stopping {
+            break;
+        }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -392,15 +404,10 @@ pub fn run<P: Provider>(
             }
         };
         runner.handle(&msg)?;
-        // What the command produced (outcome, dead letter) is acknowledged before its offset
-        // moves on: nothing is lost.
-        runner
-            .producer
-            .flush(Duration::from_secs(30))
-            .map_err(Runner::<P>::kafka("flush outcomes"))?;
         consumer
-            .commit_message(&msg, CommitMode::Sync)
-            .map_err(Runner::<P>::kafka("commit offset"))?;
+            .store_offset_from_message(&msg)
+            .map_err(Runner::<P>::kafka("store offset"))?;
+        uncommitted += 1;
     }
     health
         .ready
