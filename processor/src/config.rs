@@ -309,6 +309,42 @@ pub struct SinksConfig {
     pub retry_max_ms: u64,
     /// The email sink.
     pub email: EmailConfig,
+    /// The SMS sink.
+    pub sms: SmsConfig,
+}
+
+/// The SMS sink: an HTTP provider API shaped like Twilio's Messages API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SmsConfig {
+    /// Base URL of the provider. Messages are POSTed to
+    /// `<base-url>/2010-04-01/Accounts/<account-sid>/Messages.json`. Default
+    /// `https://api.twilio.com`.
+    pub base_url: String,
+    /// Account id (HTTP basic auth user).
+    pub account_sid: String,
+    /// Auth token (HTTP basic auth password); better given as `WAYMARK_SMS_AUTH_TOKEN`.
+    pub auth_token: Option<String>,
+    /// Sender number, E.164 (e.g. `+15005550006`).
+    pub from: String,
+    /// Directory of templates: `<template>/body.txt`; an A/B variant `v` uses `<template>.v/`.
+    /// Default `deploy/templates/sms`.
+    pub templates: PathBuf,
+    /// Timeout per request, in seconds. Default 15.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            base_url: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            auth_token: None,
+            from: String::new(),
+            templates: "deploy/templates/sms".into(),
+            timeout_secs: 15,
+        }
+    }
 }
 
 impl Default for SinksConfig {
@@ -322,6 +358,7 @@ impl Default for SinksConfig {
             retry_min_ms: 200,
             retry_max_ms: 10_000,
             email: EmailConfig::default(),
+            sms: SmsConfig::default(),
         }
     }
 }

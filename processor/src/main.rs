@@ -118,6 +118,9 @@ struct RunArgs {
 enum SinkCommand {
     /// Send `commands.email` as email over SMTP, rendered from `sinks.email.templates`.
     Email(SinkArgs),
+    /// Send `commands.sms` through an HTTP SMS provider (Twilio-shaped Messages API),
+    /// rendered from `sinks.sms.templates`.
+    Sms(SinkArgs),
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +140,9 @@ struct SinkArgs {
     /// SMTP server port (default `sinks.email.smtp-port`).
     #[arg(long, env = "WAYMARK_SMTP_PORT")]
     smtp_port: Option<u16>,
+    /// Base URL of the SMS provider (default `sinks.sms.base-url`).
+    #[arg(long, env = "WAYMARK_SMS_BASE_URL")]
+    sms_base_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -527,7 +533,10 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
 
 /// `waymark sink <channel>`.
 fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
-    let SinkCommand::Email(args) = command;
+    let (email, args) = match command {
+        SinkCommand::Email(args) => (true, args),
+        SinkCommand::Sms(args) => (false, args),
+    };
     let overrides = Overrides {
         brokers: args.brokers,
         ..Overrides::default()
@@ -545,13 +554,34 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
     if let Some(port) = args.smtp_port {
         cfg.sinks.email.smtp_port = port;
     }
-    let provider = waymark::sink::email::EmailProvider::new(&cfg.sinks.email)?;
+    if let Some(url) = args.sms_base_url {
+        cfg.sinks.sms.base_url = url;
+    }
+    if email {
+        let provider = waymark::sink::email::EmailProvider::new(&cfg.sinks.email)?;
+        tracing::info!(
+            smtp = %format!("{}:{}", cfg.sinks.email.smtp_host, cfg.sinks.email.smtp_port),
+            templates = %cfg.sinks.email.templates.display(),
+            "Email sink starting."
+        );
+        run_sink(cfg, provider)
+    } else {
+        let provider = waymark::sink::sms::SmsProvider::new(&cfg.sinks.sms)?;
+        tracing::info!(
+            provider = %cfg.sinks.sms.base_url,
+            templates = %cfg.sinks.sms.templates.display(),
+            "SMS sink starting."
+        );
+        run_sink(cfg, provider)
+    }
+}
+
+/// Runs a sink with `provider` under [`supervise`].
+fn run_sink<P: waymark::sink::Provider + Send + 'static>(
+    cfg: Config,
+    provider: P,
+) -> Result<ExitCode> {
     let rocks = waymark::state::RocksEnv::new(&cfg.rocksdb)?;
-    tracing::info!(
-        smtp = %format!("{}:{}", cfg.sinks.email.smtp_host, cfg.sinks.email.smtp_port),
-        templates = %cfg.sinks.email.templates.display(),
-        "Email sink starting."
-    );
     let addr = cfg.sinks.http_addr;
     let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
     supervise(

@@ -1,7 +1,7 @@
 //! The email channel: a command becomes a message over SMTP.
 //!
-//! Owns rendering (minijinja templates per command template and A/B variant, with the
-//! command's params and customer attributes) and the SMTP exchange (lettre), and the
+//! Owns the message (subject, text and HTML parts rendered from the command's template) and
+//! the SMTP exchange (lettre), and the
 //! classification of SMTP answers into transient (4xx, connection trouble: retry) and
 //! permanent (5xx: dead letter) failures. It must not consume Kafka or remember what was sent:
 //! that is the runner's.
@@ -137,67 +137,22 @@ impl EmailProvider {
     }
 }
 
-/// The folder of a command's template: `<template>.<variant>` when it exists, else
-/// `<template>`.
-fn template_dir(root: &Path, command: &InterventionCommand) -> Result<PathBuf, DeliveryError> {
-    let name = command.template.as_deref().unwrap_or(&command.action);
-    if let Some(variant) = &command.variant {
-        let dir = root.join(format!("{name}.{variant}"));
-        if dir.is_dir() {
-            return Ok(dir);
-        }
-    }
-    let dir = root.join(name);
-    if dir.is_dir() {
-        Ok(dir)
-    } else {
-        Err(DeliveryError::permanent(
-            "no_template",
-            format!(
-                "no email template `{name}`: create {}/subject.txt and body.txt",
-                dir.display()
-            ),
-        ))
-    }
-}
-
 /// Renders `subject.txt`, `body.txt` and (optional) `body.html` of the command's template
-/// with `command` (its params, attributes, customer, journey, action, variant, due time).
+/// (see [`super::templates`]).
 pub fn render(root: &Path, command: &InterventionCommand) -> Result<Rendered, DeliveryError> {
-    let dir = template_dir(root, command)?;
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
-    let ctx = minijinja::context! {
-        customer_id => &command.customer_id,
-        journey => &command.journey,
-        action => &command.action,
-        variant => &command.variant,
-        due_at => crate::model::format_millis(command.due_at),
-        params => &command.params,
-        attributes => &command.attributes,
-    };
-    let part = |file: &str| -> Result<Option<String>, DeliveryError> {
-        let path = dir.join(file);
-        let Ok(source) = std::fs::read_to_string(&path) else {
-            return Ok(None);
-        };
-        env.render_str(&source, &ctx).map(Some).map_err(|e| {
-            DeliveryError::permanent("template_error", format!("{}: {e}", path.display()))
+    let dir = super::templates::dir_for(root, command, "subject.txt and body.txt")?;
+    let required = |file: &str| {
+        super::templates::render(&dir, file, command)?.ok_or_else(|| {
+            DeliveryError::permanent(
+                "no_template",
+                format!("{} is missing", dir.join(file).display()),
+            )
         })
     };
-    let missing = |file: &str| {
-        DeliveryError::permanent(
-            "no_template",
-            format!("{} is missing", dir.join(file).display()),
-        )
-    };
     Ok(Rendered {
-        subject: part("subject.txt")?
-            .ok_or_else(|| missing("subject.txt"))?
-            .trim()
-            .to_owned(),
-        text: part("body.txt")?.ok_or_else(|| missing("body.txt"))?,
-        html: part("body.html")?,
+        subject: required("subject.txt")?.trim().to_owned(),
+        text: required("body.txt")?,
+        html: super::templates::render(&dir, "body.html", command)?,
     })
 }
 

@@ -17,6 +17,72 @@
 //! drop the rare repeat.
 
 pub mod email;
+pub mod sms;
+
+/// Message templates shared by the channels: one folder per template, an A/B variant `v` in
+/// `<template>.v/` when it exists, files rendered by minijinja with the command.
+pub mod templates {
+    use std::path::{Path, PathBuf};
+
+    use super::DeliveryError;
+    use crate::model::InterventionCommand;
+
+    /// The folder of a command's template (its `template`, else its action): `<name>.<variant>`
+    /// when it exists, else `<name>`. `wants` names the files, for the error.
+    pub fn dir_for(
+        root: &Path,
+        command: &InterventionCommand,
+        wants: &str,
+    ) -> Result<PathBuf, DeliveryError> {
+        let name = command.template.as_deref().unwrap_or(&command.action);
+        if let Some(variant) = &command.variant {
+            let dir = root.join(format!("{name}.{variant}"));
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+        }
+        let dir = root.join(name);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(DeliveryError::permanent(
+                "no_template",
+                format!(
+                    "no template `{name}`: create {}/ with {wants}",
+                    dir.display()
+                ),
+            ))
+        }
+    }
+
+    /// Renders `dir/file` with the command (`params`, `attributes`, `customer_id`, `journey`,
+    /// `action`, `variant`, `due_at`); `None` when the file does not exist. Printing an
+    /// undefined value is an error; testing one (`{% if attributes.x %}`) is not.
+    pub fn render(
+        dir: &Path,
+        file: &str,
+        command: &InterventionCommand,
+    ) -> Result<Option<String>, DeliveryError> {
+        let path = dir.join(file);
+        let Ok(source) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
+        let ctx = minijinja::context! {
+            customer_id => &command.customer_id,
+            journey => &command.journey,
+            action => &command.action,
+            variant => &command.variant,
+            due_at => crate::model::format_millis(command.due_at),
+            params => &command.params,
+            attributes => &command.attributes,
+        };
+        env.render_str(&source, &ctx).map(Some).map_err(|e| {
+            DeliveryError::permanent("template_error", format!("{}: {e}", path.display()))
+        })
+    }
+}
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
