@@ -311,6 +311,30 @@ pub struct SinksConfig {
     pub email: EmailConfig,
     /// The SMS sink.
     pub sms: SmsConfig,
+    /// The contact-center sink.
+    pub contact_center: ContactCenterConfig,
+}
+
+/// The contact-center sink: tasks created over an HTTP/webhook JSON API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContactCenterConfig {
+    /// Where tasks are POSTed (JSON). Default `http://127.0.0.1:8026/tasks`.
+    pub url: String,
+    /// Bearer token, if the API wants one; better given as `WAYMARK_CONTACT_CENTER_TOKEN`.
+    pub token: Option<String>,
+    /// Timeout per request, in seconds. Default 15.
+    pub timeout_secs: u64,
+}
+
+impl Default for ContactCenterConfig {
+    fn default() -> Self {
+        ContactCenterConfig {
+            url: "http://127.0.0.1:8026/tasks".into(),
+            token: None,
+            timeout_secs: 15,
+        }
+    }
 }
 
 /// The SMS sink: an HTTP provider API shaped like Twilio's Messages API.
@@ -359,6 +383,7 @@ impl Default for SinksConfig {
             retry_max_ms: 10_000,
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
+            contact_center: ContactCenterConfig::default(),
         }
     }
 }

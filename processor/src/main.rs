@@ -121,6 +121,9 @@ enum SinkCommand {
     /// Send `commands.sms` through an HTTP SMS provider (Twilio-shaped Messages API),
     /// rendered from `sinks.sms.templates`.
     Sms(SinkArgs),
+    /// Create contact-center tasks (assist tasks, the sales rep's outbound calls) from
+    /// `commands.contact-center` over an HTTP/webhook JSON API (`sinks.contact-center.url`).
+    ContactCenter(SinkArgs),
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +146,9 @@ struct SinkArgs {
     /// Base URL of the SMS provider (default `sinks.sms.base-url`).
     #[arg(long, env = "WAYMARK_SMS_BASE_URL")]
     sms_base_url: Option<String>,
+    /// Task endpoint of the contact center (default `sinks.contact-center.url`).
+    #[arg(long, env = "WAYMARK_CONTACT_CENTER_URL")]
+    contact_center_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -533,9 +539,10 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
 
 /// `waymark sink <channel>`.
 fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
-    let (email, args) = match command {
-        SinkCommand::Email(args) => (true, args),
-        SinkCommand::Sms(args) => (false, args),
+    let (channel, args) = match command {
+        SinkCommand::Email(args) => (waymark::model::Channel::Email, args),
+        SinkCommand::Sms(args) => (waymark::model::Channel::Sms, args),
+        SinkCommand::ContactCenter(args) => (waymark::model::Channel::ContactCenter, args),
     };
     let overrides = Overrides {
         brokers: args.brokers,
@@ -557,7 +564,16 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
     if let Some(url) = args.sms_base_url {
         cfg.sinks.sms.base_url = url;
     }
-    if email {
+    if let Some(url) = args.contact_center_url {
+        cfg.sinks.contact_center.url = url;
+    }
+    if channel == waymark::model::Channel::ContactCenter {
+        let provider =
+            waymark::sink::contact_center::ContactCenterProvider::new(&cfg.sinks.contact_center)?;
+        tracing::info!(url = %cfg.sinks.contact_center.url, "Contact-center sink starting.");
+        return run_sink(cfg, provider);
+    }
+    if channel == waymark::model::Channel::Email {
         let provider = waymark::sink::email::EmailProvider::new(&cfg.sinks.email)?;
         tracing::info!(
             smtp = %format!("{}:{}", cfg.sinks.email.smtp_host, cfg.sinks.email.smtp_port),

@@ -1,4 +1,4 @@
-//! The SMS sink end to end against a provider stand-in (`scripts/sms-provider-standin.py`, an
+//! The SMS sink end to end against a provider stand-in (`scripts/provider-standin.py`, an
 //! HTTP server that records requests; nothing is sent): requests carry the rendered body, the
 //! sender, basic auth and the command id as idempotency key; the provider's 503s are retried;
 //! a number that is not E.164 never reaches the provider; a number the provider refuses is
@@ -66,7 +66,7 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
     let log = scenario.dir.path().join("sms.jsonl");
     let _standin = StandIn(
         Command::new("python3")
-            .arg(root().join("scripts/sms-provider-standin.py"))
+            .arg(root().join("scripts/provider-standin.py"))
             .args(["--port", &port.to_string(), "--fail-first", "2", "--log"])
             .arg(&log)
             .spawn()

@@ -16,8 +16,62 @@
 //! command id as an idempotency key (for email, the `Message-ID`) so the receiving side can
 //! drop the rare repeat.
 
+pub mod contact_center;
 pub mod email;
 pub mod sms;
+
+/// What the HTTP-based providers (SMS, contact center) share: the client, and how an answer
+/// becomes a delivery result.
+pub mod http {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::DeliveryError;
+
+    /// A blocking HTTP client with `timeout` per request and the system's TLS.
+    pub fn agent(timeout: Duration) -> Result<ureq::Agent, native_tls::Error> {
+        Ok(ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .tls_connector(Arc::new(native_tls::TlsConnector::new()?))
+            .build())
+    }
+
+    /// 2xx (and `409 Conflict` when `conflict_means_done`: the resource exists already)
+    /// delivered; 429, 5xx and transport failures transient; other 4xx permanent. `who`
+    /// names the far side in messages.
+    pub fn outcome(
+        response: Result<ureq::Response, ureq::Error>,
+        who: &str,
+        conflict_means_done: bool,
+    ) -> Result<String, DeliveryError> {
+        match response {
+            Ok(r) => Ok(format!(
+                "accepted: {} {}",
+                r.status(),
+                r.into_string().unwrap_or_default()
+            )),
+            Err(ureq::Error::Status(409, r)) if conflict_means_done => Ok(format!(
+                "already there: 409 {}",
+                r.into_string().unwrap_or_default()
+            )),
+            Err(ureq::Error::Status(code, r)) => {
+                let message = format!(
+                    "{who} answered {code}: {}",
+                    r.into_string().unwrap_or_default()
+                );
+                if code == 429 || code >= 500 {
+                    Err(DeliveryError::transient("provider_unavailable", message))
+                } else {
+                    Err(DeliveryError::permanent("rejected", message))
+                }
+            }
+            Err(ureq::Error::Transport(t)) => Err(DeliveryError::transient(
+                "unreachable",
+                format!("cannot reach {who}: {t}"),
+            )),
+        }
+    }
+}
 
 /// Message templates shared by the channels: one folder per template, an A/B variant `v` in
 /// `<template>.v/` when it exists, files rendered by minijinja with the command.

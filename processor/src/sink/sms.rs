@@ -8,7 +8,6 @@
 //! consume Kafka or remember what was sent: that is the runner's.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{DeliveryError, Provider};
@@ -83,10 +82,7 @@ impl SmsProvider {
             .ok()
             .or_else(|| cfg.auth_token.clone())
             .unwrap_or_default();
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(cfg.timeout_secs))
-            .tls_connector(Arc::new(native_tls::TlsConnector::new()?))
-            .build();
+        let agent = super::http::agent(Duration::from_secs(cfg.timeout_secs))?;
         Ok(SmsProvider {
             agent,
             url: format!(
@@ -162,26 +158,11 @@ impl Provider for SmsProvider {
             .set("Idempotency-Key", &command.command_id)
             .set("I-Twilio-Idempotency-Token", &command.command_id)
             .send_form(&[("To", &to), ("From", &self.from), ("Body", &body)]);
-        match response {
-            Ok(r) => Ok(format!(
-                "accepted: {} {}",
-                r.status(),
-                r.into_string().unwrap_or_default()
-            )),
-            Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let message = format!("the SMS provider answered {code}: {text}");
-                if code == 429 || code >= 500 {
-                    Err(DeliveryError::transient("provider_unavailable", message))
-                } else {
-                    Err(DeliveryError::permanent("rejected", message))
-                }
-            }
-            Err(ureq::Error::Transport(t)) => Err(DeliveryError::transient(
-                "unreachable",
-                format!("cannot reach the SMS provider at {}: {t}", self.url),
-            )),
-        }
+        super::http::outcome(
+            response,
+            &format!("the SMS provider at {}", self.url),
+            false,
+        )
     }
 }
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""A stand-in for an SMS provider's HTTP API (the Twilio-shaped Messages API that
-`waymark sink sms` speaks), for tests and demos. It is NOT a provider: nothing is sent.
+"""A stand-in for the HTTP APIs Waymark's sinks call — an SMS provider's Twilio-shaped
+Messages API (`waymark sink sms`) and a contact center's task webhook (`waymark sink
+contact-center`) — for tests and demos. It is NOT a provider: nothing is sent or created.
+
+POST <anything> with a JSON body (a contact-center task): logged as "json"; 201, or 409 for a
+task_id seen before (the task exists).
 
 POST /2010-04-01/Accounts/<sid>/Messages.json with form fields To, From, Body:
   * every request is appended to --log as one JSON line (path, headers, form, status);
@@ -10,7 +14,7 @@ POST /2010-04-01/Accounts/<sid>/Messages.json with form fields To, From, Body:
     (`"replay": true` in the log), as a provider honouring idempotency keys does;
   * otherwise 201 with {"sid": "SM…", "status": "queued"}.
 
-    python3 scripts/sms-provider-standin.py --port 8025 --log .waymark/sms.jsonl
+    python3 scripts/provider-standin.py --port 8025 --log .waymark/sms.jsonl
 """
 
 import argparse
@@ -35,7 +39,10 @@ def main():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             length = int(self.headers.get("Content-Length", "0"))
-            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            raw = self.rfile.read(length).decode()
+            is_json = self.headers.get("Content-Type", "").startswith("application/json")
+            data = json.loads(raw) if is_json else None
+            form = {} if is_json else {k: v[0] for k, v in parse_qs(raw).items()}
             key = self.headers.get("Idempotency-Key")
             with lock:
                 state["requests"] += 1
@@ -44,6 +51,12 @@ def main():
                     status, body = state["answers"][key]
                 elif state["requests"] <= args.fail_first:
                     status, body = 503, {"code": 20503, "message": "Service unavailable (stand-in)"}
+                elif is_json:
+                    tid = data.get("task_id")
+                    seen = state.setdefault("tasks", set())
+                    status, body = (409, {"message": "task exists"}) if tid in seen else \
+                        (201, {"id": tid, "status": "open"})
+                    seen.add(tid)
                 elif not self.path.endswith("/Messages.json"):
                     status, body = 404, {"code": 20404, "message": "not found"}
                 elif form.get("To", "").startswith(args.reject_prefix):
@@ -55,7 +68,8 @@ def main():
                     state["answers"][key] = (status, body)
                 with open(args.log, "a") as f:
                     f.write(json.dumps({"path": self.path, "headers": dict(self.headers),
-                                        "form": form, "status": status, "replay": replay}) + "\n")
+                                        "form": form, "json": data, "status": status,
+                                        "replay": replay}) + "\n")
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -67,7 +81,7 @@ def main():
             pass
 
     server = ThreadingHTTPServer((args.host, args.port), Handler)
-    print(f"sms-provider-standin: listening on {args.host}:{args.port}, log {args.log}", flush=True)
+    print(f"provider-standin: listening on {args.host}:{args.port}, log {args.log}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,0 +1,163 @@
+//! The seed's contact-center interventions end to end: logins without a payment account make
+//! `waymark run` emit the two-day assist task and the four-day sales-rep call; `waymark sink
+//! contact-center` creates them as tasks over the webhook API of a stand-in
+//! (`scripts/provider-standin.py`), the call assigned to the customer's sales rep. A call for a
+//! customer without a sales rep is dead-lettered with a reason that says what to fix.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use waymark::codec::decode_outcome;
+use waymark::config::InputFormat;
+use waymark::model::{Channel, CustomerEvent};
+use waymark::telemetry::SINK_DELIVERIES_TOTAL;
+use waymark_e2e::*;
+
+struct StandIn(Child);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn login(customer: &str, at: i64, rep: Option<&str>) -> (String, Vec<u8>) {
+    let mut attributes: std::collections::BTreeMap<String, String> =
+        [("email".to_owned(), format!("{customer}@example.com"))].into();
+    if let Some(rep) = rep {
+        attributes.insert("sales_rep".into(), rep.into());
+    }
+    let ev = CustomerEvent {
+        event_id: format!("{customer}-login"),
+        customer_id: customer.into(),
+        event_type: "login.created".into(),
+        occurred_at: at,
+        attributes: attributes.into_iter().collect(),
+    };
+    (
+        customer.to_owned(),
+        waymark::kafka::encode_event(&ev, InputFormat::Avro).unwrap(),
+    )
+}
+
+#[test]
+fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
+    let port = free_port();
+    let extra = format!(
+        "allowed-lateness-secs: 1\nsinks:\n  contact-center:\n    url: http://127.0.0.1:{port}/tasks\n    token: cc-secret\n"
+    );
+    let scenario = Scenario::new("contact-center", 1, &extra).unwrap();
+    let log = scenario.dir.path().join("tasks.jsonl");
+    let _standin = StandIn(
+        Command::new("python3")
+            .arg(root().join("scripts/provider-standin.py"))
+            .args(["--port", &port.to_string(), "--log"])
+            .arg(&log)
+            .spawn()
+            .unwrap(),
+    );
+    let five_days_ago = now_millis() - 5 * 86_400_000;
+    let records = [
+        login("ana", five_days_ago, Some("rep-7")),
+        login("norep", five_days_ago, None),
+    ];
+    let raw: Vec<(Option<&str>, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_str()), v.clone()))
+        .collect();
+    scenario.produce_raw(&raw).unwrap();
+    let processor = scenario.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scenario
+        .read_raw(&scenario.topics.commands_contact_center)
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "no contact-center commands");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    processor.stop();
+
+    let http = format!("127.0.0.1:{}", free_port());
+    let state = scenario.dir.path().join("sink-state");
+    let args = [
+        "sink",
+        "contact-center",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--http-addr",
+        http.as_str(),
+    ];
+    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    sink.await_metric(SINK_DELIVERIES_TOTAL, 4.0, Duration::from_secs(60))
+        .unwrap();
+    sink.stop();
+
+    let tasks: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let created: Vec<(String, String, String)> = {
+        let mut v: Vec<_> = tasks
+            .iter()
+            .filter(|t| t["status"] == 201)
+            .map(|t| {
+                let j = &t["json"];
+                (
+                    j["customer_id"].as_str().unwrap().to_owned(),
+                    j["type"].as_str().unwrap().to_owned(),
+                    j["assignee"]
+                        .as_str()
+                        .or(j["queue"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        created,
+        [
+            ("ana".into(), "assist".into(), "onboarding".into()),
+            ("ana".into(), "outbound-call".into(), "rep-7".into()),
+            ("norep".into(), "assist".into(), "onboarding".into()),
+        ]
+    );
+    for t in &tasks {
+        assert_eq!(t["headers"]["Authorization"], "Bearer cc-secret");
+        assert_eq!(t["headers"]["Idempotency-Key"], t["json"]["task_id"]);
+    }
+    let call = tasks
+        .iter()
+        .find(|t| t["json"]["type"] == "outbound-call")
+        .unwrap();
+    assert_eq!(
+        call["json"]["due_at"].as_str().unwrap(),
+        waymark::model::format_millis(five_days_ago + 4 * 86_400_000),
+        "due four days after the login"
+    );
+
+    let dlq = scenario
+        .read_raw(&scenario.topics.sink_dead_letters(Channel::ContactCenter))
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].key.as_deref(), Some("norep"));
+    assert_eq!(dlq[0].headers["waymark.error.code"], "no_assignee");
+    assert!(dlq[0].headers["waymark.error.message"].contains("sales_rep"));
+    let statuses: Vec<String> = {
+        let mut v: Vec<_> = scenario
+            .read_raw(&scenario.topics.intervention_outcomes)
+            .unwrap()
+            .iter()
+            .map(|r| decode_outcome(&r.value).unwrap().status)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(statuses, ["bounced", "delivered", "delivered", "delivered"]);
+}
