@@ -725,3 +725,53 @@ impl Drop for SmtpServer {
         let _ = self.child.wait();
     }
 }
+
+/// `scripts/provider-standin.py`: a local stand-in for the SMS and contact-center HTTP APIs
+/// that records every request as a JSON line in `log` (nothing is sent).
+pub struct ProviderStandIn {
+    child: Child,
+    /// The request log.
+    pub log: PathBuf,
+}
+
+impl ProviderStandIn {
+    /// Starts it on `port` with `extra` arguments (e.g. `--fail-first 2`) and waits until it
+    /// listens.
+    pub fn start(port: u16, log: &Path, extra: &[&str]) -> Result<ProviderStandIn> {
+        let child = Command::new("python3")
+            .arg(root().join("scripts/provider-standin.py"))
+            .args(["--port", &port.to_string(), "--log"])
+            .arg(log)
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting scripts/provider-standin.py")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the provider stand-in did not listen on port {port} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(ProviderStandIn {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for ProviderStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,7 +4,6 @@
 //! (`scripts/provider-standin.py`), the call assigned to the customer's sales rep. A call for a
 //! customer without a sales rep is dead-lettered with a reason that says what to fix.
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use waymark::codec::decode_outcome;
@@ -12,15 +11,6 @@ use waymark::config::InputFormat;
 use waymark::model::{Channel, CustomerEvent};
 use waymark::telemetry::SINK_DELIVERIES_TOTAL;
 use waymark_e2e::*;
-
-struct StandIn(Child);
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn login(customer: &str, at: i64, rep: Option<&str>) -> (String, Vec<u8>) {
     let mut attributes: std::collections::BTreeMap<String, String> =
@@ -49,14 +39,7 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
     );
     let scenario = Scenario::new("contact-center", 1, &extra).unwrap();
     let log = scenario.dir.path().join("tasks.jsonl");
-    let _standin = StandIn(
-        Command::new("python3")
-            .arg(root().join("scripts/provider-standin.py"))
-            .args(["--port", &port.to_string(), "--log"])
-            .arg(&log)
-            .spawn()
-            .unwrap(),
-    );
+    let standin = ProviderStandIn::start(port, &log, &[]).unwrap();
     let five_days_ago = now_millis() - 5 * 86_400_000;
     let records = [
         login("ana", five_days_ago, Some("rep-7")),
@@ -95,11 +78,7 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
         .unwrap();
     sink.stop();
 
-    let tasks: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let tasks = standin.requests();
     let created: Vec<(String, String, String)> = {
         let mut v: Vec<_> = tasks
             .iter()

@@ -4,22 +4,12 @@
 //! a number that is not E.164 never reaches the provider; a number the provider refuses is
 //! dead-lettered; every command gets an outcome; a redelivered command is not sent again.
 
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use waymark::codec::{decode_outcome, encode_command};
 use waymark::model::{Channel, InterventionCommand};
 use waymark::telemetry::{SINK_DELIVERIES_TOTAL, SINK_RETRIES_TOTAL};
 use waymark_e2e::*;
-
-struct StandIn(Child);
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn command(customer: &str, phone: &str) -> InterventionCommand {
     InterventionCommand {
@@ -47,14 +37,6 @@ fn command(customer: &str, phone: &str) -> InterventionCommand {
     }
 }
 
-fn requests(log: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() {
     let port = free_port();
@@ -64,19 +46,7 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
     );
     let scenario = Scenario::new("sms", 1, &extra).unwrap();
     let log = scenario.dir.path().join("sms.jsonl");
-    let _standin = StandIn(
-        Command::new("python3")
-            .arg(root().join("scripts/provider-standin.py"))
-            .args(["--port", &port.to_string(), "--fail-first", "2", "--log"])
-            .arg(&log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the stand-in did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let standin = ProviderStandIn::start(port, &log, &["--fail-first", "2"]).unwrap();
     let commands = [
         command("ana", "+16125550100"),
         command("bad", "612-555-0100"),
@@ -108,7 +78,8 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
         "the two 503s were retried"
     );
 
-    let sent: Vec<_> = requests(&log)
+    let sent: Vec<_> = standin
+        .requests()
         .into_iter()
         .filter(|r| r["status"] == 201)
         .collect();
@@ -126,7 +97,8 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
     assert_eq!(r["headers"]["Idempotency-Key"], commands[0].command_id);
     assert_eq!(r["headers"]["Authorization"], "Basic QUMxMjM6c2VjcmV0");
     assert!(
-        requests(&log)
+        standin
+            .requests()
             .iter()
             .all(|r| r["form"]["To"] != "612-555-0100"),
         "a number that is not E.164 never reaches the provider"
@@ -181,7 +153,7 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
     );
 
     // Redelivered: skipped by the sink, no new request.
-    let before = requests(&log).len();
+    let before = standin.requests().len();
     scenario
         .produce_to(&scenario.topics.commands_sms, &records[..1])
         .unwrap();
@@ -189,7 +161,7 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
         .unwrap();
     sink.stop();
     assert_eq!(
-        requests(&log).len(),
+        standin.requests().len(),
         before,
         "no request for a redelivered command"
     );
