@@ -74,6 +74,39 @@ pub fn log_client_error(error: &KafkaError, reason: &str) {
     }
 }
 
+/// Producer context of `waymark run`: librdkafka's log, except that a failed transaction
+/// (`TXNERR`) is a warning — the pipeline aborts it and processes the batch again (a
+/// rebalance in the middle of a transaction does this), and reports a fatal one itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransactionalContext;
+
+impl rdkafka::ClientContext for TransactionalContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error if fac != "TXNERR" => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for TransactionalContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
 /// Client context of the tools: [`log_client_error`] for global errors.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ToolContext;

@@ -531,6 +531,7 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         "pipeline",
         addr,
         drain_timeout,
+        axum::Router::new(),
         move |metrics, health, token| {
             waymark::pipeline::run(cfg, engine, metrics, health, token).map(|_| ())
         },
@@ -570,8 +571,13 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
     if channel == waymark::model::Channel::ContactCenter {
         let provider =
             waymark::sink::contact_center::ContactCenterProvider::new(&cfg.sinks.contact_center)?;
-        tracing::info!(url = %cfg.sinks.contact_center.url, "Contact-center sink starting.");
-        return run_sink(cfg, provider);
+        let routes = waymark::sink::contact_center::callback_routes(&cfg)?;
+        tracing::info!(
+            url = %cfg.sinks.contact_center.url,
+            callback = "POST /callbacks/contact-center/tasks",
+            "Contact-center sink starting."
+        );
+        return run_sink(cfg, provider, routes);
     }
     if channel == waymark::model::Channel::Email {
         let provider = waymark::sink::email::EmailProvider::new(&cfg.sinks.email)?;
@@ -580,7 +586,7 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
             templates = %cfg.sinks.email.templates.display(),
             "Email sink starting."
         );
-        run_sink(cfg, provider)
+        run_sink(cfg, provider, axum::Router::new())
     } else {
         let provider = waymark::sink::sms::SmsProvider::new(&cfg.sinks.sms)?;
         tracing::info!(
@@ -588,7 +594,7 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
             templates = %cfg.sinks.sms.templates.display(),
             "SMS sink starting."
         );
-        run_sink(cfg, provider)
+        run_sink(cfg, provider, axum::Router::new())
     }
 }
 
@@ -596,6 +602,7 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
 fn run_sink<P: waymark::sink::Provider + Send + 'static>(
     cfg: Config,
     provider: P,
+    routes: axum::Router,
 ) -> Result<ExitCode> {
     let rocks = waymark::state::RocksEnv::new(&cfg.rocksdb)?;
     let addr = cfg.sinks.http_addr;
@@ -604,19 +611,21 @@ fn run_sink<P: waymark::sink::Provider + Send + 'static>(
         "sink",
         addr,
         drain_timeout,
+        routes,
         move |metrics, health, token| {
             waymark::sink::run(&cfg, &provider, &rocks, &metrics, &health, token).map(|_| ())
         },
     )
 }
 
-/// Serves `/livez`, `/readyz` and `/metrics` on `addr` and runs `work` on a dedicated thread
+/// Serves `/livez`, `/readyz`, `/metrics` and `routes` on `addr` and runs `work` on a dedicated thread
 /// until it ends (an error) or SIGTERM/SIGINT asks it to drain, for at most `drain_timeout`.
 /// The exit code says which: 0 drained, 124 drain timeout, 1 error.
 fn supervise<E>(
     name: &str,
     addr: std::net::SocketAddr,
     drain_timeout: Duration,
+    routes: axum::Router,
     work: impl FnOnce(Metrics, Arc<Health>, CancellationToken) -> Result<(), E> + Send + 'static,
 ) -> Result<ExitCode>
 where
@@ -632,6 +641,7 @@ where
         metrics.clone(),
         health.clone(),
         token.clone(),
+        routes,
     ))?;
     tracing::info!(%addr, "Serving /livez /readyz /metrics.");
     let work_token = token.clone();

@@ -36,13 +36,13 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::codec;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
-use crate::kafka::{client_config, producer_config};
+use crate::kafka::{TransactionalContext, client_config, producer_config};
 use crate::model::{Millis, Output};
 use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
@@ -184,7 +184,7 @@ struct Core {
     engine: Arc<Engine>,
     metrics: Metrics,
     health: Arc<Health>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<TransactionalContext>,
     /// `exactly-once`: batches are Kafka transactions.
     transactional: bool,
     partitions: BTreeMap<i32, Partition>,
@@ -883,13 +883,12 @@ pub fn run(
             .set("transactional.id", &cfg.kafka.transactional_id)
             .set("transaction.timeout.ms", "60000");
     }
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        producer_cfg
-            .create()
-            .map_err(|source| PipelineError::Kafka {
-                action: "create producer",
-                source,
-            })?;
+    let producer: ThreadedProducer<TransactionalContext> = producer_cfg
+        .create_with_context(TransactionalContext)
+        .map_err(|source| PipelineError::Kafka {
+            action: "create producer",
+            source,
+        })?;
     if transactional {
         producer
             .init_transactions(Duration::from_secs(60))

@@ -346,13 +346,15 @@ async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// Serves `/livez`, `/readyz` and `/metrics` on `addr` until `shutdown` is cancelled.
-/// Returns the bound address (useful with port 0) once listening.
+/// Serves `/livez`, `/readyz` and `/metrics` — and `routes` (a component's own endpoints,
+/// e.g. a sink's callbacks) — on `addr` until `shutdown` is cancelled. Returns the bound
+/// address (useful with port 0) once listening.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    routes: Router,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
@@ -365,7 +367,8 @@ pub async fn serve(
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState { metrics, health });
+        .with_state(HttpState { metrics, health })
+        .merge(routes);
     let handle = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -564,6 +564,27 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// A plain HTTP/1.0 POST of a JSON body on loopback: the status code and the body.
+pub fn http_post_json(addr: &str, path: &str, json: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
 /// `waymark simulate` of a JSON-lines file with the default allowed lateness (5 minutes).
 pub fn simulate_file(events: &Path, until: Millis) -> Result<Vec<Value>> {
     simulate_file_with(events, until, 300_000)

@@ -76,9 +76,36 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
     let sink = scenario.spawn_command(&args, http.clone()).unwrap();
     sink.await_metric(SINK_DELIVERIES_TOTAL, 4.0, Duration::from_secs(60))
         .unwrap();
+
+    // The contact center reports back: ana's call was made.
+    let tasks = standin.requests();
+    let call = tasks
+        .iter()
+        .find(|t| t["json"]["type"] == "outbound-call")
+        .unwrap();
+    let update = serde_json::json!({
+        "task_id": call["json"]["task_id"],
+        "customer_id": "ana",
+        "journey": call["json"]["journey"],
+        "action": call["json"]["action"],
+        "status": "completed",
+        "note": "called; payment account set up together",
+    });
+    let path = "/callbacks/contact-center/tasks";
+    let (code, body) = http_post_json(&http, path, &update.to_string()).unwrap();
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http_post_json(&http, path, r#"{"task_id": "x"}"#).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("missing field"), "says what is wrong: {body}");
+    let (code, body) = http_post_json(
+        &http,
+        path,
+        &update.to_string().replace("completed", "Done!"),
+    )
+    .unwrap();
+    assert_eq!((code, body.contains("lowercase")), (400, true), "{body}");
     sink.stop();
 
-    let tasks = standin.requests();
     let created: Vec<(String, String, String)> = {
         let mut v: Vec<_> = tasks
             .iter()
@@ -111,10 +138,6 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
         assert_eq!(t["headers"]["Authorization"], "Bearer cc-secret");
         assert_eq!(t["headers"]["Idempotency-Key"], t["json"]["task_id"]);
     }
-    let call = tasks
-        .iter()
-        .find(|t| t["json"]["type"] == "outbound-call")
-        .unwrap();
     assert_eq!(
         call["json"]["due_at"].as_str().unwrap(),
         waymark::model::format_millis(five_days_ago + 4 * 86_400_000),
@@ -138,5 +161,14 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
         v.sort();
         v
     };
-    assert_eq!(statuses, ["bounced", "delivered", "delivered", "delivered"]);
+    assert_eq!(
+        statuses,
+        [
+            "bounced",
+            "delivered",
+            "delivered",
+            "delivered",
+            "task_completed"
+        ]
+    );
 }

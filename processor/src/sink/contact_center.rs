@@ -4,8 +4,10 @@
 //!
 //! Owns the task's shape (from the command's `params`: `task`, `queue`, `assignee`, `note`)
 //! and its checks: an outbound call needs an assignee. The command id is the task id and the
-//! idempotency key; a `409 Conflict` (the task exists) counts as delivered. It must not consume
-//! Kafka or remember what was sent: that is the runner's.
+//! idempotency key; a `409 Conflict` (the task exists) counts as delivered. Also owns the
+//! callback through which the contact center reports what became of a task
+//! (`POST /callbacks/contact-center/tasks` on the sink's HTTP port), published as an outcome.
+//! It must not consume Kafka or remember what was sent: that is the runner's.
 
 use std::time::Duration;
 
@@ -120,6 +122,128 @@ impl Provider for ContactCenterProvider {
     }
 }
 
+/// What the contact center reports about a task (the callback's JSON body). It echoes the
+/// task's `task_id`, `customer_id`, `journey` and `action`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUpdate {
+    /// The task (= command) id.
+    pub task_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Journey of the command.
+    pub journey: String,
+    /// Action of the command.
+    pub action: String,
+    /// What happened: `completed`, `cancelled`, `no_answer`, … (lowercase letters and `_`).
+    pub status: String,
+    /// The agent's note.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl TaskUpdate {
+    /// The outcome it reports: status `task_<status>`, id stable per task and status (so a
+    /// repeated callback is a duplicate downstream).
+    pub fn outcome(
+        &self,
+        at: crate::model::Millis,
+    ) -> Result<crate::model::InterventionOutcome, String> {
+        let ok = |s: &str| !s.trim().is_empty();
+        if !(ok(&self.task_id) && ok(&self.customer_id) && ok(&self.journey) && ok(&self.action)) {
+            return Err("task_id, customer_id, journey and action must not be empty; echo them from the task".into());
+        }
+        if self.status.is_empty()
+            || self.status.len() > 32
+            || !self
+                .status
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(format!(
+                "status `{}` must be 1-32 lowercase letters or `_` (e.g. completed, no_answer)",
+                self.status
+            ));
+        }
+        let status = format!("task_{}", self.status);
+        Ok(crate::model::InterventionOutcome {
+            outcome_id: crate::engine::stable_id(&[&self.task_id, &status]),
+            command_id: self.task_id.clone(),
+            customer_id: self.customer_id.clone(),
+            journey: self.journey.clone(),
+            action: self.action.clone(),
+            channel: Channel::ContactCenter,
+            status,
+            at,
+            detail: self.note.clone(),
+        })
+    }
+}
+
+/// The callback route: a valid update is published to `intervention-outcomes` (202 once the
+/// broker has it); a malformed one gets 400 with what is wrong; 503 when Kafka is not
+/// reachable (the contact center should retry).
+pub fn callback_routes(
+    cfg: &crate::config::Config,
+) -> Result<axum::Router, rdkafka::error::KafkaError> {
+    use axum::Json;
+    use axum::extract::State;
+    use axum::extract::rejection::JsonRejection;
+    use axum::http::StatusCode;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    #[derive(Clone)]
+    struct Callback {
+        producer: FutureProducer,
+        topic: String,
+    }
+    async fn task_update(
+        State(cb): State<Callback>,
+        body: Result<Json<TaskUpdate>, JsonRejection>,
+    ) -> (StatusCode, String) {
+        let update = match body {
+            Ok(Json(u)) => u,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as crate::model::Millis)
+            .unwrap_or(0);
+        let outcome = match update.outcome(now) {
+            Ok(o) => o,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let bytes = match crate::codec::encode_outcome(&outcome) {
+            Ok(b) => b,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        };
+        let record = FutureRecord::to(&cb.topic)
+            .key(&outcome.customer_id)
+            .payload(&bytes);
+        match cb.producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => {
+                tracing::info!(task_id = %update.task_id, status = %outcome.status, "Task update published.");
+                (StatusCode::ACCEPTED, "accepted\n".into())
+            }
+            Err((e, _)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot publish the outcome, retry later: {e}\n"),
+            ),
+        }
+    }
+    let producer: FutureProducer =
+        crate::kafka::producer_config(&cfg.kafka.brokers, &cfg.kafka.properties).create()?;
+    Ok(axum::Router::new()
+        .route(
+            "/callbacks/contact-center/tasks",
+            axum::routing::post(task_update),
+        )
+        .with_state(Callback {
+            producer,
+            topic: cfg.topics.intervention_outcomes.clone(),
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +283,38 @@ mod tests {
             e.permanent && e.code == "no_assignee" && e.message.contains("sales_rep"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_task_update_becomes_a_task_outcome_and_bad_ones_say_why() {
+        let u = TaskUpdate {
+            task_id: "c-1".into(),
+            customer_id: "cust-1".into(),
+            journey: "b2b-onboarding".into(),
+            action: "sales-rep-call".into(),
+            status: "completed".into(),
+            note: Some("called, account set up".into()),
+        };
+        let o = u.outcome(5).unwrap();
+        assert_eq!(
+            (o.status.as_str(), o.command_id.as_str(), o.at),
+            ("task_completed", "c-1", 5)
+        );
+        assert_eq!(
+            o.outcome_id,
+            u.outcome(9).unwrap().outcome_id,
+            "stable per task and status"
+        );
+        let bad = TaskUpdate {
+            status: "Done!".into(),
+            ..u.clone()
+        };
+        assert!(bad.outcome(0).unwrap_err().contains("lowercase"));
+        let empty = TaskUpdate {
+            customer_id: " ".into(),
+            ..u
+        };
+        assert!(empty.outcome(0).unwrap_err().contains("echo them"));
     }
 
     #[test]
