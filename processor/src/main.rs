@@ -75,8 +75,9 @@ enum Command {
     /// Look into the local state of a stopped processor.
     #[command(subcommand)]
     State(StateCommand),
-    /// Deliver the commands of one channel (email over SMTP), at most once per command id,
-    /// with retries, a dead-letter topic and outcomes on `intervention-outcomes`.
+    /// Deliver the commands of one channel (email over SMTP, SMS over a provider API, or
+    /// contact-center tasks over a webhook), at most once per command id, with retries, a
+    /// dead-letter topic and outcomes on `intervention-outcomes`.
     #[command(subcommand)]
     Sink(SinkCommand),
 }
