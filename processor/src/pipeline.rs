@@ -110,6 +110,26 @@ pub(crate) fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
         })
 }
 
+/// Runs a transaction call again for as long as librdkafka says it is retriable (e.g. it timed
+/// out while the broker is down: "retry call to resume"); processing waits meanwhile, which is
+/// what a broker outage should do. Other errors are returned.
+fn retry_transaction_call(
+    what: &str,
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<()>,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut attempts = 0u32;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                attempts += 1;
+                tracing::warn!(error = %e, attempts, "Cannot {what} yet (is the broker down?); retrying.");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Why `waymark run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -779,10 +799,14 @@ impl Core {
         let result = if self.transactional {
             (|| {
                 if let Some(group) = &group {
-                    self.producer
-                        .send_offsets_to_transaction(&offsets, group, timeout)?;
+                    retry_transaction_call("send offsets to the transaction", || {
+                        self.producer
+                            .send_offsets_to_transaction(&offsets, group, timeout)
+                    })?;
                 }
-                self.producer.commit_transaction(timeout)
+                retry_transaction_call("commit the transaction", || {
+                    self.producer.commit_transaction(timeout)
+                })
             })()
         } else {
             // At least once: every output is acknowledged before the offsets move on.
@@ -838,7 +862,9 @@ impl Core {
         }
         tracing::warn!(error = %e, "Commit failed; aborting and re-processing the batch.");
         if self.transactional
-            && let Err(abort) = self.producer.abort_transaction(Duration::from_secs(30))
+            && let Err(abort) = retry_transaction_call("abort the transaction", || {
+                self.producer.abort_transaction(Duration::from_secs(30))
+            })
         {
             return Err(PipelineError::Kafka {
                 action: "abort transaction",

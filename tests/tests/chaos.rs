@@ -130,9 +130,10 @@ fn broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     kafka_sh("stop");
     std::thread::sleep(Duration::from_secs(2));
     kafka_sh("start");
-    let kafka = scenario
-        .await_outputs(simulated.len(), Duration::from_secs(240))
-        .unwrap();
+    let kafka = match scenario.await_outputs(simulated.len(), Duration::from_secs(240)) {
+        Ok(k) => k,
+        Err(e) => panic!("{e}; processor log:\n{}", processor.log_text()),
+    };
     processor.stop();
     assert_same_outputs(&kafka, &simulated);
 }
