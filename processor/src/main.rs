@@ -420,10 +420,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if args.customer_id.trim().is_empty() {
                 bail!("give the id of the customer to forget");
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now = waymark::model::now_millis();
             let request = waymark::model::CustomerEvent {
                 event_id: format!("forget-{}-{now}", args.customer_id),
                 customer_id: args.customer_id.clone(),

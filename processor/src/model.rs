@@ -18,6 +18,15 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, UTC: the one time type of the engine.
 pub type Millis = i64;
 
+/// The wall clock in milliseconds since the epoch (0 if the clock is before 1970). For the
+/// I/O edges (pipeline, sinks, tools); the engine never reads a clock.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
 /// Formats `ms` as RFC 3339 with millisecond precision and a `Z` suffix.
 pub fn format_millis(ms: Millis) -> String {
     match DateTime::<Utc>::from_timestamp_millis(ms) {

@@ -43,7 +43,7 @@ use crate::codec;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
 use crate::kafka::{TransactionalContext, client_config, producer_config};
-use crate::model::{Millis, Output};
+use crate::model::{Output, now_millis};
 use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
 use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
@@ -279,13 +279,6 @@ impl ConsumerContext for RunContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
         }
     }
-}
-
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 impl Core {

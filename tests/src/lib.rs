@@ -675,6 +675,19 @@ pub fn assert_same_outputs(kafka: &[Value], simulated: &[Value]) {
     }
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port` (at most 20 s); `what`
+/// names it in the error.
+fn await_listening(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// The loopback SMTP server of `scripts/smtp-server.py` (Debian's aiosmtpd): every accepted
 /// message lands in `maildir` as a `.eml` file; recipients starting with `reject` get a `550`.
 pub struct SmtpServer {
@@ -697,13 +710,7 @@ impl SmtpServer {
             .context(
                 "starting scripts/smtp-server.py (is python3-aiosmtpd installed? `make setup`)",
             )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the SMTP server did not listen on port {port} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        await_listening(port, "the SMTP server")?;
         Ok(SmtpServer {
             child,
             maildir: maildir.to_owned(),
@@ -767,13 +774,7 @@ impl ProviderStandIn {
             .stdout(Stdio::null())
             .spawn()
             .context("starting scripts/provider-standin.py")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the provider stand-in did not listen on port {port} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        await_listening(port, "the provider stand-in")?;
         Ok(ProviderStandIn {
             child,
             log: log.to_owned(),

@@ -205,11 +205,7 @@ pub fn callback_routes(
             Ok(Json(u)) => u,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as crate::model::Millis)
-            .unwrap_or(0);
-        let outcome = match update.outcome(now) {
+        let outcome = match update.outcome(crate::model::now_millis()) {
             Ok(o) => o,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
         };

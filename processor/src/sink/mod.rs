@@ -150,7 +150,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use crate::codec;
 use crate::config::Config;
 use crate::kafka::{ToolContext, client_config, producer_config};
-use crate::model::{Channel, InterventionCommand, InterventionOutcome, Millis};
+use crate::model::{Channel, InterventionCommand, InterventionOutcome, now_millis};
 use crate::shutdown::CancellationToken;
 use crate::state::{RocksEnv, RocksStore, StateBatch, StateError, StateStore};
 use crate::telemetry::Metrics;
@@ -265,13 +265,6 @@ impl HandledLog {
             source,
         })
     }
-}
-
-fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 struct Runner<'a, P> {
