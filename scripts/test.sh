@@ -29,7 +29,9 @@ cargo test --release -p waymark
 step "golden trace through waymark simulate"
 bash scripts/golden.sh
 
-step "start the test broker on $WAYMARK_TEST_BROKERS"
+step "start the test broker on $WAYMARK_TEST_BROKERS (fresh storage)"
+# Every scenario creates its own topics; a fresh broker keeps restarts (the chaos tests) fast.
+bash scripts/kafka.sh reset
 bash scripts/kafka.sh start
 trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 

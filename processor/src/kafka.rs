@@ -27,6 +27,16 @@ use crate::codec;
 use crate::config::{InputFormat, TopicsConfig};
 use crate::model::{CustomerEvent, InterventionCommand, JourneyEvent, Output};
 
+/// The fatal error of a librdkafka client, as `Code: reason`, if it has one: such a client can
+/// do nothing more and must be replaced.
+pub fn fatal_error<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+) -> Option<String> {
+    client
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"))
+}
+
 /// A Kafka tool that failed: what, where, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaToolError {

@@ -531,7 +531,22 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         drain_timeout,
         axum::Router::new(),
         move |metrics, health, token| {
-            waymark::pipeline::run(cfg, engine, metrics, health, token).map(|_| ())
+            let restarted = || {
+                metrics.client_restart();
+                health
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            };
+            shutdown::restarting("pipeline", &token, restarted, || {
+                waymark::pipeline::run(
+                    cfg.clone(),
+                    engine.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    token.clone(),
+                )
+            })
+            .map(|_| ())
         },
     )
 }
@@ -611,7 +626,16 @@ fn run_sink<P: waymark::sink::Provider + Send + 'static>(
         drain_timeout,
         routes,
         move |metrics, health, token| {
-            waymark::sink::run(&cfg, &provider, &rocks, &metrics, &health, token).map(|_| ())
+            let restarted = || {
+                metrics.client_restart();
+                health
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            };
+            shutdown::restarting("sink", &token, restarted, || {
+                waymark::sink::run(&cfg, &provider, &rocks, &metrics, &health, token.clone())
+            })
+            .map(|_| ())
         },
     )
 }

@@ -146,6 +146,17 @@ pub enum PipelineError {
         "this instance was fenced: another instance uses transactional id `{0}`; give every instance its own (kafka.transactional-id, e.g. the pod name)"
     )]
     Fenced(String),
+    /// A Kafka client reported a fatal error and can do nothing more; `waymark run` starts the
+    /// pipeline again with new clients (see [`crate::shutdown::restarting`]).
+    #[error(
+        "the Kafka {client} hit a fatal error: {reason}; if another instance uses the same group-instance-id, give each its own (e.g. the pod name)"
+    )]
+    ClientFatal {
+        /// Which client.
+        client: &'static str,
+        /// librdkafka's code and reason.
+        reason: String,
+    },
     /// Local state failed.
     #[error("state of partition {partition} at {path}: {source}")]
     State {
@@ -164,6 +175,12 @@ pub enum PipelineError {
         /// The codec's message.
         message: String,
     },
+}
+
+impl crate::shutdown::Restartable for PipelineError {
+    fn restartable(&self) -> bool {
+        matches!(self, PipelineError::ClientFatal { .. })
+    }
 }
 
 /// What a run did, reported when it stops.
@@ -993,7 +1010,15 @@ pub fn run(
                     p.caught_up = true;
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+            Some(Err(e)) => {
+                if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
+                    return Err(PipelineError::ClientFatal {
+                        client: "consumer",
+                        reason,
+                    });
+                }
+                tracing::warn!(error = %e, "Consumer error.");
+            }
             None => {}
         }
         if batch >= max_batch || last_commit.elapsed() >= interval {

@@ -50,6 +50,9 @@ pub const SINK_DELIVERIES_TOTAL: &str = "waymark_sink_deliveries_total";
 pub const SINK_RETRIES_TOTAL: &str = "waymark_sink_retries_total";
 /// Partitions currently being restored from the changelog.
 pub const RESTORING_PARTITIONS: &str = "waymark_state_restoring_partitions";
+/// Times the pipeline or a sink was started again with new Kafka clients after one of them
+/// reported a fatal error.
+pub const CLIENT_RESTARTS_TOTAL: &str = "waymark_kafka_client_restarts_total";
 /// Build information (value 1), by version.
 pub const BUILD_INFO: &str = "waymark_build_info";
 
@@ -100,6 +103,7 @@ pub struct Metrics {
     restoring: IntGauge,
     sink_deliveries: IntCounterVec,
     sink_retries: IntCounterVec,
+    client_restarts: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -192,6 +196,14 @@ impl Metrics {
             "Delivery attempts a channel sink retried.",
             &["channel"],
         );
+        let client_restarts = prometheus::IntCounter::new(
+            CLIENT_RESTARTS_TOTAL,
+            "Restarts with new Kafka clients after a fatal client error.",
+        )
+        .expect("static counter");
+        registry
+            .register(Box::new(client_restarts.clone()))
+            .expect("unique");
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
             .expect("static gauge");
         registry.register(Box::new(build.clone())).expect("unique");
@@ -211,7 +223,13 @@ impl Metrics {
             restoring,
             sink_deliveries,
             sink_retries,
+            client_restarts,
         }
+    }
+
+    /// Counts a restart with new Kafka clients.
+    pub fn client_restart(&self) {
+        self.client_restarts.inc();
     }
 
     /// Counts a command a sink handled.

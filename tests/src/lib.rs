@@ -270,6 +270,13 @@ impl Scenario {
     /// Starts `waymark --config <scenario config> <args…>` (a long-running subcommand that
     /// serves `/readyz` on `http`) and waits until it is ready.
     pub fn spawn_command(&self, args: &[&str], http: String) -> Result<Processor> {
+        let p = self.launch(args, http)?;
+        p.wait_ready(Duration::from_secs(60))?;
+        Ok(p)
+    }
+
+    /// Starts `waymark --config <scenario config> <args…>` and returns at once.
+    pub fn launch(&self, args: &[&str], http: String) -> Result<Processor> {
         let n = std::fs::read_dir(self.dir.path())?.count();
         let log_path = self.dir.path().join(format!("{}-{n}.log", args[0]));
         let log = std::fs::File::create(&log_path)?;
@@ -282,13 +289,11 @@ impl Scenario {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", waymark_bin().display()))?;
-        let p = Processor {
+        Ok(Processor {
             child,
             log: log_path,
             http,
-        };
-        p.wait_ready(Duration::from_secs(60))?;
-        Ok(p)
+        })
     }
 
     /// Every output topic's records, read_committed, decoded.

@@ -138,6 +138,71 @@ fn broker_restart_mid_run_loses_nothing_and_duplicates_nothing() {
     assert_same_outputs(&kafka, &simulated);
 }
 
+/// A static member can be fenced for good (librdkafka reports FENCED_INSTANCE_ID as fatal):
+/// after a broker outage longer than its session, or when an instance with the same
+/// `group-instance-id` joins. `waymark run` then starts its pipeline again with new clients,
+/// and the zombie's transactions cannot commit (KIP-447 fences its offsets), so the output is
+/// still exactly what `simulate` says.
+#[test]
+fn a_fenced_static_member_restarts_with_new_clients_and_nothing_is_lost_or_duplicated() {
+    use waymark::telemetry::{CLIENT_RESTARTS_TOTAL, EVENTS_TOTAL};
+    let fast = [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+        ("max.partition.fetch.bytes", "32768"),
+    ];
+    let scenario = Scenario::with_kafka_properties("fenced", 4, "", &fast).unwrap();
+    let events = scenario.loadgen("20000", "31");
+    let produced = std::fs::read_to_string(&events).unwrap().lines().count() as f64;
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    let a = scenario.start_instance("a").unwrap();
+    a.await_metric(EVENTS_TOTAL, produced / 10.0, Duration::from_secs(120))
+        .unwrap();
+    // Another process joins with `a`'s static membership id (its own transactional id and
+    // state): the broker hands it `a`'s membership, and `a`'s consumer is fenced.
+    let http = format!("127.0.0.1:{}", free_port());
+    let state = scenario.dir.path().join("state-impostor");
+    let impostor_txn = format!("{}-impostor", scenario.id);
+    let a_instance = format!("{}-a", scenario.id);
+    let impostor = scenario
+        .launch(
+            &[
+                "run",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--http-addr",
+                &http,
+                "--transactional-id",
+                &impostor_txn,
+                "--group-instance-id",
+                &a_instance,
+            ],
+            http.clone(),
+        )
+        .unwrap();
+    let restarted = a.await_metric(CLIENT_RESTARTS_TOTAL, 1.0, Duration::from_secs(60));
+    let done = a.metric(EVENTS_TOTAL);
+    impostor.kill();
+    if let Err(e) = restarted {
+        panic!("{e}; log of a:\n{}", a.log_text());
+    }
+    assert!(
+        done < produced,
+        "the fencing landed after the run had finished ({done} of {produced} events)"
+    );
+    let kafka = match scenario.await_outputs(simulated.len(), Duration::from_secs(180)) {
+        Ok(k) => k,
+        Err(e) => panic!("{e}; log of a:\n{}", a.log_text()),
+    };
+    let log = a.stop();
+    assert!(
+        log.contains("Restarting the pipeline with new Kafka clients"),
+        "{log}"
+    );
+    assert!(log.contains("FencedInstanceId"), "{log}");
+    assert_same_outputs(&kafka, &simulated);
+}
+
 #[test]
 fn backlog_after_an_outage_never_nudges_a_customer_whose_completion_is_in_it() {
     use waymark::config::InputFormat;

@@ -216,6 +216,14 @@ pub enum SinkError {
         /// The client error.
         source: KafkaError,
     },
+    /// A Kafka client reported a fatal error; `waymark sink` starts again with new clients.
+    #[error("the Kafka {client} hit a fatal error: {reason}")]
+    ClientFatal {
+        /// Which client.
+        client: &'static str,
+        /// librdkafka's code and reason.
+        reason: String,
+    },
     /// An outcome could not be encoded (a bug: the model and schemas disagree).
     #[error("cannot encode an outcome: {0}")]
     Encode(String),
@@ -227,6 +235,12 @@ pub enum SinkError {
         /// The error.
         source: StateError,
     },
+}
+
+impl crate::shutdown::Restartable for SinkError {
+    fn restartable(&self) -> bool {
+        matches!(self, SinkError::ClientFatal { .. })
+    }
 }
 
 /// What a sink did, reported when it stops.
@@ -512,6 +526,12 @@ pub fn run<P: Provider>(
         let msg = match polled {
             Ok(m) => m,
             Err(e) => {
+                if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
+                    return Err(SinkError::ClientFatal {
+                        client: "consumer",
+                        reason,
+                    });
+                }
                 tracing::warn!(error = %e, "Consumer error.");
                 continue;
             }
