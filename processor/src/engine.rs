@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::journey::{Cond, Journey, JourneySet, Matcher, ReEntry, fill_placeholders};
 use crate::model::{
-    CustomerEvent, InterventionCommand, JourneyEvent, JourneyEventType, Millis, Output,
+    CustomerEvent, InterventionCommand, JourneyEvent, JourneyEventType, Millis, OUTCOME_ATTRIBUTES,
+    OUTCOME_EVENT_PREFIX, Output,
 };
 
 /// An event kept in a customer's state (only the attributes some predicate reads).
@@ -271,9 +272,10 @@ impl Engine {
         &self.journeys
     }
 
-    /// Whether some journey reacts to events of this type.
+    /// Whether some journey reacts to events of this type. Outcomes of commands
+    /// (`intervention.*`) always are: they are recorded on the customer for `explain`.
     pub fn is_relevant(&self, event_type: &str) -> bool {
-        self.relevant.contains(event_type)
+        self.relevant.contains(event_type) || event_type.starts_with(OUTCOME_EVENT_PREFIX)
     }
 
     /// Applies one event to a customer's state, then emits into `out` every output due at or
@@ -321,6 +323,7 @@ impl Engine {
             }
         }
         let kept = self.predicate_attrs.get(&ev.event_type);
+        let outcome = ev.event_type.starts_with(OUTCOME_EVENT_PREFIX);
         let stored = StoredEvent {
             event_id: ev.event_id.clone(),
             event_type: ev.event_type.clone(),
@@ -328,7 +331,10 @@ impl Engine {
             attributes: ev
                 .attributes
                 .iter()
-                .filter(|(k, _)| kept.is_some_and(|s| s.contains(*k)))
+                .filter(|(k, _)| {
+                    kept.is_some_and(|s| s.contains(*k))
+                        || (outcome && OUTCOME_ATTRIBUTES.contains(&k.as_str()))
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
@@ -602,12 +608,17 @@ pub struct ActionStatus {
     pub status: &'static str,
     /// Why it was cancelled.
     pub reason: Option<String>,
+    /// The command's id (what sinks and outcomes refer to), once sent.
+    pub command_id: Option<String>,
+    /// What the channel sink reported about it, in event-time order: `delivered at …`,
+    /// `bounced at …: <detail>`.
+    pub outcomes: Vec<String>,
 }
 
 impl Engine {
     /// Explains a customer's state: instances, steps, and every action sent, pending or
-    /// cancelled with the reason.
-    pub fn explain(&self, state: &CustomerState) -> Explanation {
+    /// cancelled with the reason, and what the sinks reported about the ones sent.
+    pub fn explain(&self, customer_id: &str, state: &CustomerState) -> Explanation {
         use crate::model::format_millis;
         let mut journeys = Vec::new();
         for journey in self.journeys.iter() {
@@ -649,6 +660,22 @@ impl Engine {
                             (Some(_), _) => ("pending", None),
                             (None, by) => ("cancelled", by.map(|b| b.describe(journey))),
                         };
+                        let command_id = (status == "sent").then(|| {
+                            let version = journey.version.to_string();
+                            let number = inst.number.to_string();
+                            stable_id(&[
+                                &journey.name,
+                                &version,
+                                customer_id,
+                                &number,
+                                &rule.id,
+                                &action.id,
+                            ])
+                        });
+                        let outcomes = command_id
+                            .as_deref()
+                            .map(|id| outcomes_of(&state.events, id))
+                            .unwrap_or_default();
                         actions.push(ActionStatus {
                             rule: rule.id.clone(),
                             action: action.id.clone(),
@@ -656,6 +683,8 @@ impl Engine {
                             due_at: format_millis(due),
                             status,
                             reason,
+                            command_id,
+                            outcomes,
                         });
                     }
                 }
@@ -681,6 +710,22 @@ impl Engine {
         }
         Explanation { journeys }
     }
+}
+
+/// The outcomes recorded for one command, described (`bounced at …: detail`).
+fn outcomes_of(events: &[StoredEvent], command_id: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.attr("command_id") == Some(command_id))
+        .filter_map(|e| {
+            let status = e.event_type.strip_prefix(OUTCOME_EVENT_PREFIX)?;
+            let at = crate::model::format_millis(e.at);
+            Some(match e.attr("detail") {
+                Some(d) => format!("{status} at {at}: {d}"),
+                None => format!("{status} at {at}"),
+            })
+        })
+        .collect()
 }
 
 /// What cancels an inaction action.

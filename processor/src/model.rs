@@ -314,6 +314,37 @@ pub struct InterventionOutcome {
     pub detail: Option<String>,
 }
 
+/// Event types of outcomes as the engine sees them: `intervention.<status>`, e.g.
+/// `intervention.bounced`. A journey step can match them like any event.
+pub const OUTCOME_EVENT_PREFIX: &str = "intervention.";
+
+/// Attributes of an outcome's event: which command it is about, and what the sink said.
+pub const OUTCOME_ATTRIBUTES: [&str; 5] = ["command_id", "journey", "action", "channel", "detail"];
+
+impl InterventionOutcome {
+    /// The outcome as a customer event (`intervention.<status>`, id = outcome id, time = when
+    /// the sink observed it), so it is recorded, de-duplicated and matched like any event —
+    /// by `waymark run` and `waymark simulate` alike.
+    pub fn to_event(&self) -> CustomerEvent {
+        let mut attributes = BTreeMap::from([
+            ("command_id".to_owned(), self.command_id.clone()),
+            ("journey".to_owned(), self.journey.clone()),
+            ("action".to_owned(), self.action.clone()),
+            ("channel".to_owned(), self.channel.as_str().to_owned()),
+        ]);
+        if let Some(d) = &self.detail {
+            attributes.insert("detail".to_owned(), d.clone());
+        }
+        CustomerEvent {
+            event_id: self.outcome_id.clone(),
+            customer_id: self.customer_id.clone(),
+            event_type: format!("{OUTCOME_EVENT_PREFIX}{}", self.status),
+            occurred_at: self.at,
+            attributes,
+        }
+    }
+}
+
 /// One line of `simulate`/`tail` output: `{"kind": "command", ...}` or
 /// `{"kind": "journey_event", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1133,13 +1133,14 @@ pub fn inspect(
                         "event_id": e.event_id,
                         "type": e.event_type,
                         "occurred_at": crate::model::format_millis(e.at),
+                        "attributes": e.attributes.iter().cloned().collect::<BTreeMap<_, _>>(),
                     })
                 })
                 .collect(),
             late_events: state.late_events,
             duplicates: state.duplicates,
             next_due: state.next_due.map(crate::model::format_millis),
-            explanation: engine.explain(&state),
+            explanation: engine.explain(customer_id, &state),
         });
     }
     Err(InspectError::NotFound {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::engine::{Applied, CustomerState, Engine};
-use crate::model::{CustomerEvent, Millis, Output};
+use crate::model::{CustomerEvent, Millis, OUTCOME_EVENT_PREFIX, Output};
 use crate::state::{PreparedBatch, StateCache, StateError, StateStore};
 
 /// Event type of a right-to-be-forgotten request (`waymark forget`): the customer's state is
@@ -194,6 +194,9 @@ impl PartitionRuntime {
     }
 
     /// Applies a validated event, then advances the watermark by it and fires what is due.
+    /// Outcomes of commands (`intervention.*`) are observations of the sinks' wall clock, not
+    /// customer event time: they are applied but never move the watermark (a fresh outcome
+    /// read beside a backlog of older events must not fire the backlog's timers early).
     pub fn on_event(
         &mut self,
         ev: &CustomerEvent,
@@ -237,7 +240,9 @@ impl PartitionRuntime {
             Applied::Forgotten => {}
         }
         self.count(&out[before..]);
-        self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+        if !ev.event_type.starts_with(OUTCOME_EVENT_PREFIX) {
+            self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+        }
         Ok(applied)
     }
 

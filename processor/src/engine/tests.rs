@@ -738,7 +738,7 @@ fn explain_says_why_each_action_was_or_was_not_sent() {
         &mut out,
     );
     e.advance(&mut state, "c1", T0 + 2 * D + H, &mut out);
-    let x = e.explain(&state);
+    let x = e.explain("c1", &state);
     let actions: Vec<_> = x.journeys[0].instances[0]
         .actions
         .iter()
@@ -755,6 +755,168 @@ fn explain_says_why_each_action_was_or_was_not_sent() {
             .starts_with("step `payment_account` completed at"),
         "{actions:?}"
     );
+}
+
+// Outcomes of commands, fed back by the channel sinks -----------------------------------------
+
+/// The reference journey plus the example that reacts to a bounced invite email.
+fn with_bounce_fallback() -> Arc<Engine> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let journeys = [
+        "deploy/journeys/b2b-onboarding.yaml",
+        "deploy/examples/email-bounce-fallback.yaml",
+    ]
+    .iter()
+    .map(|f| {
+        let path = root.join(f);
+        parse_journey(&path, &std::fs::read_to_string(&path).unwrap()).unwrap()
+    })
+    .collect();
+    Arc::new(Engine::new(JourneySet::new(journeys)))
+}
+
+/// What a sink reports about `command`, as the event the processor applies.
+fn outcome(
+    command: &InterventionCommand,
+    status: &str,
+    at: Millis,
+    detail: Option<&str>,
+) -> CustomerEvent {
+    crate::model::InterventionOutcome {
+        outcome_id: stable_id(&[&command.command_id, status]),
+        command_id: command.command_id.clone(),
+        customer_id: command.customer_id.clone(),
+        journey: command.journey.clone(),
+        action: command.action.clone(),
+        channel: command.channel,
+        status: status.into(),
+        at,
+        detail: detail.map(str::to_owned),
+    }
+    .to_event()
+}
+
+fn the_command<'a>(outputs: &'a [Output], action: &str) -> &'a InterventionCommand {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Command(c) if c.action == action => Some(c),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {action} command in {outputs:?}"))
+}
+
+#[test]
+fn an_outcome_is_recorded_on_the_action_it_is_about_and_explained() {
+    let e = reference();
+    let mut state = CustomerState::default();
+    let mut out = Vec::new();
+    e.apply(
+        &mut state,
+        "c1",
+        &login("e1", "c1", T0),
+        Millis::MIN,
+        &mut out,
+    );
+    e.advance(&mut state, "c1", T0 + H, &mut out);
+    let invite = the_command(&out, "invite-email").clone();
+    let delivered = outcome(&invite, "delivered", T0 + H + 2_000, None);
+    let before = out.len();
+    assert_eq!(
+        e.apply(&mut state, "c1", &delivered, T0 + H, &mut out),
+        Applied::Accepted { late: false }
+    );
+    assert_eq!(
+        out.len(),
+        before,
+        "the reference journey does not react to outcomes"
+    );
+    assert_eq!(
+        e.apply(&mut state, "c1", &delivered, T0 + H, &mut out),
+        Applied::Duplicate,
+        "a redelivered outcome changes nothing"
+    );
+    let x = e.explain("c1", &state);
+    let actions = &x.journeys[0].instances[0].actions;
+    assert_eq!(actions[0].action, "invite-email");
+    assert_eq!(
+        actions[0].command_id.as_deref(),
+        Some(invite.command_id.as_str())
+    );
+    assert_eq!(
+        actions[0].outcomes,
+        [format!("delivered at {}", format_millis(T0 + H + 2_000))]
+    );
+    // Not sent yet: no id, no outcomes.
+    assert_eq!(actions[1].status, "pending");
+    assert_eq!(actions[1].command_id, None);
+    assert!(actions[1].outcomes.is_empty());
+}
+
+#[test]
+fn a_bounced_invite_email_becomes_an_sms_and_a_delivered_one_does_not() {
+    let e = with_bounce_fallback();
+    let first = run(
+        &e,
+        &[login("e1", "bounces", T0), login("e2", "reads", T0)],
+        T0 + H + LATENESS,
+    );
+    let bounced = outcome(
+        the_command(&first, "invite-email"),
+        "bounced",
+        T0 + H + 1_000,
+        Some("550 mailbox unavailable"),
+    );
+    let invite_of_reads = first
+        .iter()
+        .find_map(|o| match o {
+            Output::Command(c) if c.customer_id == "reads" => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    let delivered = outcome(invite_of_reads, "delivered", T0 + H + 1_000, None);
+    let events = [
+        login("e1", "bounces", T0),
+        login("e2", "reads", T0),
+        bounced.clone(),
+        delivered,
+    ];
+    let outputs = run(&e, &events, T0 + H + LATENESS + 2_000);
+    let sms: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) if c.channel == Channel::Sms => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sms.len(), 1, "{outputs:?}");
+    assert_eq!(
+        sms[0].customer_id,
+        the_command(&first, "invite-email").customer_id
+    );
+    assert_eq!(sms[0].journey, "email-bounce-fallback");
+    assert_eq!(sms[0].action, "invite-sms");
+    assert_eq!(sms[0].due_at, bounced.occurred_at);
+    assert_eq!(
+        sms[0].attributes.get("phone").map(String::as_str),
+        Some("+16125550100")
+    );
+}
+
+#[test]
+fn an_outcome_never_moves_event_time() {
+    // A fresh outcome (the sink's clock) read beside an older backlog must not fire the
+    // backlog's timers: only customer events and the caller's clock drive the watermark.
+    let e = reference();
+    let first = run(&e, &[login("e1", "c1", T0)], T0 + H);
+    let late_report = outcome(
+        the_command(&first, "invite-email"),
+        "delivered",
+        T0 + 10 * D,
+        None,
+    );
+    let outputs = run(&e, &[login("e1", "c1", T0), late_report], T0 + 30 * 60_000);
+    assert!(commands(&outputs).is_empty(), "{outputs:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
