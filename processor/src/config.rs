@@ -80,6 +80,10 @@ fn default_group_id() -> String {
 fn default_transactional_id() -> String {
     "waymark-processor".into()
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_journeys() -> PathBuf {
     "deploy/journeys".into()
 }
@@ -236,6 +240,11 @@ pub struct Config {
     /// environment `WAYMARK_PROCESSING_GUARANTEE`.
     #[serde(default)]
     pub processing_guarantee: ProcessingGuarantee,
+    /// Read what the channel sinks report (`topics.intervention-outcomes`, which must have as
+    /// many partitions as `customer-events`, keyed by customer id) and record it on the
+    /// customers as `intervention.<status>` events. Default `true`.
+    #[serde(default = "default_true")]
+    pub read_outcomes: bool,
     /// Journey definitions: a file or a directory of `*.yaml`. Default `deploy/journeys`.
     /// Flag `--journeys`, environment `WAYMARK_JOURNEYS`.
     #[serde(default = "default_journeys")]
@@ -447,6 +456,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             input_format: InputFormat::default(),
             processing_guarantee: ProcessingGuarantee::default(),
+            read_outcomes: true,
             journeys: default_journeys(),
             state_dir: default_state_dir(),
             http_addr: default_http_addr(),

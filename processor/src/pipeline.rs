@@ -157,6 +157,9 @@ pub enum PipelineError {
         /// librdkafka's code and reason.
         reason: String,
     },
+    /// The topics or settings do not fit together.
+    #[error("{0}")]
+    Setup(String),
     /// Local state failed.
     #[error("state of partition {partition} at {path}: {source}")]
     State {
@@ -210,6 +213,69 @@ struct Partition {
     version: u64,
     /// The consumer reached the end of the partition and nothing arrived since.
     caught_up: bool,
+    /// Next offset of the `intervention-outcomes` partition of the same number to read, once
+    /// an outcome of it was processed in the open transaction.
+    outcome_pending: Option<i64>,
+    /// Next outcome offset committed with the last transaction (`None`: the beginning).
+    outcome_committed: Option<i64>,
+}
+
+/// The second input: what the channel sinks report, on `intervention-outcomes`. Keyed by
+/// customer id with as many partitions as `customer-events`, so a customer's outcomes sit in
+/// the partition number of its events; this instance reads exactly the outcome partitions
+/// whose event partitions it processes (a second consumer, assigned by hand as the group
+/// assigns event partitions), and commits their positions to the group in the same
+/// transaction as everything else.
+struct OutcomeInput {
+    topic: String,
+    consumer: BaseConsumer<crate::kafka::ToolContext>,
+}
+
+impl OutcomeInput {
+    /// The outcome consumer, after checking the topic is partitioned like the events.
+    fn new(cfg: &Config) -> Result<OutcomeInput, PipelineError> {
+        let consumer: BaseConsumer<crate::kafka::ToolContext> =
+            client_config(&cfg.kafka.brokers, &cfg.kafka.properties)
+                // Assigned by hand, never subscribed and never committing: the group id only
+                // enables incremental assignment; positions are committed to the main group.
+                .set("group.id", format!("{}.outcome-reader", cfg.kafka.group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("isolation.level", "read_committed")
+                .create_with_context(crate::kafka::ToolContext)
+                .map_err(|source| PipelineError::Kafka {
+                    action: "create the outcome consumer",
+                    source,
+                })?;
+        let topic = cfg.topics.intervention_outcomes.clone();
+        let events = &cfg.topics.customer_events;
+        let count = |name: &str| -> Result<Option<usize>, PipelineError> {
+            let md = consumer
+                .fetch_metadata(Some(name), Duration::from_secs(30))
+                .map_err(|source| PipelineError::Kafka {
+                    action: "read topic metadata",
+                    source,
+                })?;
+            Ok(md
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len()))
+        };
+        let (Some(want), outcomes) = (count(events)?, count(&topic)?) else {
+            // No input topic yet: nothing to compare with; subscribing waits for it.
+            return Ok(OutcomeInput { topic, consumer });
+        };
+        match outcomes {
+            Some(n) if n == want => Ok(OutcomeInput { topic, consumer }),
+            Some(n) => Err(PipelineError::Setup(format!(
+                "topic `{topic}` (topics.intervention-outcomes) has {n} partitions but `{events}` has {want}; outcomes must be partitioned like the events they follow (same count, keyed by customer id): recreate it with {want} partitions, or set read-outcomes: false"
+            ))),
+            None => Err(PipelineError::Setup(format!(
+                "topic `{topic}` (topics.intervention-outcomes) does not exist; create it with {want} partitions like `{events}` (scripts/kafka.sh topics does), or set read-outcomes: false"
+            ))),
+        }
+    }
 }
 
 /// The processor's state shared between the poll loop and the rebalance callbacks (which run
@@ -225,6 +291,8 @@ struct Core {
     /// `exactly-once`: batches are Kafka transactions.
     transactional: bool,
     partitions: BTreeMap<i32, Partition>,
+    /// Outcomes of commands, when `read-outcomes` is on.
+    outcomes: Option<OutcomeInput>,
     /// Assigned partitions being rebuilt from the changelog (paused on the consumer).
     restoring: BTreeMap<i32, Restore>,
     /// A batch is open: something was produced since the last commit (inside a transaction
@@ -260,6 +328,8 @@ impl ConsumerContext for RunContext {
                 tracing::error!(error = %e, "Commit before revocation failed.");
                 core.failed.get_or_insert(e);
             }
+            let revoked: Vec<i32> = tpl.elements().iter().map(|el| el.partition()).collect();
+            core.detach_outcomes(&revoked);
             for el in tpl.elements() {
                 if let Some(p) = core.partitions.remove(&el.partition()) {
                     tracing::info!(partition = el.partition(), path = %p.path.display(), "Partition revoked.");
@@ -288,6 +358,16 @@ impl ConsumerContext for RunContext {
                 }
                 if let Err(e) = core.reconcile_offsets(consumer, tpl) {
                     tracing::error!(error = %e, "Cannot restore partition state.");
+                    core.failed.get_or_insert(e);
+                }
+                let active: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .map(|el| el.partition())
+                    .filter(|p| core.partitions.contains_key(p))
+                    .collect();
+                if let Err(e) = core.attach_outcomes(consumer, &active) {
+                    tracing::error!(error = %e, "Cannot start reading outcomes.");
                     core.failed.get_or_insert(e);
                 }
                 core.update_readiness();
@@ -346,6 +426,8 @@ impl Core {
                 committed_offset,
                 version,
                 caught_up: false,
+                outcome_pending: None,
+                outcome_committed: None,
             },
         );
         Ok(())
@@ -497,6 +579,7 @@ impl Core {
                     action: "resume a restored partition",
                     source,
                 })?;
+            self.attach_outcomes(consumer, &[partition])?;
             let secs = elapsed.as_secs_f64();
             tracing::info!(
                 partition,
@@ -512,6 +595,154 @@ impl Core {
             self.update_readiness();
         }
         Ok(())
+    }
+
+    /// Starts reading the outcome partitions of these (active) event partitions from the
+    /// positions the group committed (the beginning when none).
+    fn attach_outcomes<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partitions: &[i32],
+    ) -> Result<(), PipelineError> {
+        let Some(input) = &self.outcomes else {
+            return Ok(());
+        };
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let kafka = |action| move |source| PipelineError::Kafka { action, source };
+        let mut query = TopicPartitionList::new();
+        for p in partitions {
+            query.add_partition(&input.topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(query, Duration::from_secs(30))
+            .map_err(kafka("read the group's committed outcome offsets"))?;
+        let mut assign = TopicPartitionList::new();
+        for el in committed.elements() {
+            let from = match el.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            if let Some(part) = self.partitions.get_mut(&el.partition()) {
+                part.outcome_committed = from;
+                part.outcome_pending = None;
+            }
+            assign
+                .add_partition_offset(
+                    &input.topic,
+                    el.partition(),
+                    from.map_or(Offset::Beginning, Offset::Offset),
+                )
+                .map_err(kafka("assign outcome partitions"))?;
+        }
+        input
+            .consumer
+            .incremental_assign(&assign)
+            .map_err(kafka("assign outcome partitions"))?;
+        tracing::debug!(?partitions, "Reading outcomes.");
+        Ok(())
+    }
+
+    /// Stops reading the outcome partitions of these event partitions.
+    fn detach_outcomes(&mut self, partitions: &[i32]) {
+        let Some(input) = &self.outcomes else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&input.topic, *p);
+        }
+        if let Err(e) = input.consumer.incremental_unassign(&tpl) {
+            tracing::warn!(error = %e, "Cannot unassign outcome partitions.");
+        }
+    }
+
+    /// Processes the outcomes already fetched (at most `max`); returns how many.
+    fn poll_outcomes(&mut self, max: usize) -> Result<usize, PipelineError> {
+        let Some(input) = self.outcomes.take() else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        let result = loop {
+            if n >= max {
+                break Ok(n);
+            }
+            match input.consumer.poll(Duration::ZERO) {
+                Some(Ok(msg)) => {
+                    if let Err(e) = self.handle_outcome(&input.topic, &msg) {
+                        break Err(e);
+                    }
+                    n += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    if let Some(reason) = crate::kafka::fatal_error(input.consumer.client()) {
+                        break Err(PipelineError::ClientFatal {
+                            client: "outcome consumer",
+                            reason,
+                        });
+                    }
+                    tracing::warn!(error = %e, "Outcome consumer error.");
+                }
+                None => break Ok(n),
+            }
+        };
+        self.outcomes = Some(input);
+        result
+    }
+
+    /// Records one outcome on its customer (as an `intervention.<status>` event).
+    fn handle_outcome(
+        &mut self,
+        topic: &str,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        if !self.partitions.contains_key(&partition) {
+            // Fetched just before its event partition was revoked; its next owner reads it.
+            return Ok(());
+        }
+        self.begin()?;
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.outcome_pending = Some(msg.offset() + 1);
+        }
+        let ev = match codec::decode_outcome(msg.payload().unwrap_or_default()) {
+            Ok(outcome) => outcome.to_event(),
+            Err(e) => {
+                self.metrics.outcome(EventResult::Rejected);
+                return self
+                    .dead_letter(msg, &Rejection::Undecodable(format!("{}: {e}", e.kind())));
+            }
+        };
+        if let Err(why) = validate(
+            &ev,
+            msg.key(),
+            Some(now_millis()),
+            self.cfg.max_future_skew_ms(),
+        ) {
+            self.metrics.outcome(EventResult::Rejected);
+            return self.dead_letter(msg, &why);
+        }
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let applied = part
+            .runtime
+            .on_event(&ev, &mut self.outputs)
+            .map_err(|source| PipelineError::State {
+                partition,
+                path: part.path.clone(),
+                source,
+            })?;
+        self.metrics.outcome(match applied {
+            Applied::Accepted { late: false } => EventResult::Accepted,
+            Applied::Accepted { late: true } => EventResult::Late,
+            Applied::Duplicate => EventResult::Duplicate,
+            Applied::Ignored | Applied::Forgotten => EventResult::Ignored,
+        });
+        tracing::debug!(%topic, partition, offset = msg.offset(), customer = %ev.customer_id, r#type = %ev.event_type, "Outcome recorded.");
+        self.send_outputs()
     }
 
     /// Produces a state batch's customer records (and the watermark) to the changelog
@@ -647,7 +878,6 @@ impl Core {
             "Record dead-lettered."
         );
         self.metrics.dead_letter(why.code());
-        self.metrics.events(EventResult::Rejected, 1);
         self.summary.dead_letters += 1;
         let h = source_headers(msg)
             .insert(Header {
@@ -684,6 +914,7 @@ impl Core {
         let ev = match codec::decode_customer_event(payload, self.cfg.input_format) {
             Ok(ev) => ev,
             Err(e) => {
+                self.metrics.events(EventResult::Rejected, 1);
                 return self
                     .dead_letter(msg, &Rejection::Undecodable(format!("{}: {e}", e.kind())));
             }
@@ -694,6 +925,7 @@ impl Core {
             Some(now_millis()),
             self.cfg.max_future_skew_ms(),
         ) {
+            self.metrics.events(EventResult::Rejected, 1);
             return self.dead_letter(msg, &why);
         }
         let Some(part) = self.partitions.get_mut(&partition) else {
@@ -780,6 +1012,14 @@ impl Core {
                     .put_meta(META_STATE_VERSION, version.to_be_bytes().to_vec());
             }
         }
+        if let Some(input) = &self.outcomes {
+            for (partition, part) in &self.partitions {
+                if let Some(next) = part.outcome_pending.or(part.outcome_committed) {
+                    let mut el = offsets.add_partition(&input.topic, *partition);
+                    let _ = el.set_offset(Offset::Offset(next));
+                }
+            }
+        }
         // The state changes of this batch go to the changelog in the same transaction, so the
         // changelog always holds exactly the state the committed offsets produced.
         let mut prepared = Vec::with_capacity(self.partitions.len());
@@ -843,6 +1083,7 @@ impl Core {
                 part.committed_offset = Some(next);
                 part.version += 1;
             }
+            part.outcome_committed = part.outcome_pending.take().or(part.outcome_committed);
             part.runtime
                 .write_prepared(batch)
                 .map_err(|source| PipelineError::State {
@@ -884,11 +1125,24 @@ impl Core {
         self.outputs.clear();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
-            let committed = self
+            let (committed, outcomes_from) = self
                 .partitions
                 .remove(&partition)
-                .and_then(|p| p.committed_offset);
+                .map_or((None, None), |p| (p.committed_offset, p.outcome_committed));
             self.open_partition(partition)?;
+            if let Some(input) = &self.outcomes {
+                if let Some(p) = self.partitions.get_mut(&partition) {
+                    p.outcome_committed = outcomes_from;
+                }
+                let from = outcomes_from.map_or(Offset::Beginning, Offset::Offset);
+                if let Err(e) =
+                    input
+                        .consumer
+                        .seek(&input.topic, partition, from, Duration::from_secs(10))
+                {
+                    tracing::warn!(partition, error = %e, "Seek of outcomes after abort failed.");
+                }
+            }
             let offset = committed.map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = consumer.seek(
                 &self.cfg.topics.customer_events,
@@ -942,6 +1196,11 @@ pub fn run(
         path: cfg.state_dir.clone(),
         source,
     })?;
+    let outcomes = if cfg.read_outcomes {
+        Some(OutcomeInput::new(&cfg)?)
+    } else {
+        None
+    };
     let input_topic = cfg.topics.customer_events.clone();
     let interval = Duration::from_millis(cfg.commit_interval_ms);
     let max_batch = cfg.max_batch_events;
@@ -953,6 +1212,7 @@ pub fn run(
         producer,
         transactional,
         partitions: BTreeMap::new(),
+        outcomes,
         restoring: BTreeMap::new(),
         in_transaction: false,
         outputs: Vec::with_capacity(256),
@@ -1021,6 +1281,7 @@ pub fn run(
             }
             None => {}
         }
+        batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
         if batch >= max_batch || last_commit.elapsed() >= interval {
             core.commit(&consumer)?;
             batch = 0;

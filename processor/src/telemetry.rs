@@ -53,6 +53,8 @@ pub const RESTORING_PARTITIONS: &str = "waymark_state_restoring_partitions";
 /// Times the pipeline or a sink was started again with new Kafka clients after one of them
 /// reported a fatal error.
 pub const CLIENT_RESTARTS_TOTAL: &str = "waymark_kafka_client_restarts_total";
+/// Outcomes read from `intervention-outcomes`, by result (as [`EVENTS_TOTAL`]).
+pub const OUTCOMES_TOTAL: &str = "waymark_pipeline_outcomes_total";
 /// Build information (value 1), by version.
 pub const BUILD_INFO: &str = "waymark_build_info";
 
@@ -104,6 +106,7 @@ pub struct Metrics {
     sink_deliveries: IntCounterVec,
     sink_retries: IntCounterVec,
     client_restarts: prometheus::IntCounter,
+    outcomes: IntCounterVec,
 }
 
 impl Metrics {
@@ -196,6 +199,11 @@ impl Metrics {
             "Delivery attempts a channel sink retried.",
             &["channel"],
         );
+        let outcomes = counter(
+            OUTCOMES_TOTAL,
+            "Outcomes of commands read from intervention-outcomes, by result.",
+            &["result"],
+        );
         let client_restarts = prometheus::IntCounter::new(
             CLIENT_RESTARTS_TOTAL,
             "Restarts with new Kafka clients after a fatal client error.",
@@ -224,7 +232,13 @@ impl Metrics {
             sink_deliveries,
             sink_retries,
             client_restarts,
+            outcomes,
         }
+    }
+
+    /// Counts an outcome read from `intervention-outcomes`.
+    pub fn outcome(&self, result: EventResult) {
+        self.outcomes.with_label_values(&[result.label()]).inc();
     }
 
     /// Counts a restart with new Kafka clients.

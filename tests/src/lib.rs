@@ -235,6 +235,41 @@ impl Scenario {
         })
     }
 
+    /// Runs this scenario with the journeys at `journeys` (a file or a directory) instead of
+    /// the reference journey.
+    pub fn use_journeys(&self, journeys: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let line = format!("journeys: {}", reference_journey().display());
+        anyhow::ensure!(
+            text.contains(&line),
+            "no journeys line in {}",
+            self.config.display()
+        );
+        std::fs::write(
+            &self.config,
+            text.replace(&line, &format!("journeys: {}", journeys.display())),
+        )?;
+        Ok(())
+    }
+
+    /// `waymark state inspect <customer>` of this scenario's (stopped) processor, with the
+    /// journeys at `journeys`: the report, or `None` when no partition holds the customer.
+    pub fn inspect(&self, customer: &str, journeys: &Path) -> Option<Value> {
+        let out = Command::new(waymark_bin())
+            .args(["state", "inspect", customer, "--state-dir"])
+            .arg(self.dir.path().join("state"))
+            .arg("--journeys")
+            .arg(journeys)
+            .output()
+            .expect("waymark state inspect runs");
+        if out.status.success() {
+            return Some(serde_json::from_slice(&out.stdout).expect("inspect prints JSON"));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is in none of the"), "{stderr}");
+        None
+    }
+
     /// Starts `waymark run` on this scenario's config; its log goes to `<dir>/run-N.log`.
     pub fn start(&self) -> Result<Processor> {
         self.spawn(&[], self.http.clone())
@@ -601,11 +636,20 @@ pub fn simulate_file_with(
     until: Millis,
     allowed_lateness: Millis,
 ) -> Result<Vec<Value>> {
+    simulate_journeys(&reference_journey(), events, until, allowed_lateness)
+}
+
+/// `waymark simulate` of a JSON-lines file with the journeys at `journeys` (a file or a
+/// directory), as decoded JSON values.
+pub fn simulate_journeys(
+    journeys: &Path,
+    events: &Path,
+    until: Millis,
+    allowed_lateness: Millis,
+) -> Result<Vec<Value>> {
     // The retention `waymark run` uses by default, so both compact the same customers.
     let retention = waymark::config::DEFAULT_RETENTION_SECS as Millis * 1000;
-    let engine = Arc::new(
-        Engine::new(JourneySet::load(&reference_journey())?).with_retention(Some(retention)),
-    );
+    let engine = Arc::new(Engine::new(JourneySet::load(journeys)?).with_retention(Some(retention)));
     let mut out = Vec::new();
     let opts = SimulateOptions {
         allowed_lateness,

@@ -24,23 +24,6 @@ fn login(customer: &str, at: i64) -> (Option<String>, Vec<u8>) {
     )
 }
 
-/// `waymark state inspect` of a stopped processor: Some(report) or None when not found.
-fn inspect(scenario: &Scenario, customer: &str) -> Option<serde_json::Value> {
-    let out = Command::new(waymark_bin())
-        .args(["state", "inspect", customer, "--state-dir"])
-        .arg(scenario.dir.path().join("state"))
-        .arg("--journeys")
-        .arg(reference_journey())
-        .output()
-        .unwrap();
-    if out.status.success() {
-        return Some(serde_json::from_slice(&out.stdout).unwrap());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is in none of the"), "{stderr}");
-    None
-}
-
 #[test]
 fn forget_erases_local_state_and_the_changelog() {
     let scenario = Scenario::new("forget", 1, "allowed-lateness-secs: 1").unwrap();
@@ -81,10 +64,10 @@ fn forget_erases_local_state_and_the_changelog() {
     }
     processor.stop();
     assert!(
-        inspect(&scenario, "gone").is_none(),
+        scenario.inspect("gone", &reference_journey()).is_none(),
         "erased from the local state"
     );
-    assert!(inspect(&scenario, "kept").is_some());
+    assert!(scenario.inspect("kept", &reference_journey()).is_some());
 
     // Rebuilt from the changelog alone, the partition still does not know the customer.
     std::fs::remove_dir_all(scenario.dir.path().join("state")).unwrap();
@@ -95,11 +78,11 @@ fn forget_erases_local_state_and_the_changelog() {
         "{log}"
     );
     assert!(
-        inspect(&scenario, "gone").is_none(),
+        scenario.inspect("gone", &reference_journey()).is_none(),
         "the changelog holds a tombstone"
     );
     assert!(
-        inspect(&scenario, "kept").is_some(),
+        scenario.inspect("kept", &reference_journey()).is_some(),
         "the others are restored"
     );
 }
@@ -149,7 +132,9 @@ fn retention_compacts_finished_instances_locally_and_in_the_changelog() {
         .collect();
     scenario.produce_raw(&raw).unwrap();
     let check = |when: &str| {
-        let done = inspect(&scenario, "done").expect("a compacted customer is kept");
+        let done = scenario
+            .inspect("done", &reference_journey())
+            .expect("a compacted customer is kept");
         let journey = &done["explanation"]["journeys"][0];
         assert_eq!(journey["retired_instances"], 1, "{when}: {done}");
         assert_eq!(
@@ -162,8 +147,13 @@ fn retention_compacts_finished_instances_locally_and_in_the_changelog() {
             0,
             "{when}: {done}"
         );
-        assert!(inspect(&scenario, "stray").is_none(), "{when}: deleted");
-        let active = inspect(&scenario, "active").expect("an active customer is kept");
+        assert!(
+            scenario.inspect("stray", &reference_journey()).is_none(),
+            "{when}: deleted"
+        );
+        let active = scenario
+            .inspect("active", &reference_journey())
+            .expect("an active customer is kept");
         assert_eq!(active["events"].as_array().unwrap().len(), 1, "{when}");
     };
     let processor = scenario.start().unwrap();
