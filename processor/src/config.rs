@@ -249,6 +249,11 @@ pub struct Config {
     /// Flag `--journeys`, environment `WAYMARK_JOURNEYS`.
     #[serde(default = "default_journeys")]
     pub journeys: PathBuf,
+    /// Customer protection checked before every command, across journeys (suppression list,
+    /// frequency caps): a file like `deploy/examples/protections.yaml`. Default: none.
+    /// `waymark simulate --protections` must be given the same file.
+    #[serde(default)]
+    pub protections: Option<PathBuf>,
     /// Local state (RocksDB, one database per partition). Default `.waymark/state`.
     /// Flag `--state-dir`, environment `WAYMARK_STATE_DIR`.
     #[serde(default = "default_state_dir")]
@@ -316,6 +321,9 @@ pub struct SinksConfig {
     pub retry_min_ms: u64,
     /// Longest retry delay in milliseconds. Default 10000.
     pub retry_max_ms: u64,
+    /// How often the offsets of handled commands are committed, in milliseconds. A crash
+    /// redelivers what was handled since; the log of handled ids skips it. Default 500.
+    pub commit_interval_ms: u64,
     /// The email sink.
     pub email: EmailConfig,
     /// The SMS sink.
@@ -390,6 +398,7 @@ impl Default for SinksConfig {
             max_attempts: 5,
             retry_min_ms: 200,
             retry_max_ms: 10_000,
+            commit_interval_ms: 500,
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
             contact_center: ContactCenterConfig::default(),
@@ -458,6 +467,7 @@ impl Default for Config {
             processing_guarantee: ProcessingGuarantee::default(),
             read_outcomes: true,
             journeys: default_journeys(),
+            protections: None,
             state_dir: default_state_dir(),
             http_addr: default_http_addr(),
             allowed_lateness_secs: default_allowed_lateness_secs(),

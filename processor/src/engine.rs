@@ -14,15 +14,16 @@
 //! An event that arrives after the watermark passed its time (late) still updates the state:
 //! whatever it cancels and has not been emitted is cancelled; what was emitted is not retracted.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::journey::{Cond, Journey, JourneySet, Matcher, ReEntry, fill_placeholders};
 use crate::model::{
-    CustomerEvent, InterventionCommand, JourneyEvent, JourneyEventType, Millis, OUTCOME_ATTRIBUTES,
-    OUTCOME_EVENT_PREFIX, Output,
+    Channel, CustomerEvent, InterventionCommand, JourneyEvent, JourneyEventType, Millis,
+    OUTCOME_ATTRIBUTES, OUTCOME_EVENT_PREFIX, Output,
 };
+use crate::protect::{Blocked, Protections};
 
 /// An event kept in a customer's state (only the attributes some predicate reads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,10 +195,25 @@ struct Candidate {
     key: u64,
 }
 
+/// One journey's derivation for a customer: the journey, its instances, all its candidates,
+/// and the ones due now that were not handled yet.
+type Derived<'a> = (
+    &'a crate::journey::Journey,
+    Vec<Instance>,
+    Vec<Candidate>,
+    Vec<Candidate>,
+);
+
+/// Marks, in [`JourneyMemory::emitted`], a command that was due but blocked by a protection
+/// (its own key is there too: it was handled).
+const SUPPRESSED: u64 = 0x5355_5050_5245_5353;
+
 /// The journey engine for a fixed set of journeys.
 #[derive(Debug, Clone)]
 pub struct Engine {
     journeys: JourneySet,
+    /// Customer protection checked before every command.
+    protections: Protections,
     /// How long after a customer's last instance ended (event time) its instances are
     /// compacted away; `None` keeps them forever.
     retention: Option<Millis>,
@@ -252,6 +268,7 @@ impl Engine {
         }
         Engine {
             journeys,
+            protections: Protections::default(),
             retention: None,
             relevant,
             predicate_attrs,
@@ -265,6 +282,25 @@ impl Engine {
     pub fn with_retention(mut self, retention: Option<Millis>) -> Self {
         self.retention = retention;
         self
+    }
+
+    /// Checks `protections` before every command: the suppression list's event types are
+    /// kept in state (with their `channel` attribute).
+    pub fn with_protections(mut self, protections: Protections) -> Self {
+        for t in protections.event_types() {
+            self.relevant.insert(t.to_owned());
+            self.predicate_attrs
+                .entry(t.to_owned())
+                .or_default()
+                .insert("channel".to_owned());
+        }
+        self.protections = protections;
+        self
+    }
+
+    /// The protections this engine checks.
+    pub fn protections(&self) -> &Protections {
+        &self.protections
     }
 
     /// The journeys this engine runs.
@@ -359,6 +395,8 @@ impl Engine {
         // The newest event or instance end, and whether some instance is still active.
         let mut quiet_since = state.events.last().map_or(Millis::MIN, |e| e.at);
         let mut active = false;
+        // Per journey: its instances, all its candidates, and the ones due now (not handled).
+        let mut derived = Vec::new();
         for journey in self.journeys.iter() {
             let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
             let instances = derive_instances(journey, &state.events, retired);
@@ -372,33 +410,52 @@ impl Engine {
                 }
             }
             let memory = state.journeys.get(&journey.name);
+            let all = candidates(journey, &instances);
             let mut ready = Vec::new();
-            for c in candidates(journey, &instances) {
+            for c in &all {
                 if memory.is_some_and(|m| m.emitted.binary_search(&c.key).is_ok()) {
                     continue;
                 }
                 if c.due <= watermark {
-                    ready.push(c);
+                    ready.push(*c);
                 } else {
                     next_due = Some(next_due.map_or(c.due, |n| n.min(c.due)));
                 }
             }
+            // Stable sort: equal times keep derivation order.
+            ready.sort_by_key(|c| c.due);
+            derived.push((&**journey, instances, all, ready));
+        }
+        let blocked = self.decide(state, &derived);
+        for (j, (journey, instances, _, ready)) in derived.iter().enumerate() {
             if ready.is_empty() {
                 continue;
             }
-            // Stable sort: equal times keep derivation order.
-            ready.sort_by_key(|c| c.due);
-            for c in &ready {
-                materialize(journey, customer_id, state, &instances[c.instance], *c, out);
+            for c in ready {
+                let why = blocked.get(&(j, c.key));
+                materialize(
+                    journey,
+                    customer_id,
+                    state,
+                    &instances[c.instance],
+                    *c,
+                    why,
+                    out,
+                );
             }
             let emitted = &mut state
                 .journeys
                 .entry(journey.name.clone())
                 .or_default()
                 .emitted;
-            for c in &ready {
-                if let Err(pos) = emitted.binary_search(&c.key) {
-                    emitted.insert(pos, c.key);
+            for c in ready {
+                let suppressed = blocked
+                    .contains_key(&(j, c.key))
+                    .then_some(c.key ^ SUPPRESSED);
+                for key in std::iter::once(c.key).chain(suppressed) {
+                    if let Err(pos) = emitted.binary_search(&key) {
+                        emitted.insert(pos, key);
+                    }
                 }
             }
         }
@@ -415,6 +472,96 @@ impl Engine {
             }
         }
         state.next_due = next_due;
+    }
+
+    /// Which of the commands due now a protection blocks, keyed by (index in `derived`,
+    /// candidate key). Commands are decided in due-time order across all journeys (ties: journey
+    /// order, then derivation order); the ones handled before keep their decision.
+    fn decide(
+        &self,
+        state: &CustomerState,
+        derived: &[Derived<'_>],
+    ) -> HashMap<(usize, u64), Blocked> {
+        let mut blocked = HashMap::new();
+        if self.protections.is_empty() {
+            return blocked;
+        }
+        let channel_of = |journey: &Journey, c: &Candidate| match c.kind {
+            Kind::Command { rule, action } => Some(journey.rules[rule].actions[action].channel),
+            _ => None,
+        };
+        let mut sent: BTreeMap<Channel, Vec<Millis>> = BTreeMap::new();
+        let mut due_now = Vec::new();
+        for (j, (journey, _, all, ready)) in derived.iter().enumerate() {
+            let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
+            let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
+            for c in all {
+                if let Some(ch) = channel_of(journey, c)
+                    && has(c.key)
+                    && !has(c.key ^ SUPPRESSED)
+                {
+                    sent.entry(ch).or_default().push(c.due);
+                }
+            }
+            for (i, c) in ready.iter().enumerate() {
+                if let Some(ch) = channel_of(journey, c) {
+                    due_now.push((c.due, j, i, ch, c.key));
+                }
+            }
+        }
+        due_now.sort();
+        for (due, j, _, channel, key) in due_now {
+            let list = self.suppression_events(state);
+            let sent_here = sent.entry(channel).or_default();
+            match self.protections.check(channel, due, list, sent_here) {
+                Some(b) => {
+                    blocked.insert((j, key), b);
+                }
+                None => sent_here.push(due),
+            }
+        }
+        blocked
+    }
+
+    /// The customer's suppression-list events: `(type, time, channel attribute)`.
+    fn suppression_events<'a>(
+        &'a self,
+        state: &'a CustomerState,
+    ) -> impl Iterator<Item = (&'a str, Millis, Option<&'a str>)> + 'a {
+        let s = self.protections.suppression.as_ref();
+        state
+            .events
+            .iter()
+            .filter(move |e| s.is_some_and(|s| e.event_type == s.add || e.event_type == s.remove))
+            .map(|e| (e.event_type.as_str(), e.at, e.attr("channel")))
+    }
+
+    /// Why a command handled before was blocked (for `explain`): the protection that blocks it
+    /// given the commands of its channel sent before it.
+    fn blocked_reason(&self, state: &CustomerState, channel: Channel, due: Millis) -> String {
+        let mut sent = Vec::new();
+        for journey in self.journeys.iter() {
+            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
+            let instances = derive_instances(journey, &state.events, retired);
+            let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
+            let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
+            for c in candidates(journey, &instances) {
+                if let Kind::Command { rule, action } = c.kind
+                    && journey.rules[rule].actions[action].channel == channel
+                    && c.due <= due
+                    && has(c.key)
+                    && !has(c.key ^ SUPPRESSED)
+                {
+                    sent.push(c.due);
+                }
+            }
+        }
+        self.protections
+            .check(channel, due, self.suppression_events(state), &sent)
+            .map_or_else(
+                || "blocked by a protection no longer configured".to_owned(),
+                |b| b.describe(),
+            )
     }
 
     /// Compacts every (finished) instance away: counts them, forgets their events and what
@@ -447,6 +594,7 @@ fn materialize(
     state: &CustomerState,
     inst: &Instance,
     c: Candidate,
+    blocked: Option<&Blocked>,
     out: &mut Vec<Output>,
 ) {
     let version = journey.version.to_string();
@@ -506,6 +654,15 @@ fn materialize(
             let a = &r.actions[action];
             let command_id =
                 stable_id(&[&journey.name, &version, customer_id, &number, &r.id, &a.id]);
+            let emitted_key = format!("{}.{}", r.id, a.id);
+            if let Some(why) = blocked {
+                let mut e = jev(JourneyEventType::CommandSuppressed, None, &emitted_key);
+                e.command_id = Some(command_id);
+                e.action = Some(a.id.clone());
+                e.reason = Some(why.describe());
+                out.push(Output::JourneyEvent(e));
+                return;
+            }
             let lookup = |k: &str| state.profile_at(k, c.due);
             let command = InterventionCommand {
                 command_id: command_id.clone(),
@@ -534,7 +691,6 @@ fn materialize(
                     })
                     .collect(),
             };
-            let emitted_key = format!("{}.{}", r.id, a.id);
             let mut e = jev(JourneyEventType::CommandEmitted, None, &emitted_key);
             e.command_id = Some(command_id);
             e.action = Some(a.id.clone());
@@ -604,9 +760,10 @@ pub struct ActionStatus {
     pub channel: String,
     /// Due time (RFC 3339).
     pub due_at: String,
-    /// `sent`, `pending` (due later than the watermark) or `cancelled`.
+    /// `sent`, `suppressed` (by a protection), `pending` (due later than the watermark) or
+    /// `cancelled`.
     pub status: &'static str,
-    /// Why it was cancelled.
+    /// Why it was cancelled or suppressed.
     pub reason: Option<String>,
     /// The command's id (what sinks and outcomes refer to), once sent.
     pub command_id: Option<String>,
@@ -628,7 +785,8 @@ impl Engine {
                 continue;
             }
             let emitted = state.journeys.get(&journey.name);
-            let sent = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
+            let handled = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
+            let sent = |key: u64| handled(key) && !handled(key ^ SUPPRESSED);
             let cands = candidates(journey, &instances);
             let mut out = Vec::new();
             for (idx, inst) in instances.iter().enumerate() {
@@ -657,10 +815,14 @@ impl Engine {
                         let cand = mine().find(|c| c.kind == Kind::Command { rule: r, action: a });
                         let (status, reason) = match (cand, cancelled_by(inst, &rule.unless, due)) {
                             (Some(c), _) if sent(c.key) => ("sent", None),
+                            (Some(c), _) if handled(c.key) => (
+                                "suppressed",
+                                Some(self.blocked_reason(state, action.channel, due)),
+                            ),
                             (Some(_), _) => ("pending", None),
                             (None, by) => ("cancelled", by.map(|b| b.describe(journey))),
                         };
-                        let command_id = (status == "sent").then(|| {
+                        let command_id = matches!(status, "sent" | "suppressed").then(|| {
                             let version = journey.version.to_string();
                             let number = inst.number.to_string();
                             stable_id(&[

@@ -13,6 +13,8 @@
 //! - [`engine`]: the journey semantics. **Pure: no I/O, no clock**; shared by live and offline.
 //! - [`state`]: per-partition state behind the `StateStore` seam (RocksDB, memory) and the
 //!   write-back cache in front of it.
+//! - [`protect`]: customer protection across journeys (suppression list, frequency caps),
+//!   checked by the engine before a command is emitted.
 //! - [`runtime`]: one partition around the engine: validation, watermark, timers, state.
 //! - [`simulate`]: the offline mode, the executable specification.
 //! - [`config`]: `waymark run`'s configuration file, environment and flags.
@@ -39,6 +41,7 @@ pub mod kafka;
 pub mod loadgen;
 pub mod model;
 pub mod pipeline;
+pub mod protect;
 pub mod runtime;
 pub mod shutdown;
 pub mod simulate;

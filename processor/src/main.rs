@@ -173,6 +173,10 @@ struct SimulateArgs {
     /// `retention-secs` in `waymark run`'s config; `0s` keeps them forever).
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// Customer protection (suppression list, frequency caps) as in `waymark run`'s
+    /// `protections:`, e.g. deploy/examples/protections.yaml. Default: none.
+    #[arg(long)]
+    protections: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +185,9 @@ enum JourneysCommand {
     Check {
         /// A journey file or a directory of *.yaml.
         path: PathBuf,
+        /// Also validate a protections file (e.g. deploy/examples/protections.yaml).
+        #[arg(long)]
+        protections: Option<PathBuf>,
     },
 }
 
@@ -273,6 +280,9 @@ enum StateCommand {
         /// Journey definitions.
         #[arg(long, env = "WAYMARK_JOURNEYS", default_value = "deploy/journeys")]
         journeys: PathBuf,
+        /// The protections file `waymark run` used, so suppressed actions show their reason.
+        #[arg(long)]
+        protections: Option<PathBuf>,
     },
 }
 
@@ -298,10 +308,22 @@ fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
 
 /// The engine for the journeys at `path`, compacting finished instances after `retention`
 /// (milliseconds; `None` or 0 keeps them).
-fn load_engine(path: &Path, retention: Option<i64>) -> Result<Arc<Engine>> {
+fn load_engine(
+    path: &Path,
+    retention: Option<i64>,
+    protections: Option<&Path>,
+) -> Result<Arc<Engine>> {
     let set = JourneySet::load(path)?;
     let retention = retention.filter(|r| *r > 0);
-    Ok(Arc::new(Engine::new(set).with_retention(retention)))
+    let protections = match protections {
+        Some(p) => waymark::protect::Protections::load(p)?,
+        None => Default::default(),
+    };
+    Ok(Arc::new(
+        Engine::new(set)
+            .with_retention(retention)
+            .with_protections(protections),
+    ))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -326,7 +348,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(cli.config.as_deref(), args),
         Command::Sink(command) => sink(cli.config.as_deref(), command),
         Command::Simulate(args) => {
-            let engine = load_engine(&args.journeys, Some(args.retention.as_millis() as i64))?;
+            let engine = load_engine(
+                &args.journeys,
+                Some(args.retention.as_millis() as i64),
+                args.protections.as_deref(),
+            )?;
             let until = args
                 .until
                 .as_deref()
@@ -362,8 +388,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Journeys(JourneysCommand::Check { path }) => {
+        Command::Journeys(JourneysCommand::Check { path, protections }) => {
             let set = JourneySet::load(&path)?;
+            if let Some(p) = protections {
+                let loaded = waymark::protect::Protections::load(&p)?;
+                println!(
+                    "ok: protections ({}): suppression list {}, {} frequency caps",
+                    p.display(),
+                    if loaded.suppression.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    loaded.frequency_caps.len()
+                );
+            }
             for j in set.iter() {
                 println!(
                     "ok: {} v{} ({}): {} steps, goal `{}`, {} rules, {} actions",
@@ -462,8 +501,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             customer_id,
             state_dir,
             journeys,
+            protections,
         }) => {
-            let engine = load_engine(&journeys, None)?;
+            let engine = load_engine(&journeys, None, protections.as_deref())?;
             let report = waymark::pipeline::inspect(&state_dir, &engine, &customer_id)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
@@ -517,7 +557,20 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         processing_guarantee: args.processing_guarantee,
     };
     let cfg = Config::load(config, &overrides)?;
-    let engine = load_engine(&cfg.journeys, cfg.retention_ms())?;
+    let engine = load_engine(
+        &cfg.journeys,
+        cfg.retention_ms(),
+        cfg.protections.as_deref(),
+    )?;
+    if let Some(p) = &cfg.protections {
+        let e = engine.protections();
+        tracing::info!(
+            source = %p.display(),
+            suppression_list = e.suppression.is_some(),
+            frequency_caps = e.frequency_caps.len(),
+            "Customer protection loaded."
+        );
+    }
     for j in engine.journeys().iter() {
         tracing::info!(journey = %j.name, version = j.version, source = %j.source.display(), "Journey loaded.");
     }

@@ -255,11 +255,17 @@ impl Scenario {
     /// `waymark state inspect <customer>` of this scenario's (stopped) processor, with the
     /// journeys at `journeys`: the report, or `None` when no partition holds the customer.
     pub fn inspect(&self, customer: &str, journeys: &Path) -> Option<Value> {
+        self.inspect_with(customer, journeys, &[])
+    }
+
+    /// [`Scenario::inspect`] with more arguments (e.g. `--protections FILE`).
+    pub fn inspect_with(&self, customer: &str, journeys: &Path, more: &[&str]) -> Option<Value> {
         let out = Command::new(waymark_bin())
             .args(["state", "inspect", customer, "--state-dir"])
             .arg(self.dir.path().join("state"))
             .arg("--journeys")
             .arg(journeys)
+            .args(more)
             .output()
             .expect("waymark state inspect runs");
         if out.status.success() {
@@ -349,24 +355,7 @@ impl Scenario {
 
     /// The group's committed input offsets, per partition (`None`: nothing committed yet).
     pub fn committed_offsets(&self, partitions: i32) -> Result<Vec<Option<i64>>> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::{Offset, TopicPartitionList};
-        let consumer: BaseConsumer = waymark::kafka::client_config(&brokers(), &Default::default())
-            .set("group.id", &self.id)
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&self.topics.customer_events, p);
-        }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .collect())
+        committed_offsets(&self.id, &self.topics.customer_events, partitions)
     }
 
     /// Waits until the group has committed an offset in each of the `partitions` partitions.
@@ -461,6 +450,28 @@ impl Scenario {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// The offsets `group` committed in partitions `0..partitions` of `topic` (`None`: none yet).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = waymark::kafka::client_config(&brokers(), &Default::default())
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A record as read by [`Scenario::read_raw`].
@@ -636,20 +647,29 @@ pub fn simulate_file_with(
     until: Millis,
     allowed_lateness: Millis,
 ) -> Result<Vec<Value>> {
-    simulate_journeys(&reference_journey(), events, until, allowed_lateness)
+    simulate_journeys(&reference_journey(), None, events, until, allowed_lateness)
 }
 
 /// `waymark simulate` of a JSON-lines file with the journeys at `journeys` (a file or a
-/// directory), as decoded JSON values.
+/// directory) and the protections file `protections`, as decoded JSON values.
 pub fn simulate_journeys(
     journeys: &Path,
+    protections: Option<&Path>,
     events: &Path,
     until: Millis,
     allowed_lateness: Millis,
 ) -> Result<Vec<Value>> {
     // The retention `waymark run` uses by default, so both compact the same customers.
     let retention = waymark::config::DEFAULT_RETENTION_SECS as Millis * 1000;
-    let engine = Arc::new(Engine::new(JourneySet::load(journeys)?).with_retention(Some(retention)));
+    let protections = match protections {
+        Some(p) => waymark::protect::Protections::load(p)?,
+        None => Default::default(),
+    };
+    let engine = Arc::new(
+        Engine::new(JourneySet::load(journeys)?)
+            .with_retention(Some(retention))
+            .with_protections(protections),
+    );
     let mut out = Vec::new();
     let opts = SimulateOptions {
         allowed_lateness,

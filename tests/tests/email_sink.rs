@@ -186,3 +186,85 @@ fn invites_reach_the_inbox_once_rejections_are_dead_lettered_and_outcomes_report
     let log = sink.stop();
     assert_eq!(smtp.messages().len(), 1, "sent once: {log}");
 }
+
+/// The crash the sink's log of handled ids is for: killed after the SMTP server accepted every
+/// message and before any offset was committed (the commit interval is ten minutes here), the
+/// sink gets all its commands again after the restart — and sends none of them twice.
+#[test]
+fn a_sink_killed_after_the_smtp_server_accepted_and_before_the_offset_commit_sends_nothing_twice() {
+    let smtp_port = free_port();
+    let group_prefix = unique("sink");
+    let extra = format!(
+        "allowed-lateness-secs: 1\nsinks:\n  group-prefix: {group_prefix}\n  commit-interval-ms: 600000\n  email:\n    smtp-port: {smtp_port}\n    templates: {}\n",
+        root().join("deploy/templates/email").display()
+    );
+    // The killed sink's membership must expire before the group hands its partition to the
+    // restarted one: a short session.
+    let fast = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
+    let scenario = Scenario::with_kafka_properties("email-crash", 1, &extra, &fast).unwrap();
+    let t = now_millis() - 2 * 3_600_000;
+    let records: Vec<_> = ["ana", "bo", "cy"]
+        .iter()
+        .map(|c| {
+            event(
+                &format!("{c}-login"),
+                c,
+                "login.created",
+                t,
+                &format!("{c}@example.com"),
+            )
+        })
+        .collect();
+    let raw: Vec<(Option<&str>, Vec<u8>)> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_str()), v.clone()))
+        .collect();
+    scenario.produce_raw(&raw).unwrap();
+    let processor = scenario.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while scenario
+        .read_raw(&scenario.topics.commands_email)
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "no invite commands");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    processor.stop();
+
+    let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let state = scenario.dir.path().join("sink-state");
+    let args = [
+        "sink",
+        "email",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--http-addr",
+        &http,
+    ];
+    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    smtp.await_messages(3, Duration::from_secs(60)).unwrap();
+    sink.await_metric(SINK_DELIVERIES_TOTAL, 3.0, Duration::from_secs(10))
+        .unwrap();
+    let group = format!("{group_prefix}-email");
+    let committed = committed_offsets(&group, &scenario.topics.commands_email, 1).unwrap();
+    assert_eq!(committed, [None], "nothing committed before the kill");
+    sink.kill();
+
+    // Back up: all three commands come again, and all three are skipped.
+    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    let skipped = sink.await_metric(SINK_DELIVERIES_TOTAL, 3.0, Duration::from_secs(30));
+    let log = sink.stop();
+    skipped.unwrap();
+    assert!(
+        log.matches("Command handled before; skipped.").count() == 3,
+        "{log}"
+    );
+    assert_eq!(smtp.messages().len(), 3, "no email sent twice: {log}");
+    let outcomes = scenario
+        .read_raw(&scenario.topics.intervention_outcomes)
+        .unwrap();
+    assert_eq!(outcomes.len(), 3, "one outcome per command");
+}

@@ -156,7 +156,7 @@ fn a_bounced_invite_becomes_an_sms_and_every_outcome_is_recorded_on_its_customer
     let mut all = events.to_vec();
     all.extend(outcomes.iter().map(|o| o.to_event()));
     std::fs::write(&file, jsonl(&all)).unwrap();
-    let simulated = simulate_journeys(&journeys, &file, now_millis(), 1_000).unwrap();
+    let simulated = simulate_journeys(&journeys, None, &file, now_millis(), 1_000).unwrap();
     let kafka = scenario.outputs().unwrap();
     assert_same_outputs(&kafka, &simulated);
 }

@@ -919,6 +919,150 @@ fn an_outcome_never_moves_event_time() {
     assert!(commands(&outputs).is_empty(), "{outputs:?}");
 }
 
+// Customer protection across journeys ----------------------------------------------------------
+
+/// A second journey that also emails: two promos after a site visit.
+const PROMO: &str = "journey: promo\nversion: 1\nre-entry: never\nsteps:\n  - id: visit\n    event: site.visited\n  - id: buy\n    event: order.placed\ngoal: buy\nrules:\n  - id: nudge\n    after: visit\n    unless: [buy]\n    actions:\n      - { id: promo-1, delay: 2h, channel: email }\n      - { id: promo-2, delay: 26h, channel: email }\n";
+
+fn protected(protections: &str) -> Arc<Engine> {
+    let reference =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
+    let journeys = vec![
+        parse_journey(&reference, &std::fs::read_to_string(&reference).unwrap()).unwrap(),
+        parse_journey(Path::new("promo.yaml"), PROMO).unwrap(),
+    ];
+    let p = crate::protect::Protections::parse(Path::new("p.yaml"), protections).unwrap();
+    Arc::new(Engine::new(JourneySet::new(journeys)).with_protections(p))
+}
+
+fn suppressed(outputs: &[Output]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::JourneyEvent(e) if e.event_type == JourneyEventType::CommandSuppressed => {
+                Some((e.action.clone().unwrap(), e.reason.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_frequency_cap_holds_across_journeys_in_due_time_order() {
+    let e = protected("frequency-caps:\n  - { channel: email, max: 1, per: 1d }\n");
+    let events = [
+        login("e1", "c1", T0),
+        ev("v1", "c1", "site.visited", T0, &[]),
+    ];
+    let outputs = run(&e, &events, T0 + 3 * D);
+    let emails: Vec<_> = commands(&outputs)
+        .into_iter()
+        .filter(|(_, ch, _)| *ch == Channel::Email)
+        .map(|(a, _, due)| (a, due))
+        .collect();
+    // invite at +1h is sent; promo-1 at +2h is within the day; promo-2 at +26h is not.
+    assert_eq!(
+        emails,
+        [
+            ("invite-email".to_owned(), T0 + H),
+            ("promo-2".to_owned(), T0 + 26 * H)
+        ]
+    );
+    assert_eq!(
+        suppressed(&outputs),
+        [(
+            "promo-1".to_owned(),
+            "frequency cap: 1 email per 1d".to_owned()
+        )]
+    );
+    // Other channels are not capped.
+    assert!(
+        commands(&outputs)
+            .iter()
+            .any(|(a, _, _)| a == "assist-task")
+    );
+
+    // Decided the same when the watermark moves in small steps (one advance per hour).
+    let mut state = CustomerState::default();
+    let mut stepped = Vec::new();
+    for ev in &events {
+        e.apply(&mut state, "c1", ev, Millis::MIN, &mut stepped);
+    }
+    for h in 0..=72 {
+        e.advance(&mut state, "c1", T0 + h * H, &mut stepped);
+    }
+    assert_eq!(as_set(&stepped), as_set(&outputs));
+
+    // explain says which and why.
+    let x = e.explain("c1", &state);
+    let promo = x.journeys.iter().find(|j| j.journey == "promo").unwrap();
+    let first = &promo.instances[0].actions[0];
+    assert_eq!(
+        (first.action.as_str(), first.status),
+        ("promo-1", "suppressed")
+    );
+    assert_eq!(
+        first.reason.as_deref(),
+        Some("frequency cap: 1 email per 1d")
+    );
+    assert!(first.command_id.is_some());
+}
+
+#[test]
+fn the_suppression_list_blocks_a_channel_from_the_entry_until_the_removal() {
+    let e = protected("suppression: { add: customer.suppressed, remove: customer.unsuppressed }\n");
+    let events = [
+        login("e1", "c1", T0),
+        ev(
+            "s1",
+            "c1",
+            "customer.suppressed",
+            T0 + 30 * 60_000,
+            &[("channel", "email")],
+        ),
+        ev("v1", "c1", "site.visited", T0, &[]),
+        ev("u1", "c1", "customer.unsuppressed", T0 + 25 * H, &[]),
+    ];
+    let outputs = run(&e, &events, T0 + 5 * D);
+    let sent: Vec<_> = commands(&outputs).into_iter().map(|(a, _, _)| a).collect();
+    // Email is blocked from +30m to +25h; the contact-center tasks are not affected.
+    assert_eq!(sent, ["assist-task", "promo-2", "sales-rep-call"]);
+    let blocked = suppressed(&outputs);
+    assert_eq!(
+        blocked.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        ["invite-email", "promo-1"]
+    );
+    assert!(
+        blocked[0]
+            .1
+            .starts_with("suppression list (since 2026-03-01T21:50:00"),
+        "{blocked:?}"
+    );
+}
+
+#[test]
+fn without_protections_nothing_is_suppressed() {
+    let e = protected("{}\n");
+    let outputs = run(
+        &e,
+        &[
+            login("e1", "c1", T0),
+            ev("v1", "c1", "site.visited", T0, &[]),
+        ],
+        T0 + 3 * D,
+    );
+    assert!(suppressed(&outputs).is_empty());
+    assert_eq!(
+        commands(&outputs)
+            .iter()
+            .filter(|(_, ch, _)| *ch == Channel::Email)
+            .count(),
+        3
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The golden trace.
 

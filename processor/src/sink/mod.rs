@@ -155,9 +155,6 @@ use crate::shutdown::CancellationToken;
 use crate::state::{RocksEnv, RocksStore, StateBatch, StateError, StateStore};
 use crate::telemetry::Metrics;
 
-/// How often handled offsets are committed.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-
 /// Headers on a sink's dead letters (beside the pipeline's `waymark.source.*` ones).
 pub mod headers {
     /// Delivery attempts made.
@@ -501,9 +498,10 @@ pub fn run<P: Provider>(
     tracing::info!(%topic, channel = channel.as_str(), "Sink consuming.");
     let mut uncommitted = 0usize;
     let mut last_commit = Instant::now();
+    let commit_interval = Duration::from_millis(cfg.sinks.commit_interval_ms);
     loop {
         let stopping = shutdown.is_cancelled();
-        if uncommitted > 0 && (stopping || last_commit.elapsed() >= COMMIT_INTERVAL) {
+        if uncommitted > 0 && (stopping || last_commit.elapsed() >= commit_interval) {
             // What the commands produced (outcomes, dead letters) is acknowledged before
             // their offsets move on: nothing is lost. A crash before this commit redelivers
             // them, and the handled-command log skips them.
