@@ -584,21 +584,13 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         drain_timeout,
         axum::Router::new(),
         move |metrics, health, token| {
-            let restarted = || {
-                metrics.client_restart();
-                health
-                    .ready
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            };
-            shutdown::restarting("pipeline", &token, restarted, || {
-                waymark::pipeline::run(
-                    cfg.clone(),
-                    engine.clone(),
-                    metrics.clone(),
-                    health.clone(),
-                    token.clone(),
-                )
-            })
+            waymark::pipeline::run(
+                cfg.clone(),
+                engine.clone(),
+                metrics.clone(),
+                health.clone(),
+                token.clone(),
+            )
             .map(|_| ())
         },
     )
@@ -679,32 +671,24 @@ fn run_sink<P: waymark::sink::Provider + Send + 'static>(
         drain_timeout,
         routes,
         move |metrics, health, token| {
-            let restarted = || {
-                metrics.client_restart();
-                health
-                    .ready
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            };
-            shutdown::restarting("sink", &token, restarted, || {
-                waymark::sink::run(&cfg, &provider, &rocks, &metrics, &health, token.clone())
-            })
-            .map(|_| ())
+            waymark::sink::run(&cfg, &provider, &rocks, metrics, health, token.clone()).map(|_| ())
         },
     )
 }
 
 /// Serves `/livez`, `/readyz`, `/metrics` and `routes` on `addr` and runs `work` on a dedicated thread
 /// until it ends (an error) or SIGTERM/SIGINT asks it to drain, for at most `drain_timeout`.
-/// The exit code says which: 0 drained, 124 drain timeout, 1 error.
+/// Work that fails with a fatal Kafka client error is started again with new clients
+/// ([`shutdown::restarting`]). The exit code says which: 0 drained, 124 drain timeout, 1 error.
 fn supervise<E>(
     name: &str,
     addr: std::net::SocketAddr,
     drain_timeout: Duration,
     routes: axum::Router,
-    work: impl FnOnce(Metrics, Arc<Health>, CancellationToken) -> Result<(), E> + Send + 'static,
+    mut work: impl FnMut(&Metrics, &Arc<Health>, &CancellationToken) -> Result<(), E> + Send + 'static,
 ) -> Result<ExitCode>
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + shutdown::Restartable + Send + Sync + 'static,
 {
     let rt = runtime()?;
     let token = CancellationToken::new();
@@ -720,9 +704,20 @@ where
     ))?;
     tracing::info!(%addr, "Serving /livez /readyz /metrics.");
     let work_token = token.clone();
+    let what = name.to_owned();
     let worker = std::thread::Builder::new()
         .name(format!("waymark-{name}"))
-        .spawn(move || work(metrics, health, work_token))
+        .spawn(move || {
+            let restarted = || {
+                metrics.client_restart();
+                health
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            };
+            shutdown::restarting(&what, &work_token, restarted, || {
+                work(&metrics, &health, &work_token)
+            })
+        })
         .with_context(|| format!("cannot start the {name} thread"))?;
     // Wait for the work to end by itself (error) or for a signal, then for the drain.
     let result = rt.block_on(async {

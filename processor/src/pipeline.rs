@@ -707,23 +707,12 @@ impl Core {
         if let Some(p) = self.partitions.get_mut(&partition) {
             p.outcome_pending = Some(msg.offset() + 1);
         }
-        let ev = match codec::decode_outcome(msg.payload().unwrap_or_default()) {
-            Ok(outcome) => outcome.to_event(),
-            Err(e) => {
-                self.metrics.outcome(EventResult::Rejected);
-                return self
-                    .dead_letter(msg, &Rejection::Undecodable(format!("{}: {e}", e.kind())));
-            }
-        };
-        if let Err(why) = validate(
-            &ev,
-            msg.key(),
-            Some(now_millis()),
-            self.cfg.max_future_skew_ms(),
-        ) {
+        let decoded =
+            codec::decode_outcome(msg.payload().unwrap_or_default()).map(|o| o.to_event());
+        let Some(ev) = self.admit(msg, decoded)? else {
             self.metrics.outcome(EventResult::Rejected);
-            return self.dead_letter(msg, &why);
-        }
+            return Ok(());
+        };
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };
@@ -897,6 +886,29 @@ impl Core {
         )
     }
 
+    /// The event of a record once decoded and validated; a record that is not is
+    /// dead-lettered with the reason, and `None` returned.
+    fn admit(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        decoded: Result<crate::model::CustomerEvent, codec::CodecError>,
+    ) -> Result<Option<crate::model::CustomerEvent>, PipelineError> {
+        let why = match decoded {
+            Err(e) => Rejection::Undecodable(format!("{}: {e}", e.kind())),
+            Ok(ev) => match validate(
+                &ev,
+                msg.key(),
+                Some(now_millis()),
+                self.cfg.max_future_skew_ms(),
+            ) {
+                Ok(()) => return Ok(Some(ev)),
+                Err(why) => why,
+            },
+        };
+        self.dead_letter(msg, &why)?;
+        Ok(None)
+    }
+
     fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let partition = msg.partition();
         if self.restoring.contains_key(&partition) {
@@ -911,23 +923,11 @@ impl Core {
             p.pending_offset = Some(msg.offset() + 1);
         }
         let payload = msg.payload().unwrap_or_default();
-        let ev = match codec::decode_customer_event(payload, self.cfg.input_format) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.metrics.events(EventResult::Rejected, 1);
-                return self
-                    .dead_letter(msg, &Rejection::Undecodable(format!("{}: {e}", e.kind())));
-            }
-        };
-        if let Err(why) = validate(
-            &ev,
-            msg.key(),
-            Some(now_millis()),
-            self.cfg.max_future_skew_ms(),
-        ) {
+        let decoded = codec::decode_customer_event(payload, self.cfg.input_format);
+        let Some(ev) = self.admit(msg, decoded)? else {
             self.metrics.events(EventResult::Rejected, 1);
-            return self.dead_letter(msg, &why);
-        }
+            return Ok(());
+        };
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };

@@ -200,7 +200,10 @@ fn a_sink_killed_after_the_smtp_server_accepted_and_before_the_offset_commit_sen
     );
     // The killed sink's membership must expire before the group hands its partition to the
     // restarted one: a short session.
-    let fast = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
+    let fast = [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ];
     let scenario = Scenario::with_kafka_properties("email-crash", 1, &extra, &fast).unwrap();
     let t = now_millis() - 2 * 3_600_000;
     let records: Vec<_> = ["ana", "bo", "cy"]
