@@ -944,6 +944,7 @@ fn journey_event_type_value(t: JourneyEventType) -> Value {
         JourneyEventType::Exited => 4,
         JourneyEventType::CommandEmitted => 5,
         JourneyEventType::CommandSuppressed => 6,
+        JourneyEventType::CommandDeferred => 7,
     };
     Value::Enum(index, t.as_str().to_owned())
 }
@@ -1151,7 +1152,7 @@ impl AvroRecord for InterventionCommand {
 
 impl AvroRecord for JourneyEvent {
     const NAME: &'static str = "JourneyEvent";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SCHEMA_TEXT: &'static str = JOURNEY_EVENT_SCHEMA;
 
     fn schema() -> &'static Schema {

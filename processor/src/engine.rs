@@ -184,7 +184,16 @@ enum Kind {
     StepAbandoned(usize),
     GoalReached,
     Exited(usize),
-    Command { rule: usize, action: usize },
+    Command {
+        rule: usize,
+        action: usize,
+    },
+    /// The command was due in quiet hours; it goes out at `until`.
+    Deferred {
+        rule: usize,
+        action: usize,
+        until: Millis,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +212,12 @@ type Derived<'a> = (
     Vec<Candidate>,
     Vec<Candidate>,
 );
+
+/// The profile attribute holding a customer's time zone (IANA name), read by quiet hours.
+pub const TZ_ATTRIBUTE: &str = "tz";
+
+/// Key of a command's `command_deferred` event, from the command's key.
+const DEFERRED: u64 = 0x4445_4645_5252_4544;
 
 /// Marks, in [`JourneyMemory::emitted`], a command that was due but blocked by a protection
 /// (its own key is there too: it was handled).
@@ -287,6 +302,9 @@ impl Engine {
     /// Checks `protections` before every command: the suppression list's event types are
     /// kept in state (with their `channel` attribute).
     pub fn with_protections(mut self, protections: Protections) -> Self {
+        if !protections.quiet_hours.is_empty() {
+            self.profile_attrs.insert(TZ_ATTRIBUTE.to_owned());
+        }
         for t in protections.event_types() {
             self.relevant.insert(t.to_owned());
             self.predicate_attrs
@@ -410,7 +428,7 @@ impl Engine {
                 }
             }
             let memory = state.journeys.get(&journey.name);
-            let all = candidates(journey, &instances);
+            let all = self.candidates(journey, &instances, state);
             let mut ready = Vec::new();
             for c in &all {
                 if memory.is_some_and(|m| m.emitted.binary_search(&c.key).is_ok()) {
@@ -472,6 +490,48 @@ impl Engine {
             }
         }
         state.next_due = next_due;
+    }
+
+    /// The journey's candidates for these instances, with quiet hours applied: a command due
+    /// in quiet hours becomes a `command_deferred` at its due time and the command itself at
+    /// the end of the quiet hours — unless the rule's `unless` steps, the goal or an exit
+    /// cancel it by then.
+    fn candidates(
+        &self,
+        journey: &Journey,
+        instances: &[Instance],
+        state: &CustomerState,
+    ) -> Vec<Candidate> {
+        let all = candidates(journey, instances);
+        if self.protections.quiet_hours.is_empty() {
+            return all;
+        }
+        let mut out = Vec::with_capacity(all.len());
+        for c in all {
+            let Kind::Command { rule, action } = c.kind else {
+                out.push(c);
+                continue;
+            };
+            let r = &journey.rules[rule];
+            let tz = state.profile_at(TZ_ATTRIBUTE, c.due);
+            let Some(until) = self.protections.defer(r.actions[action].channel, c.due, tz) else {
+                out.push(c);
+                continue;
+            };
+            out.push(Candidate {
+                kind: Kind::Deferred {
+                    rule,
+                    action,
+                    until,
+                },
+                key: c.key ^ DEFERRED,
+                ..c
+            });
+            if cancelled_by(&instances[c.instance], &r.unless, until).is_none() {
+                out.push(Candidate { due: until, ..c });
+            }
+        }
+        out
     }
 
     /// Which of the commands due now a protection blocks, keyed by (index in `derived`,
@@ -545,7 +605,7 @@ impl Engine {
             let instances = derive_instances(journey, &state.events, retired);
             let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
             let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
-            for c in candidates(journey, &instances) {
+            for c in self.candidates(journey, &instances, state) {
                 if let Kind::Command { rule, action } = c.kind
                     && journey.rules[rule].actions[action].channel == channel
                     && c.due <= due
@@ -647,6 +707,35 @@ fn materialize(
         Kind::Exited(x) => {
             let mut e = jev(JourneyEventType::Exited, None, &journey.exits[x].id);
             e.reason = Some(journey.exits[x].id.clone());
+            out.push(Output::JourneyEvent(e));
+        }
+        Kind::Deferred {
+            rule,
+            action,
+            until,
+        } => {
+            let r = &journey.rules[rule];
+            let a = &r.actions[action];
+            let mut e = jev(
+                JourneyEventType::CommandDeferred,
+                None,
+                &format!("{}.{}", r.id, a.id),
+            );
+            e.command_id = Some(stable_id(&[
+                &journey.name,
+                &version,
+                customer_id,
+                &number,
+                &r.id,
+                &a.id,
+            ]));
+            e.action = Some(a.id.clone());
+            e.reason = Some(format!(
+                "quiet hours for {} in {}; deferred to {}",
+                a.channel,
+                state.profile_at(TZ_ATTRIBUTE, c.due).unwrap_or("UTC"),
+                crate::model::format_millis(until)
+            ));
             out.push(Output::JourneyEvent(e));
         }
         Kind::Command { rule, action } => {
@@ -787,7 +876,7 @@ impl Engine {
             let emitted = state.journeys.get(&journey.name);
             let handled = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
             let sent = |key: u64| handled(key) && !handled(key ^ SUPPRESSED);
-            let cands = candidates(journey, &instances);
+            let cands = self.candidates(journey, &instances, state);
             let mut out = Vec::new();
             for (idx, inst) in instances.iter().enumerate() {
                 let mine = || cands.iter().filter(move |c| c.instance == idx);
@@ -811,8 +900,17 @@ impl Engine {
                         continue;
                     };
                     for (a, action) in rule.actions.iter().enumerate() {
-                        let due = start + action.delay;
+                        let planned = start + action.delay;
                         let cand = mine().find(|c| c.kind == Kind::Command { rule: r, action: a });
+                        let deferred_to = mine().find_map(|c| match c.kind {
+                            Kind::Deferred {
+                                rule,
+                                action,
+                                until,
+                            } if rule == r && action == a => Some(until),
+                            _ => None,
+                        });
+                        let due = deferred_to.unwrap_or(planned);
                         let (status, reason) = match (cand, cancelled_by(inst, &rule.unless, due)) {
                             (Some(c), _) if sent(c.key) => ("sent", None),
                             (Some(c), _) if handled(c.key) => (
@@ -821,6 +919,19 @@ impl Engine {
                             ),
                             (Some(_), _) => ("pending", None),
                             (None, by) => ("cancelled", by.map(|b| b.describe(journey))),
+                        };
+                        let reason = match deferred_to {
+                            Some(until) => {
+                                let deferred = format!(
+                                    "due at {} in quiet hours; deferred to {}",
+                                    format_millis(planned),
+                                    format_millis(until)
+                                );
+                                Some(
+                                    reason.map_or(deferred.clone(), |r| format!("{deferred}; {r}")),
+                                )
+                            }
+                            None => reason,
                         };
                         let command_id = matches!(status, "sent" | "suppressed").then(|| {
                             let version = journey.version.to_string();

@@ -221,11 +221,13 @@ pub enum JourneyEventType {
     CommandEmitted,
     /// A command was due but not sent (see `reason`).
     CommandSuppressed,
+    /// A command was due in quiet hours; it goes out at their end (see `reason`).
+    CommandDeferred,
 }
 
 impl JourneyEventType {
     /// Every type, in a fixed order.
-    pub const ALL: [JourneyEventType; 7] = [
+    pub const ALL: [JourneyEventType; 8] = [
         JourneyEventType::Entered,
         JourneyEventType::StepCompleted,
         JourneyEventType::StepAbandoned,
@@ -233,6 +235,7 @@ impl JourneyEventType {
         JourneyEventType::Exited,
         JourneyEventType::CommandEmitted,
         JourneyEventType::CommandSuppressed,
+        JourneyEventType::CommandDeferred,
     ];
 
     /// The wire spelling (`step_completed`, ...).
@@ -245,6 +248,7 @@ impl JourneyEventType {
             JourneyEventType::Exited => "exited",
             JourneyEventType::CommandEmitted => "command_emitted",
             JourneyEventType::CommandSuppressed => "command_suppressed",
+            JourneyEventType::CommandDeferred => "command_deferred",
         }
     }
 

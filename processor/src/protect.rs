@@ -1,6 +1,6 @@
 //! Customer protection: rules that hold across every journey, checked by the engine before a
-//! command is emitted — a suppression list fed by events, and exact frequency caps per
-//! customer and channel.
+//! command is emitted — quiet hours per channel in the customer's time zone, a suppression
+//! list fed by events, and exact frequency caps per customer and channel.
 //!
 //! Owns the protections file (`protections:` in the config, `simulate --protections`): its
 //! parsing and validation, and the pure decisions "is this customer suppressed for this
@@ -9,6 +9,8 @@
 //! and on the commands decided before in event-time order.
 //!
 //! ```yaml
+//! quiet-hours:
+//!   - { channel: sms, from: "21:00", to: "08:00" }   # local time of the customer's `tz`
 //! suppression:
 //!   add: customer.suppressed       # event types putting a customer on the list ...
 //!   remove: customer.unsuppressed  # ... and taking them off; attribute `channel` limits one
@@ -48,9 +50,19 @@ pub enum ProtectError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ProtectionsDef {
     #[serde(default)]
+    quiet_hours: Vec<QuietDef>,
+    #[serde(default)]
     suppression: Option<SuppressionDef>,
     #[serde(default)]
     frequency_caps: Vec<CapDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct QuietDef {
+    channel: String,
+    from: String,
+    to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,9 +101,34 @@ pub struct FrequencyCap {
     pub per: Millis,
 }
 
+/// No command on `channel` goes out between `from` and `to` (minutes after local midnight in
+/// the customer's time zone; the window wraps midnight when `from` > `to`): it is deferred to
+/// the window's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    /// The channel.
+    pub channel: Channel,
+    /// Start, minutes after local midnight.
+    pub from: u32,
+    /// End (exclusive), minutes after local midnight.
+    pub to: u32,
+}
+
+impl QuietHours {
+    fn contains(&self, minute: u32) -> bool {
+        if self.from < self.to {
+            (self.from..self.to).contains(&minute)
+        } else {
+            minute >= self.from || minute < self.to
+        }
+    }
+}
+
 /// Every protection in force. The default protects nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Protections {
+    /// Quiet hours per channel.
+    pub quiet_hours: Vec<QuietHours>,
     /// The suppression list, if any.
     pub suppression: Option<Suppression>,
     /// Frequency caps.
@@ -126,6 +163,13 @@ impl Blocked {
             ),
         }
     }
+}
+
+/// Minutes after midnight of `HH:MM`.
+fn parse_hh_mm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
 }
 
 /// `1d`, `36h`, `90m`, `45s`: the largest unit that divides the duration.
@@ -173,6 +217,30 @@ impl Protections {
             }),
             None => None,
         };
+        let mut quiet_hours = Vec::new();
+        for (i, q) in def.quiet_hours.into_iter().enumerate() {
+            let channel = Channel::parse(&q.channel).ok_or_else(|| {
+                invalid(format!(
+                    "quiet-hours[{i}].channel: unknown channel `{}`; use email, sms or contact-center",
+                    q.channel
+                ))
+            })?;
+            let minute = |field: &str, v: &str| {
+                parse_hh_mm(v).ok_or_else(|| {
+                    invalid(format!(
+                        "quiet-hours[{i}].{field}: `{v}` is not a time of day; write it as HH:MM, e.g. \"21:00\""
+                    ))
+                })
+            };
+            let (from, to) = (minute("from", &q.from)?, minute("to", &q.to)?);
+            if from == to {
+                return Err(invalid(format!(
+                    "quiet-hours[{i}]: `from` and `to` are both {}; give a window (it may wrap midnight: 21:00 to 08:00)",
+                    q.from
+                )));
+            }
+            quiet_hours.push(QuietHours { channel, from, to });
+        }
         let mut frequency_caps = Vec::new();
         for (i, c) in def.frequency_caps.into_iter().enumerate() {
             let channel = Channel::parse(&c.channel).ok_or_else(|| {
@@ -193,6 +261,7 @@ impl Protections {
             });
         }
         Ok(Protections {
+            quiet_hours,
             suppression,
             frequency_caps,
         })
@@ -200,7 +269,46 @@ impl Protections {
 
     /// Whether nothing is protected.
     pub fn is_empty(&self) -> bool {
-        self.suppression.is_none() && self.frequency_caps.is_empty()
+        self.quiet_hours.is_empty() && self.suppression.is_none() && self.frequency_caps.is_empty()
+    }
+
+    /// When a command on `channel` due at `due` may go out, if `due` falls in quiet hours:
+    /// the end of the window (of the last one, when windows chain), in the time zone `tz`
+    /// (an IANA name such as `Europe/Berlin`; UTC when absent or unknown).
+    pub fn defer(&self, channel: Channel, due: Millis, tz: Option<&str>) -> Option<Millis> {
+        use chrono::{Duration, TimeZone, Timelike};
+        let zone: chrono_tz::Tz = tz.and_then(|t| t.parse().ok()).unwrap_or(chrono_tz::UTC);
+        let mut at = due;
+        // Each step moves to the end of one window; more steps than windows means none is left.
+        for _ in 0..=self.quiet_hours.len() {
+            let local = chrono::Utc
+                .timestamp_millis_opt(at)
+                .single()?
+                .with_timezone(&zone);
+            let minute = local.hour() * 60 + local.minute();
+            let Some(q) = self
+                .quiet_hours
+                .iter()
+                .find(|q| q.channel == channel && q.contains(minute))
+            else {
+                return (at != due).then_some(at);
+            };
+            let mut day = local.date_naive();
+            if q.from > q.to && minute >= q.from {
+                day = day.succ_opt()?;
+            }
+            let end = day.and_hms_opt(q.to / 60, q.to % 60, 0)?;
+            // A DST gap at the window's end: the first instant after it.
+            at = zone
+                .from_local_datetime(&end)
+                .earliest()
+                .or_else(|| {
+                    zone.from_local_datetime(&(end + Duration::hours(1)))
+                        .earliest()
+                })?
+                .timestamp_millis();
+        }
+        (at != due).then_some(at)
     }
 
     /// The event types the suppression list reads (they must be kept in state).
@@ -283,6 +391,60 @@ mod tests {
             "{err}"
         );
         assert!(parse("quiet: 1\n").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn quiet_hours_defer_to_their_end_in_the_customer_s_time_zone() {
+        let p =
+            parse("quiet-hours:\n  - { channel: sms, from: \"21:00\", to: \"08:00\" }\n").unwrap();
+        let at = |s: &str| crate::model::parse_millis(s).unwrap();
+        let berlin = Some("Europe/Berlin");
+        // 22:20 in Berlin (CET, UTC+1): deferred to 08:00 the next morning, 07:00Z.
+        assert_eq!(
+            p.defer(Channel::Sms, at("2026-03-01T21:20:00Z"), berlin),
+            Some(at("2026-03-02T07:00:00Z"))
+        );
+        // 06:30 in Berlin: to 08:00 the same morning.
+        assert_eq!(
+            p.defer(Channel::Sms, at("2026-03-02T05:30:00Z"), berlin),
+            Some(at("2026-03-02T07:00:00Z"))
+        );
+        // 12:00 in Berlin, another channel, or the window's end itself: not deferred.
+        assert_eq!(
+            p.defer(Channel::Sms, at("2026-03-02T11:00:00Z"), berlin),
+            None
+        );
+        assert_eq!(
+            p.defer(Channel::Email, at("2026-03-01T21:20:00Z"), berlin),
+            None
+        );
+        assert_eq!(
+            p.defer(Channel::Sms, at("2026-03-02T07:00:00Z"), berlin),
+            None
+        );
+        // Summer time (CEST, UTC+2), and UTC for a customer without (or with a bad) tz.
+        assert_eq!(
+            p.defer(Channel::Sms, at("2026-07-01T20:00:00Z"), berlin),
+            Some(at("2026-07-02T06:00:00Z"))
+        );
+        assert_eq!(
+            p.defer(
+                Channel::Sms,
+                at("2026-03-01T22:00:00Z"),
+                Some("Mars/Olympus")
+            ),
+            Some(at("2026-03-02T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_quiet_hours_say_what_to_write() {
+        let err = parse("quiet-hours:\n  - { channel: sms, from: \"9pm\", to: \"08:00\" }\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("HH:MM"), "{err}");
+        let err = parse("quiet-hours:\n  - { channel: sms, from: \"08:00\", to: \"08:00\" }\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("give a window"), "{err}");
     }
 
     #[test]

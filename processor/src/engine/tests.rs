@@ -1043,6 +1043,65 @@ fn the_suppression_list_blocks_a_channel_from_the_entry_until_the_removal() {
 }
 
 #[test]
+fn quiet_hours_defer_a_command_to_their_end_and_a_completion_meanwhile_cancels_it() {
+    // T0 is 22:20 in Berlin (the login's tz); the contact-center tasks fall at the same hour.
+    let e = protected(
+        "quiet-hours:\n  - { channel: contact-center, from: \"18:00\", to: \"09:00\" }\n",
+    );
+    let nine_am_berlin = |day: i64| parse_millis("2026-03-01T08:00:00Z").unwrap() + day * D;
+    let outputs = run(&e, &[login("e1", "c1", T0)], T0 + 5 * D);
+    let sent = commands(&outputs);
+    assert_eq!(
+        sent,
+        [
+            (
+                "assist-task".to_owned(),
+                Channel::ContactCenter,
+                nine_am_berlin(3)
+            ),
+            ("invite-email".to_owned(), Channel::Email, T0 + H),
+            (
+                "sales-rep-call".to_owned(),
+                Channel::ContactCenter,
+                nine_am_berlin(5)
+            ),
+        ],
+        "email has no quiet hours; the tasks wait for 09:00"
+    );
+    let deferred: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::JourneyEvent(e) if e.event_type == JourneyEventType::CommandDeferred => {
+                Some((e.action.clone().unwrap(), e.at, e.reason.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deferred.len(), 2, "{deferred:?}");
+    assert_eq!(deferred[0].1, T0 + 2 * D, "at the planned due time");
+    assert!(
+        deferred[0].2.starts_with(
+            "quiet hours for contact-center in Europe/Berlin; deferred to 2026-03-04T08:00:00"
+        ),
+        "{deferred:?}"
+    );
+
+    // The payment account arrives during the night: the deferred task is not sent.
+    let night = ev(
+        "p",
+        "c1",
+        "payment_account.created",
+        T0 + 2 * D + 3 * H,
+        &[],
+    );
+    let outputs = run(&e, &[login("e1", "c1", T0), night], T0 + 5 * D);
+    let sent: Vec<_> = commands(&outputs).into_iter().map(|(a, _, _)| a).collect();
+    assert_eq!(sent, ["invite-email"]);
+    assert!(outputs.iter().any(|o| matches!(o,
+        Output::JourneyEvent(e) if e.event_type == JourneyEventType::CommandDeferred)));
+}
+
+#[test]
 fn without_protections_nothing_is_suppressed() {
     let e = protected("{}\n");
     let outputs = run(
