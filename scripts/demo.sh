@@ -112,7 +112,7 @@ kill -TERM $sink_pid && wait $sink_pid && echo "waymark sink email exited 0"
 kill -TERM $smtp_pid 2>/dev/null || true
 
 step "metrics excerpt"
-curl -fs "http://127.0.0.1:${DEMO_HTTP_PORT:-9464}/metrics" | awk '/^waymark_(pipeline_events_total|engine_commands_total|pipeline_transactions_total)/ && n++ < 12' 
+curl -fs "http://127.0.0.1:${DEMO_HTTP_PORT:-9464}/metrics" | awk '/^waymark_(pipeline_events_total|engine_commands_total|pipeline_transactions_total|pipeline_outcomes_total)/ && n++ < 14'
 
 step "graceful stop (SIGTERM: drain, commit, exit 0)"
 kill -TERM $run_pid
