@@ -229,6 +229,9 @@ struct Partition {
 struct OutcomeInput {
     topic: String,
     consumer: BaseConsumer<crate::kafka::ToolContext>,
+    /// Partitions assigned to `consumer` (librdkafka refuses to assign one twice or to
+    /// unassign one it does not have).
+    attached: std::collections::BTreeSet<i32>,
 }
 
 impl OutcomeInput {
@@ -262,12 +265,17 @@ impl OutcomeInput {
                 .filter(|t| t.error().is_none() && !t.partitions().is_empty())
                 .map(|t| t.partitions().len()))
         };
+        let input = |topic, consumer| OutcomeInput {
+            topic,
+            consumer,
+            attached: Default::default(),
+        };
         let (Some(want), outcomes) = (count(events)?, count(&topic)?) else {
             // No input topic yet: nothing to compare with; subscribing waits for it.
-            return Ok(OutcomeInput { topic, consumer });
+            return Ok(input(topic, consumer));
         };
         match outcomes {
-            Some(n) if n == want => Ok(OutcomeInput { topic, consumer }),
+            Some(n) if n == want => Ok(input(topic, consumer)),
             Some(n) => Err(PipelineError::Setup(format!(
                 "topic `{topic}` (topics.intervention-outcomes) has {n} partitions but `{events}` has {want}; outcomes must be partitioned like the events they follow (same count, keyed by customer id): recreate it with {want} partitions, or set read-outcomes: false"
             ))),
@@ -604,15 +612,20 @@ impl Core {
         consumer: &BaseConsumer<C>,
         partitions: &[i32],
     ) -> Result<(), PipelineError> {
-        let Some(input) = &self.outcomes else {
+        let Some(input) = self.outcomes.as_mut() else {
             return Ok(());
         };
-        if partitions.is_empty() {
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !input.attached.contains(p))
+            .collect();
+        if new.is_empty() {
             return Ok(());
         }
         let kafka = |action| move |source| PipelineError::Kafka { action, source };
         let mut query = TopicPartitionList::new();
-        for p in partitions {
+        for p in &new {
             query.add_partition(&input.topic, *p);
         }
         let committed = consumer
@@ -640,18 +653,24 @@ impl Core {
             .consumer
             .incremental_assign(&assign)
             .map_err(kafka("assign outcome partitions"))?;
-        tracing::debug!(?partitions, "Reading outcomes.");
+        input.attached.extend(&new);
+        tracing::debug!(partitions = ?new, "Reading outcomes.");
         Ok(())
     }
 
     /// Stops reading the outcome partitions of these event partitions.
     fn detach_outcomes(&mut self, partitions: &[i32]) {
-        let Some(input) = &self.outcomes else {
+        let Some(input) = self.outcomes.as_mut() else {
             return;
         };
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            tpl.add_partition(&input.topic, *p);
+            if input.attached.remove(p) {
+                tpl.add_partition(&input.topic, *p);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
         }
         if let Err(e) = input.consumer.incremental_unassign(&tpl) {
             tracing::warn!(error = %e, "Cannot unassign outcome partitions.");
