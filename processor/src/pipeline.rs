@@ -732,17 +732,9 @@ impl Core {
             self.metrics.outcome(EventResult::Rejected);
             return Ok(());
         };
-        let Some(part) = self.partitions.get_mut(&partition) else {
+        let Some((applied, _)) = self.apply(partition, &ev)? else {
             return Ok(());
         };
-        let applied = part
-            .runtime
-            .on_event(&ev, &mut self.outputs)
-            .map_err(|source| PipelineError::State {
-                partition,
-                path: part.path.clone(),
-                source,
-            })?;
         self.metrics.outcome(match applied {
             Applied::Accepted { late: false } => EventResult::Accepted,
             Applied::Accepted { late: true } => EventResult::Late,
@@ -905,6 +897,28 @@ impl Core {
         )
     }
 
+    /// Applies an admitted event to its partition's state (outputs go to `self.outputs`):
+    /// what happened and the watermark before it, or `None` when the partition is not open.
+    fn apply(
+        &mut self,
+        partition: i32,
+        ev: &crate::model::CustomerEvent,
+    ) -> Result<Option<(Applied, crate::model::Millis)>, PipelineError> {
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(None);
+        };
+        let watermark = part.runtime.watermark();
+        let applied = part
+            .runtime
+            .on_event(ev, &mut self.outputs)
+            .map_err(|source| PipelineError::State {
+                partition,
+                path: part.path.clone(),
+                source,
+            })?;
+        Ok(Some((applied, watermark)))
+    }
+
     /// The event of a record once decoded and validated; a record that is not is
     /// dead-lettered with the reason, and `None` returned.
     fn admit(
@@ -947,18 +961,9 @@ impl Core {
             self.metrics.events(EventResult::Rejected, 1);
             return Ok(());
         };
-        let Some(part) = self.partitions.get_mut(&partition) else {
+        let Some((applied, watermark)) = self.apply(partition, &ev)? else {
             return Ok(());
         };
-        let watermark = part.runtime.watermark();
-        let applied = part
-            .runtime
-            .on_event(&ev, &mut self.outputs)
-            .map_err(|source| PipelineError::State {
-                partition,
-                path: part.path.clone(),
-                source,
-            })?;
         match applied {
             Applied::Accepted { late: false } => self.metrics.events(EventResult::Accepted, 1),
             Applied::Accepted { late: true } => {
