@@ -134,6 +134,19 @@ impl Scenario {
         let dir = tempfile::tempdir()?;
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("waymark.yaml");
+        // Sinks get consumer groups of this scenario's own: a sink another test killed stays a
+        // member of a shared group until its session ends, holding up every rebalance.
+        let extra = if extra.contains("group-prefix:") {
+            extra.to_owned()
+        } else if extra.contains("sinks:\n") {
+            extra.replacen(
+                "sinks:\n",
+                &format!("sinks:\n  group-prefix: {id}-sink\n"),
+                1,
+            )
+        } else {
+            format!("{extra}\nsinks:\n  group-prefix: {id}-sink\n")
+        };
         let yaml = format!(
             "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\n  properties: {{{props}}}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\n  intervention-outcomes: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
@@ -308,6 +321,23 @@ impl Scenario {
         self.spawn_command(&args, http)
     }
 
+    /// Starts `waymark sink <channel>` on this scenario's config, with its log of handled
+    /// commands in `<dir>/sink-state` (the same each time: a restarted sink remembers) and
+    /// `/readyz` on a free port, and waits until it is ready.
+    pub fn start_sink(&self, channel: &str) -> Result<Processor> {
+        let http = format!("127.0.0.1:{}", free_port());
+        let state = self.dir.path().join("sink-state");
+        let args = [
+            "sink",
+            channel,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--http-addr",
+            &http,
+        ];
+        self.spawn_command(&args, http.clone())
+    }
+
     /// Starts `waymark --config <scenario config> <args…>` (a long-running subcommand that
     /// serves `/readyz` on `http`) and waits until it is ready.
     pub fn spawn_command(&self, args: &[&str], http: String) -> Result<Processor> {
@@ -452,6 +482,37 @@ impl Scenario {
     }
 }
 
+/// A customer event with these attributes.
+pub fn customer_event(
+    id: &str,
+    customer: &str,
+    event_type: &str,
+    at: Millis,
+    attributes: &[(&str, &str)],
+) -> waymark::model::CustomerEvent {
+    waymark::model::CustomerEvent {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_type: event_type.into(),
+        occurred_at: at,
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// Writes events as the JSON-lines file `simulate` and `produce` read.
+pub fn write_events(path: &Path, events: &[waymark::model::CustomerEvent]) -> Result<()> {
+    let mut text = String::new();
+    for e in events {
+        text.push_str(&serde_json::to_string(e)?);
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
 /// The offsets `group` committed in partitions `0..partitions` of `topic` (`None`: none yet).
 pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -508,6 +569,11 @@ impl Processor {
             "waymark run not ready after {timeout:?}; log:\n{}",
             self.log_text()
         )
+    }
+
+    /// Where it serves HTTP (`/metrics`, and a sink's callbacks).
+    pub fn http_addr(&self) -> &str {
+        &self.http
     }
 
     /// The process's log so far.

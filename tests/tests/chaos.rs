@@ -237,11 +237,7 @@ fn backlog_after_an_outage_never_nudges_a_customer_whose_completion_is_in_it() {
         .collect();
     scenario.produce_raw(&records).unwrap();
     let file = scenario.dir.path().join("backlog.jsonl");
-    let text: String = backlog
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
-    std::fs::write(&file, text).unwrap();
+    write_events(&file, &backlog).unwrap();
 
     // Back up: the backlog is replayed in event time; the wall clock cannot fire anything early.
     let processor = scenario.start().unwrap();

@@ -63,17 +63,7 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
     }
     processor.stop();
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let state = scenario.dir.path().join("sink-state");
-    let args = [
-        "sink",
-        "contact-center",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--http-addr",
-        http.as_str(),
-    ];
-    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    let sink = scenario.start_sink("contact-center").unwrap();
     sink.await_metric(SINK_DELIVERIES_TOTAL, 4.0, Duration::from_secs(60))
         .unwrap();
 
@@ -92,13 +82,13 @@ fn assist_tasks_and_sales_rep_calls_become_contact_center_tasks() {
         "note": "called; payment account set up together",
     });
     let path = "/callbacks/contact-center/tasks";
-    let (code, body) = http_post_json(&http, path, &update.to_string()).unwrap();
+    let (code, body) = http_post_json(sink.http_addr(), path, &update.to_string()).unwrap();
     assert_eq!(code, 202, "{body}");
-    let (code, body) = http_post_json(&http, path, r#"{"task_id": "x"}"#).unwrap();
+    let (code, body) = http_post_json(sink.http_addr(), path, r#"{"task_id": "x"}"#).unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("missing field"), "says what is wrong: {body}");
     let (code, body) = http_post_json(
-        &http,
+        sink.http_addr(),
         path,
         &update.to_string().replace("completed", "Done!"),
     )

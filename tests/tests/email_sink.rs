@@ -71,21 +71,7 @@ fn invites_reach_the_inbox_once_rejections_are_dead_lettered_and_outcomes_report
     assert_eq!(commands.len(), 2, "ana and rex, not the customer who paid");
 
     // The sink starts while the SMTP server is still down: it retries.
-    let sink_http = format!("127.0.0.1:{}", free_port());
-    let state = scenario.dir.path().join("sink-state");
-    let sink_args = |http: &str| {
-        vec![
-            "sink".to_owned(),
-            "email".to_owned(),
-            "--state-dir".to_owned(),
-            state.display().to_string(),
-            "--http-addr".to_owned(),
-            http.to_owned(),
-        ]
-    };
-    let args = sink_args(&sink_http);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let sink = scenario.spawn_command(&args, sink_http.clone()).unwrap();
+    let sink = scenario.start_sink("email").unwrap();
     sink.await_metric(SINK_RETRIES_TOTAL, 1.0, Duration::from_secs(30))
         .unwrap();
     let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
@@ -181,7 +167,7 @@ fn invites_reach_the_inbox_once_rejections_are_dead_lettered_and_outcomes_report
     }
     // Killed and restarted: nothing is sent again.
     sink.kill();
-    let sink = scenario.spawn_command(&args, sink_http.clone()).unwrap();
+    let sink = scenario.start_sink("email").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let log = sink.stop();
     assert_eq!(smtp.messages().len(), 1, "sent once: {log}");
@@ -237,17 +223,7 @@ fn a_sink_killed_after_the_smtp_server_accepted_and_before_the_offset_commit_sen
     processor.stop();
 
     let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let state = scenario.dir.path().join("sink-state");
-    let args = [
-        "sink",
-        "email",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--http-addr",
-        &http,
-    ];
-    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    let sink = scenario.start_sink("email").unwrap();
     smtp.await_messages(3, Duration::from_secs(60)).unwrap();
     sink.await_metric(SINK_DELIVERIES_TOTAL, 3.0, Duration::from_secs(10))
         .unwrap();
@@ -257,7 +233,7 @@ fn a_sink_killed_after_the_smtp_server_accepted_and_before_the_offset_commit_sen
     sink.kill();
 
     // Back up: all three commands come again, and all three are skipped.
-    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    let sink = scenario.start_sink("email").unwrap();
     let skipped = sink.await_metric(SINK_DELIVERIES_TOTAL, 3.0, Duration::from_secs(30));
     let log = sink.stop();
     skipped.unwrap();

@@ -13,24 +13,13 @@ use waymark::telemetry::OUTCOMES_TOTAL;
 use waymark_e2e::*;
 
 fn login(customer: &str, at: i64, email: &str, phone: &str) -> CustomerEvent {
-    CustomerEvent {
-        event_id: format!("{customer}-login"),
-        customer_id: customer.into(),
-        event_type: "login.created".into(),
-        occurred_at: at,
-        attributes: [
-            ("email".to_owned(), email.to_owned()),
-            ("phone".to_owned(), phone.to_owned()),
-        ]
-        .into(),
-    }
-}
-
-fn jsonl(events: &[CustomerEvent]) -> String {
-    events
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect()
+    customer_event(
+        &format!("{customer}-login"),
+        customer,
+        "login.created",
+        at,
+        &[("email", email), ("phone", phone)],
+    )
 }
 
 #[test]
@@ -58,26 +47,12 @@ fn a_bounced_invite_becomes_an_sms_and_every_outcome_is_recorded_on_its_customer
         login("rex", t, "reject-rex@example.com", "+16125550101"),
     ];
     let file = scenario.dir.path().join("events.jsonl");
-    std::fs::write(&file, jsonl(&events)).unwrap();
+    write_events(&file, &events).unwrap();
     scenario.produce_file(&file).unwrap();
 
     let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
     let processor = scenario.start().unwrap();
-    let sink_http = format!("127.0.0.1:{}", free_port());
-    let sink_state = scenario.dir.path().join("sink-state");
-    let sink = scenario
-        .spawn_command(
-            &[
-                "sink",
-                "email",
-                "--state-dir",
-                sink_state.to_str().unwrap(),
-                "--http-addr",
-                &sink_http,
-            ],
-            sink_http.clone(),
-        )
-        .unwrap();
+    let sink = scenario.start_sink("email").unwrap();
 
     // rex's invite bounces; the processor reads the bounce and texts rex instead.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -155,7 +130,7 @@ fn a_bounced_invite_becomes_an_sms_and_every_outcome_is_recorded_on_its_customer
     // The executable specification agrees: the same events plus the outcomes as events.
     let mut all = events.to_vec();
     all.extend(outcomes.iter().map(|o| o.to_event()));
-    std::fs::write(&file, jsonl(&all)).unwrap();
+    write_events(&file, &all).unwrap();
     let simulated = simulate_journeys(&journeys, None, &file, now_millis(), 1_000).unwrap();
     let kafka = scenario.outputs().unwrap();
     assert_same_outputs(&kafka, &simulated);

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use waymark::model::CustomerEvent;
 use waymark_e2e::*;
 
 /// A fixed-offset IANA zone in which `at` is about 23:00 local time (in the example file's
@@ -25,25 +24,6 @@ fn zone_at_night(at: i64) -> String {
     }
 }
 
-fn event(
-    id: &str,
-    customer: &str,
-    event_type: &str,
-    at: i64,
-    attrs: &[(&str, &str)],
-) -> CustomerEvent {
-    CustomerEvent {
-        event_id: id.into(),
-        customer_id: customer.into(),
-        event_type: event_type.into(),
-        occurred_at: at,
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
 #[test]
 fn the_suppression_list_blocks_and_quiet_hours_defer_as_simulate_says() {
     let protections = root().join("deploy/examples/protections.yaml");
@@ -58,28 +38,28 @@ fn the_suppression_list_blocks_and_quiet_hours_defer_as_simulate_says() {
     let night_zone = zone_at_night(night_login + 2 * 86_400_000);
     let email = |c: &str| format!("{c}@example.com");
     let events = [
-        event(
+        customer_event(
             "q1",
             "quiet",
             "login.created",
             t,
             &[("email", &email("quiet"))],
         ),
-        event(
+        customer_event(
             "q2",
             "quiet",
             "customer.suppressed",
             t + 10 * 60_000,
             &[("channel", "email")],
         ),
-        event(
+        customer_event(
             "l1",
             "loud",
             "login.created",
             t,
             &[("email", &email("loud"))],
         ),
-        event(
+        customer_event(
             "n1",
             "night",
             "login.created",
@@ -88,11 +68,7 @@ fn the_suppression_list_blocks_and_quiet_hours_defer_as_simulate_says() {
         ),
     ];
     let file = scenario.dir.path().join("events.jsonl");
-    let text: String = events
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
-    std::fs::write(&file, text).unwrap();
+    write_events(&file, &events).unwrap();
     scenario.produce_file(&file).unwrap();
 
     let simulated = simulate_journeys(

@@ -60,17 +60,7 @@ fn sms_reach_the_provider_once_with_retries_and_bad_numbers_are_dead_lettered() 
         .produce_to(&scenario.topics.commands_sms, &records)
         .unwrap();
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let state = scenario.dir.path().join("sink-state");
-    let args = [
-        "sink",
-        "sms",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--http-addr",
-        http.as_str(),
-    ];
-    let sink = scenario.spawn_command(&args, http.clone()).unwrap();
+    let sink = scenario.start_sink("sms").unwrap();
     sink.await_metric(SINK_DELIVERIES_TOTAL, 3.0, Duration::from_secs(60))
         .unwrap();
     assert!(
