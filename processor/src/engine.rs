@@ -428,7 +428,7 @@ impl Engine {
                 }
             }
             let memory = state.journeys.get(&journey.name);
-            let all = self.candidates(journey, &instances, state);
+            let all = self.protected_candidates(journey, &instances, state);
             let mut ready = Vec::new();
             for c in &all {
                 if memory.is_some_and(|m| m.emitted.binary_search(&c.key).is_ok()) {
@@ -496,7 +496,7 @@ impl Engine {
     /// in quiet hours becomes a `command_deferred` at its due time and the command itself at
     /// the end of the quiet hours — unless the rule's `unless` steps, the goal or an exit
     /// cancel it by then.
-    fn candidates(
+    fn protected_candidates(
         &self,
         journey: &Journey,
         instances: &[Instance],
@@ -605,7 +605,7 @@ impl Engine {
             let instances = derive_instances(journey, &state.events, retired);
             let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
             let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
-            for c in self.candidates(journey, &instances, state) {
+            for c in self.protected_candidates(journey, &instances, state) {
                 if let Kind::Command { rule, action } = c.kind
                     && journey.rules[rule].actions[action].channel == channel
                     && c.due <= due
@@ -876,7 +876,7 @@ impl Engine {
             let emitted = state.journeys.get(&journey.name);
             let handled = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
             let sent = |key: u64| handled(key) && !handled(key ^ SUPPRESSED);
-            let cands = self.candidates(journey, &instances, state);
+            let cands = self.protected_candidates(journey, &instances, state);
             let mut out = Vec::new();
             for (idx, inst) in instances.iter().enumerate() {
                 let mine = || cands.iter().filter(move |c| c.instance == idx);
