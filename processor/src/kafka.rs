@@ -129,6 +129,23 @@ impl rdkafka::ClientContext for ToolContext {
 
 impl rdkafka::consumer::ConsumerContext for ToolContext {}
 
+/// Calls `f(partition, lag)` for every partition of `topic` whose consumer lag the client's
+/// statistics know (librdkafka reports -1 for partitions it does not fetch; those are skipped).
+pub fn each_consumer_lag(
+    statistics: &rdkafka::Statistics,
+    topic: &str,
+    mut f: impl FnMut(i32, i64),
+) {
+    let Some(t) = statistics.topics.get(topic) else {
+        return;
+    };
+    for (partition, p) in &t.partitions {
+        if *partition >= 0 && p.consumer_lag >= 0 {
+            f(*partition, p.consumer_lag);
+        }
+    }
+}
+
 /// Base settings of every client: brokers plus user-supplied librdkafka properties.
 pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();

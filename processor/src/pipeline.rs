@@ -47,7 +47,7 @@ use crate::model::{Output, now_millis};
 use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
 use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
-use crate::telemetry::{EventResult, Health, Metrics};
+use crate::telemetry::{BatchLatencies, EventResult, Health, Metrics};
 
 mod restore;
 
@@ -310,15 +310,31 @@ struct Core {
     summary: RunSummary,
     /// First fatal error seen inside a callback; the loop stops on it.
     failed: Option<PipelineError>,
+    /// What the open batch will make visible, for the latency histograms.
+    latencies: BatchLatencies,
+    /// When the partitions' state sizes were last sampled for the metrics.
+    sized_at: Option<Instant>,
 }
+
+/// How often the state size gauges are sampled (RocksDB property reads).
+const STATE_SIZE_INTERVAL: Duration = Duration::from_secs(10);
 
 struct RunContext {
     core: Arc<Mutex<Core>>,
+    /// The statistics callback sets the lag gauges without taking `core`'s lock.
+    metrics: Metrics,
+    input_topic: String,
 }
 
 impl ClientContext for RunContext {
     fn error(&self, error: KafkaError, reason: &str) {
         crate::kafka::log_client_error(&error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::kafka::each_consumer_lag(&statistics, &self.input_topic, |partition, lag| {
+            self.metrics.consumer_lag(partition, lag)
+        });
     }
 }
 
@@ -331,6 +347,7 @@ impl ConsumerContext for RunContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut core = lock(&self.core);
+            core.metrics.rebalance("revoked");
             // Commit what was processed so far while we still own the partitions.
             if let Err(e) = core.commit(consumer) {
                 tracing::error!(error = %e, "Commit before revocation failed.");
@@ -339,6 +356,7 @@ impl ConsumerContext for RunContext {
             let revoked: Vec<i32> = tpl.elements().iter().map(|el| el.partition()).collect();
             core.detach_outcomes(&revoked);
             for el in tpl.elements() {
+                core.metrics.partition_revoked(el.partition());
                 if let Some(p) = core.partitions.remove(&el.partition()) {
                     tracing::info!(partition = el.partition(), path = %p.path.display(), "Partition revoked.");
                 }
@@ -358,6 +376,7 @@ impl ConsumerContext for RunContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut core = lock(&self.core);
+                core.metrics.rebalance("assigned");
                 for el in tpl.elements() {
                     if let Err(e) = core.open_partition(el.partition()) {
                         tracing::error!(error = %e, partition = el.partition(), "Cannot open partition state.");
@@ -732,7 +751,7 @@ impl Core {
             self.metrics.outcome(EventResult::Rejected);
             return Ok(());
         };
-        let Some((applied, _)) = self.apply(partition, &ev)? else {
+        let Some((applied, _)) = self.apply(partition, &ev, msg.timestamp().to_millis())? else {
             return Ok(());
         };
         self.metrics.outcome(match applied {
@@ -899,15 +918,18 @@ impl Core {
 
     /// Applies an admitted event to its partition's state (outputs go to `self.outputs`):
     /// what happened and the watermark before it, or `None` when the partition is not open.
+    /// `kafka_timestamp` is the record's (ms), for the event → command latency.
     fn apply(
         &mut self,
         partition: i32,
         ev: &crate::model::CustomerEvent,
+        kafka_timestamp: Option<i64>,
     ) -> Result<Option<(Applied, crate::model::Millis)>, PipelineError> {
         let Some(part) = self.partitions.get_mut(&partition) else {
             return Ok(None);
         };
         let watermark = part.runtime.watermark();
+        let first_output = self.outputs.len();
         let applied = part
             .runtime
             .on_event(ev, &mut self.outputs)
@@ -916,6 +938,19 @@ impl Core {
                 path: part.path.clone(),
                 source,
             })?;
+        let lateness = self.cfg.allowed_lateness_ms();
+        for o in &self.outputs[first_output..] {
+            if let Output::Command(c) = o {
+                // The event's own customer, due no later than the event: the event caused it
+                // at once. Anything else fired on a timer the event's time let through.
+                match kafka_timestamp {
+                    Some(ts) if c.customer_id == ev.customer_id && c.due_at <= ev.occurred_at => {
+                        self.latencies.command_from_event(ts)
+                    }
+                    _ => self.latencies.command_from_timer(c.due_at + lateness),
+                }
+            }
+        }
         Ok(Some((applied, watermark)))
     }
 
@@ -951,6 +986,7 @@ impl Core {
         self.open_partition(partition)?;
         self.begin()?;
         self.summary.records += 1;
+        self.latencies.read();
         if let Some(p) = self.partitions.get_mut(&partition) {
             p.caught_up = false;
             p.pending_offset = Some(msg.offset() + 1);
@@ -958,16 +994,24 @@ impl Core {
         let payload = msg.payload().unwrap_or_default();
         let decoded = codec::decode_customer_event(payload, self.cfg.input_format);
         let Some(ev) = self.admit(msg, decoded)? else {
-            self.metrics.events(EventResult::Rejected, 1);
+            self.metrics
+                .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
             return Ok(());
         };
-        let Some((applied, watermark)) = self.apply(partition, &ev)? else {
+        let Some((applied, watermark)) = self.apply(partition, &ev, msg.timestamp().to_millis())?
+        else {
             return Ok(());
+        };
+        let event_type = match applied {
+            Applied::Ignored => crate::telemetry::OTHER_EVENT_TYPE,
+            _ => ev.event_type.as_str(),
         };
         match applied {
-            Applied::Accepted { late: false } => self.metrics.events(EventResult::Accepted, 1),
+            Applied::Accepted { late: false } => {
+                self.metrics.events(event_type, EventResult::Accepted, 1)
+            }
             Applied::Accepted { late: true } => {
-                self.metrics.events(EventResult::Late, 1);
+                self.metrics.events(event_type, EventResult::Late, 1);
                 let h = source_headers(msg).insert(Header {
                     key: headers::WATERMARK,
                     value: Some(&crate::model::format_millis(watermark)),
@@ -975,11 +1019,11 @@ impl Core {
                 let topic = self.cfg.topics.late_events.clone();
                 self.send(&topic, msg.key().unwrap_or_default(), payload, Some(h))?;
             }
-            Applied::Duplicate => self.metrics.events(EventResult::Duplicate, 1),
-            Applied::Ignored => self.metrics.events(EventResult::Ignored, 1),
+            Applied::Duplicate => self.metrics.events(event_type, EventResult::Duplicate, 1),
+            Applied::Ignored => self.metrics.events(event_type, EventResult::Ignored, 1),
             Applied::Forgotten => {
                 tracing::info!(partition, "Customer state erased on request.");
-                self.metrics.events(EventResult::Forgotten, 1);
+                self.metrics.events(event_type, EventResult::Forgotten, 1);
             }
         }
         self.send_outputs()
@@ -988,6 +1032,7 @@ impl Core {
     /// Advances the watermark of caught-up partitions to the wall clock − allowed lateness.
     fn advance_idle_partitions(&mut self) -> Result<(), PipelineError> {
         let wall = now_millis() - self.cfg.allowed_lateness_ms();
+        let first_output = self.outputs.len();
         let mut fired = 0;
         for (partition, part) in self.partitions.iter_mut() {
             if part.caught_up {
@@ -1003,6 +1048,26 @@ impl Core {
             let lag = (now_millis() - part.runtime.watermark().max(0)) / 1000;
             self.metrics
                 .partition(*partition, part.runtime.pending_timers(), lag);
+        }
+        let sample_sizes = self
+            .sized_at
+            .is_none_or(|at| at.elapsed() >= STATE_SIZE_INTERVAL);
+        if sample_sizes {
+            self.sized_at = Some(Instant::now());
+            for (partition, part) in &self.partitions {
+                match part.runtime.store_size() {
+                    Ok((keys, bytes)) => self.metrics.state_size(*partition, keys, bytes),
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "Cannot read the state size.")
+                    }
+                }
+            }
+        }
+        let lateness = self.cfg.allowed_lateness_ms();
+        for o in &self.outputs[first_output..] {
+            if let Output::Command(c) = o {
+                self.latencies.command_from_timer(c.due_at + lateness);
+            }
         }
         if !self.outputs.is_empty() {
             tracing::debug!(customers = fired, "Timers fired on wall-clock time.");
@@ -1118,6 +1183,7 @@ impl Core {
         }
         self.metrics
             .transaction(true, started.elapsed().as_secs_f64());
+        self.metrics.committed(&mut self.latencies, now_millis());
         Ok(())
     }
 
@@ -1147,6 +1213,7 @@ impl Core {
             });
         }
         self.outputs.clear();
+        self.latencies.clear();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
             let (committed, outcomes_from) = self
@@ -1242,6 +1309,8 @@ pub fn run(
         outputs: Vec::with_capacity(256),
         summary: RunSummary::default(),
         failed: None,
+        latencies: BatchLatencies::default(),
+        sized_at: None,
         cfg,
     }));
     let consumer: BaseConsumer<RunContext> = {
@@ -1253,12 +1322,18 @@ pub fn run(
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .set("partition.assignment.strategy", "cooperative-sticky");
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("statistics.interval.ms", "5000");
         if let Some(instance) = &c.cfg.kafka.group_instance_id {
             cc.set("group.instance.id", instance);
         }
+        let context = RunContext {
+            core: core.clone(),
+            metrics: c.metrics.clone(),
+            input_topic: c.cfg.topics.customer_events.clone(),
+        };
         drop(c);
-        cc.create_with_context(RunContext { core: core.clone() })
+        cc.create_with_context(context)
             .map_err(|source| PipelineError::Kafka {
                 action: "create consumer",
                 source,

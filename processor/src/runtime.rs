@@ -188,6 +188,12 @@ impl PartitionRuntime {
         self.stats
     }
 
+    /// Approximate `(keys, bytes)` of the partition's stored state, for metrics.
+    pub fn store_size(&self) -> Result<(u64, u64), StateError> {
+        let (customers, timers) = self.store.approximate_counts()?;
+        Ok((customers + timers, self.store.approximate_bytes()?))
+    }
+
     /// Number of customers with a pending wake-up.
     pub fn pending_timers(&self) -> usize {
         self.timers.len()

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -15,8 +16,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::shutdown::CancellationToken;
@@ -57,6 +58,64 @@ pub const CLIENT_RESTARTS_TOTAL: &str = "waymark_kafka_client_restarts_total";
 pub const OUTCOMES_TOTAL: &str = "waymark_pipeline_outcomes_total";
 /// Build information (value 1), by version.
 pub const BUILD_INFO: &str = "waymark_build_info";
+/// Records of `customer-events` not yet read, per assigned partition (from the client's
+/// statistics, every `kafka.statistics-interval`).
+pub const CONSUMER_LAG: &str = "waymark_pipeline_consumer_lag_records";
+/// Time from reading a record to the commit of the transaction holding its outputs, seconds.
+pub const PROCESSING_LATENCY_SECONDS: &str = "waymark_pipeline_processing_latency_seconds";
+/// For commands an input event caused at once (immediate actions): from the event's Kafka
+/// timestamp to the commit of the command, seconds.
+pub const EVENT_TO_COMMAND_SECONDS: &str = "waymark_engine_event_to_command_seconds";
+/// For commands a timer caused: how long after it could first fire (due time + allowed
+/// lateness, on the wall clock) the command was committed, seconds.
+pub const TIMER_LATENESS_SECONDS: &str = "waymark_engine_timer_lateness_seconds";
+/// Commands a customer protection withheld, by journey, action and reason (`suppression_list`,
+/// `frequency_cap`).
+pub const COMMANDS_SUPPRESSED_TOTAL: &str = "waymark_engine_commands_suppressed_total";
+/// Approximate keys (customers and timers) in a partition's local state.
+pub const STATE_KEYS: &str = "waymark_state_keys";
+/// Approximate bytes of a partition's local state (SST files and memtables).
+pub const STATE_BYTES: &str = "waymark_state_bytes";
+/// Consumer group rebalances seen by this instance, by kind (`assigned`, `revoked`).
+pub const REBALANCES_TOTAL: &str = "waymark_pipeline_rebalances_total";
+/// Time a sink's provider took to deliver one command (every attempt), by channel, seconds.
+pub const SINK_DELIVERY_SECONDS: &str = "waymark_sink_delivery_duration_seconds";
+/// Journey events the analytics view read, by result (`applied`, `duplicate`, `rejected`).
+pub const ANALYTICS_EVENTS_TOTAL: &str = "waymark_analytics_journey_events_total";
+/// Records of `journey-events` the analytics view has not read yet, per partition.
+pub const ANALYTICS_CONSUMER_LAG: &str = "waymark_analytics_consumer_lag_records";
+
+/// Every metric name Waymark exports; the deployment's dashboards and alerts are checked
+/// against this list.
+pub const METRIC_NAMES: &[&str] = &[
+    EVENTS_TOTAL,
+    DEAD_LETTERS_TOTAL,
+    COMMANDS_TOTAL,
+    JOURNEY_EVENTS_TOTAL,
+    TRANSACTIONS_TOTAL,
+    COMMIT_SECONDS,
+    TIMERS_PENDING,
+    WATERMARK_LAG_SECONDS,
+    PARTITIONS_ASSIGNED,
+    RESTORE_RECORDS_TOTAL,
+    SINK_DELIVERIES_TOTAL,
+    SINK_RETRIES_TOTAL,
+    RESTORING_PARTITIONS,
+    CLIENT_RESTARTS_TOTAL,
+    OUTCOMES_TOTAL,
+    BUILD_INFO,
+    CONSUMER_LAG,
+    PROCESSING_LATENCY_SECONDS,
+    EVENT_TO_COMMAND_SECONDS,
+    TIMER_LATENESS_SECONDS,
+    COMMANDS_SUPPRESSED_TOTAL,
+    STATE_KEYS,
+    STATE_BYTES,
+    REBALANCES_TOTAL,
+    SINK_DELIVERY_SECONDS,
+    ANALYTICS_EVENTS_TOTAL,
+    ANALYTICS_CONSUMER_LAG,
+];
 
 /// The result label of [`EVENTS_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +147,26 @@ impl EventResult {
     }
 }
 
+/// Labels of [`EVENTS_TOTAL`]'s `type` for events whose type is not a journey's: the upstream
+/// may send any number of types, and a label must stay bounded.
+pub const OTHER_EVENT_TYPE: &str = "other";
+
+/// The reason label of [`COMMANDS_SUPPRESSED_TOTAL`] for a `command_suppressed` reason text.
+pub fn suppression_reason_label(reason: &str) -> &'static str {
+    if reason.starts_with("suppression list") {
+        "suppression_list"
+    } else if reason.starts_with("frequency cap") {
+        "frequency_cap"
+    } else {
+        "other"
+    }
+}
+
 /// The processor's metrics, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    names: Arc<Vec<String>>,
     events: IntCounterVec,
     dead_letters: IntCounterVec,
     commands: IntCounterVec,
@@ -101,138 +176,221 @@ pub struct Metrics {
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
-    restore_records: prometheus::IntCounter,
+    restore_records: IntCounter,
     restoring: IntGauge,
     sink_deliveries: IntCounterVec,
     sink_retries: IntCounterVec,
-    client_restarts: prometheus::IntCounter,
+    sink_seconds: HistogramVec,
+    client_restarts: IntCounter,
     outcomes: IntCounterVec,
+    consumer_lag: IntGaugeVec,
+    processing_latency: Histogram,
+    event_to_command: Histogram,
+    timer_lateness: Histogram,
+    suppressed: IntCounterVec,
+    state_keys: IntGaugeVec,
+    state_bytes: IntGaugeVec,
+    rebalances: IntCounterVec,
+    analytics_events: IntCounterVec,
+    analytics_lag: IntGaugeVec,
+}
+
+/// Registers collectors in one registry; definitions are static, so a failure is a bug.
+struct Registrar {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Registrar {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.names
+            .borrow_mut()
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("static counter"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("static counter"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("static gauge"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge"))
+    }
+
+    /// A histogram with `count` buckets growing ×2 from `start` seconds.
+    fn histogram(&self, name: &str, help: &str, start: f64, count: usize) -> Histogram {
+        let buckets = prometheus::exponential_buckets(start, 2.0, count).expect("static buckets");
+        self.add(
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static histogram"),
+        )
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        start: f64,
+        count: usize,
+    ) -> HistogramVec {
+        let buckets = prometheus::exponential_buckets(start, 2.0, count).expect("static buckets");
+        self.add(
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("static histogram"),
+        )
+    }
 }
 
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .expect("metric definitions are static and valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric names are unique");
-            c
+        let r = Registrar {
+            registry: Registry::new(),
+            names: Default::default(),
         };
-        let events = counter(
-            EVENTS_TOTAL,
-            "Events read from the input topic, by result.",
-            &["result"],
-        );
-        let dead_letters = counter(
-            DEAD_LETTERS_TOTAL,
-            "Input records sent to the dead-letter topic, by reason.",
-            &["reason"],
-        );
-        let commands = counter(
-            COMMANDS_TOTAL,
-            "Intervention commands emitted.",
-            &["journey", "action", "channel"],
-        );
-        let journey_events = counter(
-            JOURNEY_EVENTS_TOTAL,
-            "Journey events emitted.",
-            &["journey", "type"],
-        );
-        let transactions = counter(
-            TRANSACTIONS_TOTAL,
-            "Kafka transactions, by result.",
-            &["result"],
-        );
-        let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+        let build = r.gauges(BUILD_INFO, "Build information.", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let partition = &["partition"];
+        Metrics {
+            events: r.counters(
+                EVENTS_TOTAL,
+                "Events read from the input topic, by event type (a journey's, or `other`) and result.",
+                &["type", "result"],
+            ),
+            dead_letters: r.counters(
+                DEAD_LETTERS_TOTAL,
+                "Input records sent to the dead-letter topic, by reason.",
+                &["reason"],
+            ),
+            commands: r.counters(
+                COMMANDS_TOTAL,
+                "Intervention commands emitted.",
+                &["journey", "action", "channel"],
+            ),
+            journey_events: r.counters(
+                JOURNEY_EVENTS_TOTAL,
+                "Journey events emitted.",
+                &["journey", "type"],
+            ),
+            transactions: r.counters(
+                TRANSACTIONS_TOTAL,
+                "Kafka transactions, by result.",
+                &["result"],
+            ),
+            commit_seconds: r.histogram(
                 COMMIT_SECONDS,
                 "Time to commit one transaction of outputs, offsets and state.",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("static buckets")),
-        )
-        .expect("static histogram");
-        registry
-            .register(Box::new(commit_seconds.clone()))
-            .expect("unique");
-        let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["partition"]).expect("static gauge");
-            registry.register(Box::new(g.clone())).expect("unique");
-            g
-        };
-        let timers_pending = gauge(TIMERS_PENDING, "Customers with a pending timer.");
-        let watermark_lag = gauge(
-            WATERMARK_LAG_SECONDS,
-            "Wall clock minus the partition's watermark, seconds.",
-        );
-        let partitions =
-            IntGauge::new(PARTITIONS_ASSIGNED, "Partitions assigned to this instance.")
-                .expect("static gauge");
-        registry
-            .register(Box::new(partitions.clone()))
-            .expect("unique");
-        let restore_records = prometheus::IntCounter::new(
-            RESTORE_RECORDS_TOTAL,
-            "Changelog records read while restoring partitions.",
-        )
-        .expect("static counter");
-        registry
-            .register(Box::new(restore_records.clone()))
-            .expect("unique");
-        let restoring = IntGauge::new(
-            RESTORING_PARTITIONS,
-            "Partitions being restored from the changelog.",
-        )
-        .expect("static gauge");
-        registry
-            .register(Box::new(restoring.clone()))
-            .expect("unique");
-        let sink_deliveries = counter(
-            SINK_DELIVERIES_TOTAL,
-            "Commands a channel sink handled, by result.",
-            &["channel", "result"],
-        );
-        let sink_retries = counter(
-            SINK_RETRIES_TOTAL,
-            "Delivery attempts a channel sink retried.",
-            &["channel"],
-        );
-        let outcomes = counter(
-            OUTCOMES_TOTAL,
-            "Outcomes of commands read from intervention-outcomes, by result.",
-            &["result"],
-        );
-        let client_restarts = prometheus::IntCounter::new(
-            CLIENT_RESTARTS_TOTAL,
-            "Restarts with new Kafka clients after a fatal client error.",
-        )
-        .expect("static counter");
-        registry
-            .register(Box::new(client_restarts.clone()))
-            .expect("unique");
-        let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
-            .expect("static gauge");
-        registry.register(Box::new(build.clone())).expect("unique");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Metrics {
-            registry,
-            events,
-            dead_letters,
-            commands,
-            journey_events,
-            transactions,
-            commit_seconds,
-            timers_pending,
-            watermark_lag,
-            partitions,
-            restore_records,
-            restoring,
-            sink_deliveries,
-            sink_retries,
-            client_restarts,
-            outcomes,
+                0.001,
+                14,
+            ),
+            timers_pending: r.gauges(TIMERS_PENDING, "Customers with a pending timer.", partition),
+            watermark_lag: r.gauges(
+                WATERMARK_LAG_SECONDS,
+                "Wall clock minus the partition's watermark, seconds.",
+                partition,
+            ),
+            partitions: r.gauge(PARTITIONS_ASSIGNED, "Partitions assigned to this instance."),
+            restore_records: r.counter(
+                RESTORE_RECORDS_TOTAL,
+                "Changelog records read while restoring partitions.",
+            ),
+            restoring: r.gauge(
+                RESTORING_PARTITIONS,
+                "Partitions being restored from the changelog.",
+            ),
+            sink_deliveries: r.counters(
+                SINK_DELIVERIES_TOTAL,
+                "Commands a channel sink handled, by result.",
+                &["channel", "result"],
+            ),
+            sink_retries: r.counters(
+                SINK_RETRIES_TOTAL,
+                "Delivery attempts a channel sink retried.",
+                &["channel"],
+            ),
+            sink_seconds: r.histograms(
+                SINK_DELIVERY_SECONDS,
+                "Time the provider took for one delivery attempt.",
+                &["channel"],
+                0.005,
+                14,
+            ),
+            client_restarts: r.counter(
+                CLIENT_RESTARTS_TOTAL,
+                "Restarts with new Kafka clients after a fatal client error.",
+            ),
+            outcomes: r.counters(
+                OUTCOMES_TOTAL,
+                "Outcomes of commands read from intervention-outcomes, by result.",
+                &["result"],
+            ),
+            consumer_lag: r.gauges(
+                CONSUMER_LAG,
+                "Records of the input topic not yet read, per assigned partition.",
+                partition,
+            ),
+            processing_latency: r.histogram(
+                PROCESSING_LATENCY_SECONDS,
+                "Time from reading a record to the commit of its outputs.",
+                0.001,
+                15,
+            ),
+            event_to_command: r.histogram(
+                EVENT_TO_COMMAND_SECONDS,
+                "Time from an event's Kafka timestamp to the commit of the command it caused at once.",
+                0.001,
+                16,
+            ),
+            timer_lateness: r.histogram(
+                TIMER_LATENESS_SECONDS,
+                "How long after its due time plus allowed lateness a timer's command was committed.",
+                0.05,
+                20,
+            ),
+            suppressed: r.counters(
+                COMMANDS_SUPPRESSED_TOTAL,
+                "Commands withheld by a customer protection, by reason.",
+                &["journey", "action", "reason"],
+            ),
+            state_keys: r.gauges(
+                STATE_KEYS,
+                "Approximate keys (customers and timers) in the partition's local state.",
+                partition,
+            ),
+            state_bytes: r.gauges(
+                STATE_BYTES,
+                "Approximate bytes of the partition's local state.",
+                partition,
+            ),
+            rebalances: r.counters(
+                REBALANCES_TOTAL,
+                "Consumer group rebalances, by kind.",
+                &["kind"],
+            ),
+            analytics_events: r.counters(
+                ANALYTICS_EVENTS_TOTAL,
+                "Journey events read by the analytics view, by result.",
+                &["result"],
+            ),
+            analytics_lag: r.gauges(
+                ANALYTICS_CONSUMER_LAG,
+                "Records of journey-events the analytics view has not read yet, per partition.",
+                partition,
+            ),
+            names: Arc::new(r.names.take()),
+            registry: r.registry,
         }
     }
 
@@ -251,6 +409,13 @@ impl Metrics {
         self.sink_deliveries
             .with_label_values(&[channel, result])
             .inc();
+    }
+
+    /// Records how long one delivery attempt took.
+    pub fn sink_attempt(&self, channel: &str, seconds: f64) {
+        self.sink_seconds
+            .with_label_values(&[channel])
+            .observe(seconds);
     }
 
     /// Counts a retried delivery attempt.
@@ -272,9 +437,11 @@ impl Metrics {
         self.restore_records.inc_by(records);
     }
 
-    /// Counts input events.
-    pub fn events(&self, result: EventResult, n: u64) {
-        self.events.with_label_values(&[result.label()]).inc_by(n);
+    /// Counts input events of one type (a journey's, or [`OTHER_EVENT_TYPE`]).
+    pub fn events(&self, event_type: &str, result: EventResult, n: u64) {
+        self.events
+            .with_label_values(&[event_type, result.label()])
+            .inc_by(n);
     }
 
     /// Counts a dead-lettered record.
@@ -296,6 +463,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a command a protection withheld (`reason` as carried by the journey event).
+    pub fn suppressed(&self, journey: &str, action: &str, reason: &str) {
+        self.suppressed
+            .with_label_values(&[journey, action, suppression_reason_label(reason)])
+            .inc();
+    }
+
     /// Records a transaction's outcome and duration.
     pub fn transaction(&self, committed: bool, seconds: f64) {
         self.transactions
@@ -304,6 +478,23 @@ impl Metrics {
         if committed {
             self.commit_seconds.observe(seconds);
         }
+    }
+
+    /// Observes, at a commit, the latencies of what it made visible, and clears `batch`.
+    pub fn committed(&self, batch: &mut BatchLatencies, now_ms: i64) {
+        let now = Instant::now();
+        for at in &batch.read_at {
+            self.processing_latency
+                .observe(now.duration_since(*at).as_secs_f64());
+        }
+        let since = |ms: i64| (now_ms - ms).max(0) as f64 / 1000.0;
+        for ms in &batch.event_stamps {
+            self.event_to_command.observe(since(*ms));
+        }
+        for ms in &batch.timer_ready {
+            self.timer_lateness.observe(since(*ms));
+        }
+        batch.clear();
     }
 
     /// Sets a partition's gauges.
@@ -317,6 +508,51 @@ impl Metrics {
             .set(watermark_lag_secs);
     }
 
+    /// Sets a partition's local state size.
+    pub fn state_size(&self, partition: i32, keys: u64, bytes: u64) {
+        let p = partition.to_string();
+        self.state_keys.with_label_values(&[&p]).set(keys as i64);
+        self.state_bytes.with_label_values(&[&p]).set(bytes as i64);
+    }
+
+    /// Sets the input consumer's lag of a partition.
+    pub fn consumer_lag(&self, partition: i32, records: i64) {
+        self.consumer_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(records.max(0));
+    }
+
+    /// Forgets the per-partition series of a partition this instance no longer owns.
+    pub fn partition_revoked(&self, partition: i32) {
+        let p = partition.to_string();
+        for g in [
+            &self.timers_pending,
+            &self.watermark_lag,
+            &self.consumer_lag,
+            &self.state_keys,
+            &self.state_bytes,
+        ] {
+            let _ = g.remove_label_values(&[&p]);
+        }
+    }
+
+    /// Counts a rebalance callback (`assigned` or `revoked`).
+    pub fn rebalance(&self, kind: &'static str) {
+        self.rebalances.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts journey events read by the analytics view (`applied`, `duplicate`, `rejected`).
+    pub fn analytics_events(&self, result: &'static str, n: u64) {
+        self.analytics_events.with_label_values(&[result]).inc_by(n);
+    }
+
+    /// Sets the analytics view's consumer lag of a partition.
+    pub fn analytics_lag(&self, partition: i32, records: i64) {
+        self.analytics_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(records.max(0));
+    }
+
     /// Sets the number of assigned partitions.
     pub fn assigned(&self, n: usize) {
         self.partitions.set(n as i64);
@@ -328,6 +564,47 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The names of every registered metric family (also those without samples yet).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// What a batch made visible, for the latency histograms; observed when its transaction
+/// commits ([`Metrics::committed`]), dropped when it aborts.
+#[derive(Debug, Default)]
+pub struct BatchLatencies {
+    /// When each input record of the batch was read.
+    read_at: Vec<Instant>,
+    /// Kafka timestamps (ms) of the events behind each command they caused at once.
+    event_stamps: Vec<i64>,
+    /// For each command a timer caused: the wall-clock ms it could first fire at.
+    timer_ready: Vec<i64>,
+}
+
+impl BatchLatencies {
+    /// An input record was read now.
+    pub fn read(&mut self) {
+        self.read_at.push(Instant::now());
+    }
+
+    /// A command caused at once by an event with this Kafka timestamp (ms).
+    pub fn command_from_event(&mut self, kafka_timestamp_ms: i64) {
+        self.event_stamps.push(kafka_timestamp_ms);
+    }
+
+    /// A command caused by a timer that could first fire at this wall-clock time (ms).
+    pub fn command_from_timer(&mut self, ready_ms: i64) {
+        self.timer_ready.push(ready_ms);
+    }
+
+    /// Forgets the batch (it was aborted).
+    pub fn clear(&mut self) {
+        self.read_at.clear();
+        self.event_stamps.clear();
+        self.timer_ready.clear();
     }
 }
 
@@ -433,4 +710,59 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_metric_is_a_named_constant_and_back() {
+        let mut registered = Metrics::new().names().to_vec();
+        registered.sort();
+        let mut declared: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+        declared.sort();
+        assert_eq!(registered, declared);
+    }
+
+    #[test]
+    fn event_and_timer_latencies_are_observed_at_the_commit_and_then_forgotten() {
+        let metrics = Metrics::new();
+        let mut batch = BatchLatencies::default();
+        batch.read();
+        batch.command_from_event(10_000);
+        batch.command_from_timer(7_000);
+        batch.command_from_timer(12_000);
+        metrics.committed(&mut batch, 12_000);
+        let text = metrics.render();
+        let sample = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(sample(&format!("{EVENT_TO_COMMAND_SECONDS}_sum")), "2");
+        assert_eq!(sample(&format!("{TIMER_LATENESS_SECONDS}_count")), "2");
+        assert_eq!(sample(&format!("{TIMER_LATENESS_SECONDS}_sum")), "5");
+        assert_eq!(sample(&format!("{PROCESSING_LATENCY_SECONDS}_count")), "1");
+        metrics.committed(&mut batch, 20_000);
+        let text = metrics.render();
+        assert!(text.contains(&format!("{TIMER_LATENESS_SECONDS}_count 2")));
+    }
+
+    #[test]
+    fn suppression_reasons_map_to_bounded_labels() {
+        assert_eq!(
+            suppression_reason_label("suppression list (since 2026-01-01T00:00:00Z)"),
+            "suppression_list"
+        );
+        assert_eq!(
+            suppression_reason_label("frequency cap: 2 email per 1d"),
+            "frequency_cap"
+        );
+        assert_eq!(suppression_reason_label("anything else"), "other");
+    }
 }

@@ -408,7 +408,11 @@ impl<P: Provider> Runner<'_, P> {
         let provider = self.provider;
         let result = (|| {
             attempts.set(attempts.get() + 1);
-            provider.deliver(&command)
+            let started = std::time::Instant::now();
+            let delivered = provider.deliver(&command);
+            self.metrics
+                .sink_attempt(channel, started.elapsed().as_secs_f64());
+            delivered
         })
         .retry(backoff)
         .sleep(std::thread::sleep)

@@ -84,4 +84,11 @@ impl StateStore for MemoryStore {
     fn approximate_counts(&self) -> Result<(u64, u64), StateError> {
         Ok((self.customers.len() as u64, self.timers.len() as u64))
     }
+
+    fn approximate_bytes(&self) -> Result<u64, StateError> {
+        let customers: usize = self.customers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let timers: usize = self.timers.iter().map(|(_, id)| id.len() + 8).sum();
+        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Ok((customers + timers + meta) as u64)
+    }
 }

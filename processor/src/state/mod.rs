@@ -217,6 +217,9 @@ pub trait StateStore: Send {
     /// Approximate `(customer records, timer entries)`, for metrics. Cheap; may be off by a
     /// margin after many deletes (RocksDB estimates from its files).
     fn approximate_counts(&self) -> Result<(u64, u64), StateError>;
+
+    /// Approximate bytes the state takes (on disk and in write buffers), for metrics. Cheap.
+    fn approximate_bytes(&self) -> Result<u64, StateError>;
 }
 
 /// What went wrong in the state layer: what failed, with which path or key, and what to do.

@@ -442,6 +442,23 @@ impl StateStore for RocksStore {
         };
         Ok((count(CF_CUSTOMERS)?, count(CF_TIMERS)?))
     }
+
+    fn approximate_bytes(&self) -> Result<u64, StateError> {
+        let mut total = 0;
+        for name in [CF_CUSTOMERS, CF_TIMERS, CF_META] {
+            for property in [
+                properties::TOTAL_SST_FILES_SIZE,
+                properties::CUR_SIZE_ALL_MEM_TABLES,
+            ] {
+                total += self
+                    .db
+                    .property_int_value_cf(self.cf(name)?, property)
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| self.read_error(|| format!("the size of `{name}`"), e))?;
+            }
+        }
+        Ok(total)
+    }
 }
 
 #[cfg(test)]

@@ -304,6 +304,20 @@ mod conformance {
         store.write(batch).unwrap();
         assert_eq!(store.approximate_counts().unwrap(), (3, 2));
     }
+
+    pub fn approximate_bytes_grow_with_writes(store: &mut dyn StateStore) {
+        let before = store.approximate_bytes().unwrap();
+        let mut batch = StateBatch::new();
+        for i in 0..100 {
+            batch.put_customer(&format!("customer-{i}"), vec![7; 100]);
+        }
+        store.write(batch).unwrap();
+        let after = store.approximate_bytes().unwrap();
+        assert!(
+            after >= before + 100 * 100,
+            "10 KB written, size went from {before} to {after}"
+        );
+    }
 }
 
 /// Runs every conformance case against the store `$open` returns, as tests in module `$suite`.
@@ -322,6 +336,7 @@ macro_rules! conformance_suite {
                 customer_ids_may_be_any_utf8,
                 for_each_customer_visits_in_id_order_and_stops_when_asked,
                 approximate_counts_follow_writes,
+                approximate_bytes_grow_with_writes,
             );
         }
     };
@@ -576,6 +591,9 @@ impl StateStore for SpyStore {
     }
     fn approximate_counts(&self) -> Result<(u64, u64), StateError> {
         self.inner.approximate_counts()
+    }
+    fn approximate_bytes(&self) -> Result<u64, StateError> {
+        self.inner.approximate_bytes()
     }
 }
 
