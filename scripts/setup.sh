@@ -8,6 +8,7 @@
 #   libclang-dev          bindgen for the rocksdb crate
 #   python3-aiosmtpd      the real SMTP server for the email sink's tests and the demo
 #   curl                  readiness probes in scripts/demo.sh
+#   chromium              the dashboard's browser test (headless) and its screenshot
 #   openjdk-17-jre-headless, maven
 #                         the local Kafka broker (scripts/kafka.sh); only when `java`/`mvn`
 #                         are not already on PATH, so a JDK installed another way is kept
@@ -34,7 +35,7 @@ esac
 packages=(
   cmake pkg-config libclang-dev
   libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev libsasl2-dev
-  python3-aiosmtpd curl
+  python3-aiosmtpd curl chromium
 )
 have java || packages+=(openjdk-17-jre-headless)
 have mvn || packages+=(maven)

@@ -300,6 +300,39 @@ pub struct Config {
     /// The channel sinks (`waymark sink <channel>`).
     #[serde(default)]
     pub sinks: SinksConfig,
+    /// The analytics view (`waymark analytics serve`).
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+}
+
+/// Settings of the analytics view (`waymark analytics serve`): the live funnel, drill-down,
+/// API and dashboard, materialized from `journey-events`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AnalyticsConfig {
+    /// Consumer group of the view's instances (they share `journey-events`' partitions).
+    /// Default `waymark-analytics`.
+    pub group_id: String,
+    /// The view's RocksDB (progress, drill-down index, aggregates and offsets). A cache of
+    /// `journey-events`: deleted, it is rebuilt from the topic. Default `.waymark/analytics`.
+    pub state_dir: PathBuf,
+    /// Address of the API, the dashboard, `/livez`, `/readyz` and `/metrics`.
+    /// Default `127.0.0.1:9466`.
+    pub http_addr: SocketAddr,
+    /// How often what was read is written to the view's database (and becomes visible in
+    /// the API), in milliseconds. Default 500.
+    pub commit_interval_ms: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            group_id: "waymark-analytics".into(),
+            state_dir: ".waymark/analytics".into(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9466)),
+            commit_interval_ms: 500,
+        }
+    }
 }
 
 /// Settings of the channel sinks (`waymark sink email|...`).
@@ -478,6 +511,7 @@ impl Default for Config {
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             sinks: SinksConfig::default(),
+            analytics: AnalyticsConfig::default(),
             rocksdb: RocksOptions::default(),
         }
     }
@@ -594,6 +628,21 @@ impl Config {
         if self.cache_capacity == 0 {
             return Err(invalid("cache-capacity", "must be at least 1"));
         }
+        if self.analytics.commit_interval_ms == 0 {
+            return Err(invalid(
+                "analytics.commit-interval-ms",
+                "must be at least 1",
+            ));
+        }
+        if self.analytics.group_id.trim().is_empty() {
+            return Err(invalid("analytics.group-id", "must not be empty"));
+        }
+        if self.analytics.group_id == self.kafka.group_id {
+            return Err(invalid(
+                "analytics.group-id",
+                "must differ from kafka.group-id: the view reads journey-events in a consumer group of its own",
+            ));
+        }
         let topics = &self.topics;
         let all = [
             ("topics.customer-events", &topics.customer_events),
@@ -675,6 +724,22 @@ mod tests {
         let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(cfg.topics.customer_events, "customer-events");
         assert_eq!(cfg.allowed_lateness_ms(), 300_000);
+        assert_eq!(cfg.analytics.group_id, "waymark-analytics");
+    }
+
+    #[test]
+    fn the_analytics_group_must_differ_from_the_processors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(
+            &path,
+            "kafka:\n  group-id: same\nanalytics:\n  group-id: same\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("analytics.group-id") && e.contains("kafka.group-id"), "{e}");
     }
 
     #[test]

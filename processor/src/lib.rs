@@ -21,6 +21,8 @@
 //! - [`kafka`]: client configuration, topic administration, `produce` and `tail`.
 //! - [`pipeline`]: `waymark run`: consume, process per partition, commit outputs + offsets in
 //!   one Kafka transaction.
+//! - [`analytics`]: `waymark analytics serve`: the live funnel, drill-down, API and dashboard,
+//!   materialized from `journey-events`.
 //! - [`telemetry`]: logs, Prometheus metrics and the `/livez` `/readyz` `/metrics` server.
 //! - [`shutdown`]: the one cancellation token and signal handling.
 //! - [`loadgen`]: realistic, reproducible seed-journey traffic.
@@ -33,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod analytics;
 pub mod codec;
 pub mod config;
 pub mod engine;

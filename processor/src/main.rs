@@ -75,6 +75,10 @@ enum Command {
     /// Look into the local state of a stopped processor.
     #[command(subcommand)]
     State(StateCommand),
+    /// The live journey funnel: `serve` materializes it from journey-events and serves the
+    /// API and dashboard; `funnel` prints one journey's funnel from a running view.
+    #[command(subcommand)]
+    Analytics(AnalyticsCommand),
     /// Deliver the commands of one channel (email over SMTP, SMS over a provider API, or
     /// contact-center tasks over a webhook), at most once per command id, with retries, a
     /// dead-letter topic and outcomes on `intervention-outcomes`.
@@ -113,6 +117,54 @@ struct RunArgs {
     /// batch repeat after a crash, with the same ids).
     #[arg(long, value_enum, env = "WAYMARK_PROCESSING_GUARANTEE")]
     processing_guarantee: Option<waymark::config::ProcessingGuarantee>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AnalyticsCommand {
+    /// Read journey-events (consumer group `analytics.group-id`) into the view and serve it:
+    /// the dashboard at /, the JSON API under /api/ (described at /api/openapi.yaml), live
+    /// updates at /api/live, and /livez /readyz /metrics. Its RocksDB (`analytics.state-dir`)
+    /// is a cache of the topic: delete it and the view is rebuilt from journey-events.
+    Serve(AnalyticsServeArgs),
+    /// Print the funnel of a journey from a running `waymark analytics serve`: per step the
+    /// customers that completed it, are at it, stalled there, abandoned and recovered, and
+    /// how long it took; then what each intervention action did.
+    Funnel(FunnelArgs),
+}
+
+#[derive(Args, Debug)]
+struct AnalyticsServeArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "WAYMARK_BROKERS")]
+    brokers: Option<String>,
+    /// Journey definitions (for the step order of each funnel).
+    #[arg(long, env = "WAYMARK_JOURNEYS")]
+    journeys: Option<PathBuf>,
+    /// The view's database directory (default `analytics.state-dir`).
+    #[arg(long, env = "WAYMARK_ANALYTICS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Address of the API, dashboard and /metrics (default `analytics.http-addr`).
+    #[arg(long, env = "WAYMARK_ANALYTICS_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct FunnelArgs {
+    /// The journey.
+    journey: String,
+    /// Journey version (default: the newest the view has seen).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Base URL of `waymark analytics serve`.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9466",
+        env = "WAYMARK_ANALYTICS_URL"
+    )]
+    url: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +399,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(cli.config.as_deref(), args),
         Command::Sink(command) => sink(cli.config.as_deref(), command),
+        Command::Analytics(AnalyticsCommand::Serve(args)) => {
+            analytics_serve(cli.config.as_deref(), args)
+        }
+        Command::Analytics(AnalyticsCommand::Funnel(args)) => analytics_funnel(args),
         Command::Simulate(args) => {
             let engine = load_engine(
                 &args.journeys,
@@ -654,6 +710,77 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
         );
         run_sink(cfg, provider, axum::Router::new())
     }
+}
+
+/// `waymark analytics serve`.
+fn analytics_serve(config: Option<&Path>, args: AnalyticsServeArgs) -> Result<ExitCode> {
+    use waymark::analytics::{StepOrder, service, store::ViewStore};
+    let overrides = Overrides {
+        brokers: args.brokers,
+        journeys: args.journeys,
+        ..Overrides::default()
+    };
+    let mut cfg = Config::load(config, &overrides)?;
+    if let Some(dir) = args.state_dir {
+        cfg.analytics.state_dir = dir;
+    }
+    if let Some(addr) = args.http_addr {
+        cfg.analytics.http_addr = addr;
+    }
+    let order = StepOrder::of(&JourneySet::load(&cfg.journeys)?);
+    let store = ViewStore::open(&cfg.analytics.state_dir)?;
+    let live = Arc::new(service::Live::new(order, store));
+    tracing::info!(
+        state_dir = %cfg.analytics.state_dir.display(),
+        dashboard = %format!("http://{}/", cfg.analytics.http_addr),
+        "Analytics view starting."
+    );
+    let addr = cfg.analytics.http_addr;
+    let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let routes = service::routes(live.clone());
+    supervise(
+        "analytics",
+        addr,
+        drain_timeout,
+        routes,
+        move |metrics, health, token| {
+            service::run(&cfg, live.clone(), metrics, health, token.clone())
+        },
+    )
+}
+
+/// `waymark analytics funnel`: one journey's funnel from a running view, as a table.
+fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
+    let mut url = format!(
+        "{}/api/journeys/{}/funnel",
+        args.url.trim_end_matches('/'),
+        args.journey
+    );
+    if let Some(v) = args.version {
+        url.push_str(&format!("?version={v}"));
+    }
+    let body = match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => r.into_string()?,
+        Err(ureq::Error::Status(_, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{url}: {message}");
+        }
+        Err(e) => bail!(
+            "cannot reach the analytics view at {url}: {e}; is `waymark analytics serve` running there (--url)?"
+        ),
+    };
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f: waymark::analytics::Funnel =
+        serde_json::from_str(&body).with_context(|| format!("{url} returned no funnel"))?;
+    print!("{}", waymark::analytics::render_funnel(&f));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a sink with `provider` under [`supervise`].

@@ -147,6 +147,11 @@ impl Scenario {
         } else {
             format!("{extra}\nsinks:\n  group-prefix: {id}-sink\n")
         };
+        let extra = if extra.contains("analytics:") {
+            extra
+        } else {
+            format!("{extra}\nanalytics:\n  group-id: {id}-analytics\n  commit-interval-ms: 100\n")
+        };
         let yaml = format!(
             "kafka:\n  brokers: {brokers}\n  group-id: {id}\n  transactional-id: {id}\n  group-instance-id: {id}\n  properties: {{{props}}}\ntopics:\n  customer-events: {}\n  journey-events: {}\n  commands-email: {}\n  commands-sms: {}\n  commands-contact-center: {}\n  dead-letters: {}\n  late-events: {}\n  state-changelog: {}\n  intervention-outcomes: {}\njourneys: {}\nstate-dir: {}\nhttp-addr: {http}\ncommit-interval-ms: 100\n{extra}\n",
             topics.customer_events,
@@ -319,6 +324,23 @@ impl Scenario {
             .chain(run_args.iter().copied())
             .collect();
         self.spawn_command(&args, http)
+    }
+
+    /// Starts `waymark analytics serve` on this scenario's config, with its database in
+    /// `<dir>/analytics` (the same each time: a restarted view resumes) and its HTTP server on
+    /// a free port, and waits until it is ready.
+    pub fn start_analytics(&self) -> Result<Processor> {
+        let http = format!("127.0.0.1:{}", free_port());
+        let state = self.dir.path().join("analytics");
+        let args = [
+            "analytics",
+            "serve",
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--http-addr",
+            &http,
+        ];
+        self.spawn_command(&args, http.clone())
     }
 
     /// Starts `waymark sink <channel>` on this scenario's config, with its log of handled
