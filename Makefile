@@ -36,6 +36,9 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 bench: build ## Throughput (exactly-once vs at-least-once vs simulate), recovery after kill -9, restore; a table
 	python3 scripts/bench.py
 
+check-deploy: ## Render deploy/k8s with kustomize, validate it, and check and unit-test the alerts with promtool
+	bash scripts/check-deploy.sh
+
 golden: build ## Check `waymark simulate` against ../shared/golden
 	bash scripts/golden.sh
 

@@ -29,6 +29,9 @@ cargo test --release -p waymark
 step "golden trace through waymark simulate"
 bash scripts/golden.sh
 
+step "deployment: kustomize build, Kubernetes schemas, promtool check and test of the alerts"
+bash scripts/check-deploy.sh
+
 step "start the test broker on $WAYMARK_TEST_BROKERS (fresh storage)"
 # Every scenario creates its own topics; a fresh broker keeps restarts (the chaos tests) fast.
 bash scripts/kafka.sh reset

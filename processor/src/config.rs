@@ -727,6 +727,17 @@ mod tests {
         assert_eq!(cfg.analytics.group_id, "waymark-analytics");
     }
 
+    /// The file every Kubernetes pod mounts must load with this binary: an unknown key would
+    /// stop the processor and every sink at start-up.
+    #[test]
+    fn kubernetes_config_in_deploy_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base/config/waymark.yaml");
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.state_dir, Path::new("/var/lib/waymark/state"));
+        assert_eq!(cfg.analytics.http_addr.port(), 9466);
+    }
+
     #[test]
     fn the_analytics_group_must_differ_from_the_processors() {
         let dir = tempfile::tempdir().unwrap();
@@ -739,7 +750,10 @@ mod tests {
         let e = Config::load(Some(&path), &Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("analytics.group-id") && e.contains("kafka.group-id"), "{e}");
+        assert!(
+            e.contains("analytics.group-id") && e.contains("kafka.group-id"),
+            "{e}"
+        );
     }
 
     #[test]

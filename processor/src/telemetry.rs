@@ -765,4 +765,57 @@ mod tests {
         );
         assert_eq!(suppression_reason_label("anything else"), "other");
     }
+
+    /// The alerts and dashboards under `deploy/` may only query metrics the code exports.
+    #[test]
+    fn deployment_queries_name_only_exported_metrics() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut files = Vec::new();
+        let mut dirs = vec![deploy];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                ) {
+                    files.push(path);
+                }
+            }
+        }
+        let mut checked = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (at, _) in text.match_indices("waymark_") {
+                if at > 0 {
+                    let before = text.as_bytes()[at - 1];
+                    if before.is_ascii_alphanumeric() || before == b'_' || before == b'-' {
+                        continue;
+                    }
+                }
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|base| METRIC_NAMES.contains(base))
+                    .unwrap_or(&name);
+                assert!(
+                    METRIC_NAMES.contains(&base),
+                    "{} queries `{name}`, which Waymark does not export (telemetry::METRIC_NAMES)",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > 20,
+            "expected the deployment's alerts and dashboard to query Waymark's metrics; found {checked} references in {} files",
+            files.len()
+        );
+    }
 }
