@@ -17,6 +17,15 @@ step "setup"
 bash scripts/setup.sh
 
 step "build (release; the first build compiles RocksDB and librdkafka, ~25 min on 2 cores)"
+# Every checkout path and toolchain leaves test binaries of its own in the shared target
+# directory (tens of GiB over time). When the disk runs low, drop Waymark's own artifacts
+# only: the dependencies (RocksDB, librdkafka) stay built.
+mkdir -p "$CARGO_TARGET_DIR"
+free_kib=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR == 2 { print $4 }')
+if ((free_kib < 20 * 1024 * 1024)); then
+  echo "only $((free_kib / 1024 / 1024)) GiB free under $CARGO_TARGET_DIR; removing Waymark's own build artifacts"
+  cargo clean --release -p waymark -p waymark-e2e
+fi
 cargo build --release --workspace --all-targets
 
 step "lint: rustfmt and clippy"

@@ -129,20 +129,34 @@ impl rdkafka::ClientContext for ToolContext {
 
 impl rdkafka::consumer::ConsumerContext for ToolContext {}
 
-/// Calls `f(partition, lag)` for every partition of `topic` whose consumer lag the client's
-/// statistics know (librdkafka reports -1 for partitions it does not fetch; those are skipped).
-pub fn each_consumer_lag(
-    statistics: &rdkafka::Statistics,
-    topic: &str,
-    mut f: impl FnMut(i32, i64),
-) {
-    let Some(t) = statistics.topics.get(topic) else {
+/// Calls `f(partition, lag)` for every partition of `topic` this consumer fetches, from the
+/// client's statistics JSON (`statistics.interval.ms`): records up to the partition's end (the
+/// last stable offset under read_committed) not yet fetched, plus those fetched and still
+/// queued. librdkafka's own `consumer_lag` counts from the consumer's committed offset, which
+/// an exactly-once pipeline never moves (its offsets commit through the producer's
+/// transactions), so it would only grow.
+pub fn each_consumer_lag(statistics: &[u8], topic: &str, mut f: impl FnMut(i32, i64)) {
+    let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
         return;
     };
-    for (partition, p) in &t.partitions {
-        if *partition >= 0 && p.consumer_lag >= 0 {
-            f(*partition, p.consumer_lag);
+    let Some(partitions) = stats["topics"][topic]["partitions"].as_object() else {
+        return;
+    };
+    for p in partitions.values() {
+        let (Some(partition), Some(next)) = (p["partition"].as_i64(), p["next_offset"].as_i64())
+        else {
+            continue;
+        };
+        let end = match (p["ls_offset"].as_i64(), p["hi_offset"].as_i64()) {
+            (Some(ls), _) if ls >= 0 => ls,
+            (_, Some(hi)) => hi,
+            _ => continue,
+        };
+        if partition < 0 || next < 0 || end < 0 || p["fetch_state"] != "active" {
+            continue;
         }
+        let queued = p["fetchq_cnt"].as_i64().unwrap_or(0).max(0);
+        f(partition as i32, (end - next).max(0) + queued);
     }
 }
 
@@ -514,4 +528,31 @@ pub fn tail(
     }
     out.flush()?;
     Ok(printed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_lag_counts_from_the_fetch_position_to_the_last_stable_offset() {
+        // Shaped like librdkafka's statistics: partition -1 is the internal "unassigned" one,
+        // partition 2 is known but not fetched by this consumer.
+        let stats = serde_json::json!({"topics": {"events": {"partitions": {
+            "-1": {"partition": -1, "fetch_state": "none", "next_offset": -1001, "ls_offset": -1001, "hi_offset": -1001, "fetchq_cnt": 0},
+            "0": {"partition": 0, "fetch_state": "active", "next_offset": 90, "ls_offset": 100, "hi_offset": 105, "fetchq_cnt": 7, "consumer_lag": -1},
+            "1": {"partition": 1, "fetch_state": "active", "next_offset": 42, "ls_offset": 42, "hi_offset": 42, "fetchq_cnt": 0},
+            "2": {"partition": 2, "fetch_state": "none", "next_offset": -1001, "ls_offset": 10, "hi_offset": 10, "fetchq_cnt": 0}
+        }}}});
+        let mut lags = Vec::new();
+        each_consumer_lag(stats.to_string().as_bytes(), "events", |p, lag| {
+            lags.push((p, lag))
+        });
+        lags.sort();
+        assert_eq!(lags, [(0, 17), (1, 0)]);
+        let mut none = 0;
+        each_consumer_lag(b"not json", "events", |_, _| none += 1);
+        each_consumer_lag(stats.to_string().as_bytes(), "other", |_, _| none += 1);
+        assert_eq!(none, 0);
+    }
 }

@@ -331,8 +331,8 @@ impl ClientContext for RunContext {
         crate::kafka::log_client_error(&error, reason);
     }
 
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::kafka::each_consumer_lag(&statistics, &self.input_topic, |partition, lag| {
+    fn stats_raw(&self, statistics: &[u8]) {
+        crate::kafka::each_consumer_lag(statistics, &self.input_topic, |partition, lag| {
             self.metrics.consumer_lag(partition, lag)
         });
     }
@@ -573,6 +573,7 @@ impl Core {
             let Some(restore) = self.restoring.get_mut(&partition) else {
                 continue;
             };
+            let _restore = tracing::info_span!("restore", partition).entered();
             if !restore.step(&self.metrics, wait)? {
                 continue;
             }
@@ -1257,6 +1258,12 @@ pub fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, PipelineError> {
+    let _run = tracing::info_span!(
+        "run",
+        group = %cfg.kafka.group_id,
+        instance = %cfg.kafka.transactional_id
+    )
+    .entered();
     let transactional = cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let mut producer_cfg = producer_config(&cfg.kafka.brokers, &cfg.kafka.properties);
     if transactional {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use waymark::codec::decode_outcome;
 use waymark::config::InputFormat;
 use waymark::model::CustomerEvent;
-use waymark::telemetry::{SINK_DELIVERIES_TOTAL, SINK_RETRIES_TOTAL};
+use waymark::telemetry::{SINK_DELIVERIES_TOTAL, SINK_DELIVERY_SECONDS, SINK_RETRIES_TOTAL};
 use waymark_e2e::*;
 
 fn event(id: &str, customer: &str, event_type: &str, at: i64, email: &str) -> (String, Vec<u8>) {
@@ -78,6 +78,13 @@ fn invites_reach_the_inbox_once_rejections_are_dead_lettered_and_outcomes_report
     let mail = smtp.await_messages(1, Duration::from_secs(60)).unwrap();
     sink.await_metric(SINK_DELIVERIES_TOTAL, 2.0, Duration::from_secs(60))
         .unwrap();
+    // Every attempt is timed, the failed ones while the server was down included.
+    let attempts = sink.metric(&format!("{SINK_DELIVERY_SECONDS}_count"));
+    let retries = sink.metric(SINK_RETRIES_TOTAL);
+    assert!(
+        attempts >= 2.0 + retries,
+        "{attempts} timed attempts, {retries} retries"
+    );
 
     let ana_command = waymark::codec::decode_command(
         &commands

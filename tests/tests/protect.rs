@@ -84,6 +84,13 @@ fn the_suppression_list_blocks_and_quiet_hours_defer_as_simulate_says() {
         Ok(k) => k,
         Err(e) => panic!("{e}; log:\n{}", processor.log_text()),
     };
+    // Counted by a bounded reason, not by the reason's text (which names a date).
+    let suppressed = "waymark_engine_commands_suppressed_total{action=\"invite-email\",journey=\"b2b-onboarding\",reason=\"suppression_list\"} 1";
+    let metrics = processor.metrics().unwrap();
+    assert!(
+        metrics.contains(suppressed),
+        "{suppressed} missing:\n{metrics}"
+    );
     let log = processor.stop();
     assert!(log.contains("Customer protection loaded."), "{log}");
     assert_same_outputs(&kafka, &simulated);

@@ -225,8 +225,8 @@ impl ClientContext for ViewContext {
         crate::kafka::log_client_error(&error, reason);
     }
 
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::kafka::each_consumer_lag(&statistics, &self.topic, |partition, lag| {
+    fn stats_raw(&self, statistics: &[u8]) {
+        crate::kafka::each_consumer_lag(statistics, &self.topic, |partition, lag| {
             self.metrics.analytics_lag(partition, lag)
         });
     }
@@ -316,6 +316,7 @@ pub fn run(
     health: &Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), ViewError> {
+    let _analytics = tracing::info_span!("analytics", group = %cfg.analytics.group_id).entered();
     let topic = cfg.topics.journey_events.clone();
     let core = Arc::new(Mutex::new(Core {
         live: live.clone(),

@@ -391,6 +391,12 @@ impl<P: Provider> Runner<'_, P> {
                 return self.dead_letter(msg, "undecodable", &format!("{}: {e}", e.kind()), 0);
             }
         };
+        let _command = tracing::info_span!(
+            "command",
+            journey = %command.journey,
+            action = %command.action
+        )
+        .entered();
         if let Some(status) = self.log.status(&command.command_id)? {
             tracing::info!(command_id = %command.command_id, %status, "Command handled before; skipped.");
             self.metrics.sink_delivery(channel, "duplicate");
@@ -425,7 +431,7 @@ impl<P: Provider> Runner<'_, P> {
         match result {
             Ok(detail) => {
                 self.log.record(&command.command_id, "delivered")?;
-                tracing::info!(command_id = %command.command_id, customer_id = %command.customer_id, action = %command.action, "Delivered.");
+                tracing::info!(command_id = %command.command_id, customer_id = %command.customer_id, "Delivered.");
                 self.metrics.sink_delivery(channel, "delivered");
                 self.summary.delivered += 1;
                 self.outcome(&command, "delivered", detail)
@@ -459,6 +465,7 @@ pub fn run<P: Provider>(
     shutdown: CancellationToken,
 ) -> Result<SinkSummary, SinkError> {
     let channel = provider.channel();
+    let _sink = tracing::info_span!("sink", channel = channel.as_str()).entered();
     let topic = cfg.topics.commands(channel).to_owned();
     let path = cfg.sinks.state_dir.join(channel.as_str());
     let store = rocks.open(&path).map_err(|source| SinkError::State {
