@@ -51,6 +51,10 @@ sinks:
   email:
     smtp-port: ${DEMO_SMTP_PORT:-2525}
     from: "Onboarding <onboarding@example.com>"
+analytics:
+  group-id: waymark-analytics-demo-$run_id
+  state-dir: $dir/analytics
+  http-addr: 127.0.0.1:${DEMO_ANALYTICS_PORT:-9466}
 YAML
 "$waymark" --config "$dir/waymark.yaml" topics create --partitions 4
 
@@ -111,8 +115,30 @@ fi
 kill -TERM $sink_pid && wait $sink_pid && echo "waymark sink email exited 0"
 kill -TERM $smtp_pid 2>/dev/null || true
 
+analytics=127.0.0.1:${DEMO_ANALYTICS_PORT:-9466}
+step "the live funnel: waymark analytics serve reads journey-events (dashboard: http://$analytics/)"
+"$waymark" --config "$dir/waymark.yaml" analytics serve > "$dir/analytics.log" 2>&1 &
+analytics_pid=$!
+trap 'kill -TERM $run_pid $analytics_pid 2>/dev/null || true' EXIT
+journey_events=$(grep -c '"kind":"journey_event"' "$dir/output.jsonl" || true)
+for _ in $(seq 1 120); do
+  read_so_far=$(curl -fs "http://$analytics/api/instance" 2>/dev/null |
+    python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["journey_events_total"] if i["caught_up"] else -1)' 2>/dev/null || echo -1)
+  [[ $read_so_far -ge $journey_events ]] && break
+  kill -0 $analytics_pid 2>/dev/null || { cat "$dir/analytics.log"; exit 1; }
+  sleep 1
+done
+echo "  the view read $read_so_far of $journey_events journey events"
+"$waymark" analytics funnel b2b-onboarding --url "http://$analytics"
+if python3 scripts/browser.py "http://$analytics/" --screenshot "$dir/dashboard.png" \
+  --wait-for "document.body.dataset.loaded === 'true' && Number(document.body.dataset.ticks || 0) >= 1" > /dev/null; then
+  echo "  the dashboard as headless Chromium renders it: $dir/dashboard.png"
+fi
+kill -TERM $analytics_pid && wait $analytics_pid && echo "waymark analytics serve exited 0"
+trap 'kill -TERM $run_pid 2>/dev/null || true' EXIT
+
 step "metrics excerpt"
-curl -fs "http://127.0.0.1:${DEMO_HTTP_PORT:-9464}/metrics" | awk '/^waymark_(pipeline_events_total|engine_commands_total|pipeline_transactions_total|pipeline_outcomes_total)/ && n++ < 14'
+curl -fs "http://127.0.0.1:${DEMO_HTTP_PORT:-9464}/metrics" | awk '/^waymark_(pipeline_events_total|engine_commands_total|pipeline_transactions_total|pipeline_outcomes_total|pipeline_consumer_lag_records)/ && n++ < 16'
 
 step "graceful stop (SIGTERM: drain, commit, exit 0)"
 kill -TERM $run_pid
@@ -120,3 +146,4 @@ wait $run_pid && echo "waymark run exited 0"
 trap - EXIT
 echo
 echo "Outputs: $dir/output.jsonl   Kafka keeps running: 'make kafka-stop' stops it."
+echo "Browse the funnel: $waymark --config $dir/waymark.yaml analytics serve, then open http://$analytics/"

@@ -326,12 +326,12 @@ impl Scenario {
         self.spawn_command(&args, http)
     }
 
-    /// Starts `waymark analytics serve` on this scenario's config, with its database in
-    /// `<dir>/analytics` (the same each time: a restarted view resumes) and its HTTP server on
-    /// a free port, and waits until it is ready.
-    pub fn start_analytics(&self) -> Result<Processor> {
+    /// Starts an instance `name` of `waymark analytics serve` on this scenario's config, with
+    /// its database in `<dir>/analytics-<name>` (the same name again resumes from it) and its
+    /// HTTP server on a free port, and waits until it is ready.
+    pub fn start_analytics(&self, name: &str) -> Result<Processor> {
         let http = format!("127.0.0.1:{}", free_port());
-        let state = self.dir.path().join("analytics");
+        let state = self.dir.path().join(format!("analytics-{name}"));
         let args = [
             "analytics",
             "serve",

@@ -232,30 +232,25 @@ fn the_view_equals_simulate_survives_a_restart_and_the_dashboard_shows_it() {
     scenario
         .await_outputs(simulated.len(), Duration::from_secs(180))
         .unwrap();
-    let steps = [
-        "login",
-        "payment_account",
-        "financials",
-        "references",
-        "first_order",
-        "second_order",
-        "additional_product_line",
-    ];
-    let e = expected(&simulated, &steps);
+    let journeys = waymark::journey::JourneySet::load(&reference_journey()).unwrap();
+    let journey = journeys.iter().find(|j| j.name == JOURNEY).unwrap();
+    let step_ids: Vec<&str> = journey.steps.iter().map(|s| s.id.as_str()).collect();
+    let steps = step_ids.as_slice();
+    let e = expected(&simulated, steps);
     assert!(
         e.goal > 0 && !e.stalled.is_empty() && !e.sent.is_empty(),
         "{e:?}"
     );
 
-    let view = scenario.start_analytics().unwrap();
+    let view = scenario.start_analytics("a").unwrap();
     let addr = view.http_addr().to_owned();
     let info = await_view(&addr, e.journey_events, Duration::from_secs(120));
     assert_eq!(info["partitions"], serde_json::json!([0, 1, 2]));
     let funnel = get_json(&addr, &format!("/api/journeys/{JOURNEY}/funnel"));
-    check_funnel(&funnel, &e, &steps);
+    check_funnel(&funnel, &e, steps);
 
     // Drill-down: paging through each step returns exactly the customers standing there.
-    for step in steps {
+    for &step in steps {
         for (standing, want) in [("at", &e.at), ("abandoned", &e.stalled)] {
             let got = drill_down(&addr, step, standing, 37);
             assert_eq!(
@@ -366,7 +361,7 @@ fn the_view_equals_simulate_survives_a_restart_and_the_dashboard_shows_it() {
 
     // A restart resumes after what it stored: nothing is counted twice.
     view.stop();
-    let view = scenario.start_analytics().unwrap();
+    let view = scenario.start_analytics("a").unwrap();
     let addr = view.http_addr().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     let info = loop {
@@ -383,4 +378,85 @@ fn the_view_equals_simulate_survives_a_restart_and_the_dashboard_shows_it() {
     assert_eq!(again, funnel);
     view.stop();
     processor.stop();
+}
+
+/// Two instances share journey-events' partitions like two processors share customer-events':
+/// each serves the funnel of the partitions it owns, and together they count everything once.
+#[test]
+fn two_instances_split_the_partitions_and_their_funnels_add_up() {
+    let scenario = Scenario::new("analytics-two", 4, "").unwrap();
+    let events = scenario.loadgen("600", "5");
+    let processor = scenario.start().unwrap();
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    scenario
+        .await_outputs(simulated.len(), Duration::from_secs(120))
+        .unwrap();
+    processor.stop();
+    let journeys = waymark::journey::JourneySet::load(&reference_journey()).unwrap();
+    let journey = journeys.iter().find(|j| j.name == JOURNEY).unwrap();
+    let steps: Vec<&str> = journey.steps.iter().map(|s| s.id.as_str()).collect();
+    let e = expected(&simulated, &steps);
+
+    let a = scenario.start_analytics("a").unwrap();
+    let b = scenario.start_analytics("b").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (ia, ib) = loop {
+        let ia = get_json(a.http_addr(), "/api/instance");
+        let ib = get_json(b.http_addr(), "/api/instance");
+        let owned = |i: &Value| i["partitions"].as_array().map_or(0, |p| p.len());
+        let split = owned(&ia) > 0 && owned(&ib) > 0 && owned(&ia) + owned(&ib) == 4;
+        if split && ia["caught_up"] == true && ib["caught_up"] == true {
+            let read = ia["journey_events_total"].as_u64().unwrap()
+                + ib["journey_events_total"].as_u64().unwrap();
+            // b's join moved partitions a had read: their events were read twice in all,
+            // but each partition's view is on one instance only.
+            if read >= e.journey_events {
+                break (ia, ib);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two views did not split the partitions: {ia} {ib}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let mut partitions: Vec<u64> = [&ia, &ib]
+        .iter()
+        .flat_map(|i| {
+            i["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap())
+        })
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, [0, 1, 2, 3]);
+    let fa = get_json(a.http_addr(), &format!("/api/journeys/{JOURNEY}/funnel"));
+    let fb = get_json(b.http_addr(), &format!("/api/journeys/{JOURNEY}/funnel"));
+    let sum = |k: &str| fa[k].as_u64().unwrap() + fb[k].as_u64().unwrap();
+    assert_eq!(sum("entered"), e.entered);
+    assert_eq!(sum("completed"), e.goal);
+    assert!(
+        fa["entered"].as_u64().unwrap() < e.entered,
+        "a serves a share only"
+    );
+    for (i, step) in steps.iter().enumerate() {
+        let n = |f: &Value, k: &str| f["steps"][i][k].as_u64().unwrap();
+        let (completed, abandoned, _) = e.steps.get(*step).copied().unwrap_or_default();
+        assert_eq!(
+            n(&fa, "completed") + n(&fb, "completed"),
+            completed,
+            "{step}"
+        );
+        assert_eq!(
+            n(&fa, "abandoned") + n(&fb, "abandoned"),
+            abandoned,
+            "{step}"
+        );
+        let stalled = e.stalled.get(*step).map_or(0, |s| s.len() as u64);
+        assert_eq!(n(&fa, "stalled") + n(&fb, "stalled"), stalled, "{step}");
+    }
+    a.stop();
+    b.stop();
 }
