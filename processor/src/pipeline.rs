@@ -316,6 +316,10 @@ struct Core {
     sized_at: Option<Instant>,
 }
 
+/// Attempts (of 10 s each) to read the group's committed offsets of newly assigned
+/// partitions: longer than a transaction may stay open (`transaction.timeout.ms`, 60 s).
+const COMMITTED_OFFSETS_ATTEMPTS: u32 = 12;
+
 /// How often the state size gauges are sampled (RocksDB property reads).
 const STATE_SIZE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -481,11 +485,27 @@ impl Core {
         consumer: &BaseConsumer<C>,
         tpl: &TopicPartitionList,
     ) -> Result<(), PipelineError> {
-        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot read committed offsets to check the local state.");
-                return Ok(());
+        // Without the group's offsets the local state cannot be checked, and going on with it
+        // could process from another member's offsets on stale state. They are unreadable
+        // while a transaction of another member that committed offsets for these partitions
+        // is still open (the broker answers UNSTABLE_OFFSET_COMMIT until it commits, aborts or
+        // times out after transaction.timeout.ms): keep asking for a while.
+        let mut attempt = 0;
+        let committed = loop {
+            attempt += 1;
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(c) => break c,
+                Err(error) if attempt < COMMITTED_OFFSETS_ATTEMPTS => tracing::warn!(
+                    %error,
+                    attempt,
+                    "The group's committed offsets are not readable yet (an open transaction of another member?); asking again."
+                ),
+                Err(source) => {
+                    return Err(PipelineError::Kafka {
+                        action: "read the group's committed offsets to check the local state",
+                        source,
+                    });
+                }
             }
         };
         let mut paused = TopicPartitionList::new();
