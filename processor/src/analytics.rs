@@ -12,40 +12,72 @@
 //! dashboard). Nothing here decides what a customer gets: it only observes.
 
 pub mod service;
+pub mod stats;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journey::JourneySet;
+use crate::journey::{HOLDOUT, JourneySet};
 use crate::model::{JourneyEvent, JourneyEventType, Millis};
 
 /// Buckets of the step-duration histograms: bucket `i` holds durations below `2^i` seconds
 /// (the last one everything longer, about 97 days and up). Fixed, so partitions merge.
 pub const DURATION_BUCKETS: usize = 24;
 
-/// The step order of every journey the view knows, by journey name (from the definitions the
-/// processor runs). Journeys without a definition are counted, but have no "current step".
+/// What the view takes from the journey definitions the processor runs: each journey's step
+/// order, each action's awaited step (the first `unless` step of its rule), and the
+/// experiments. Journeys without a definition are counted, but have no "current step".
 #[derive(Debug, Clone, Default)]
-pub struct StepOrder {
+pub struct Definitions {
     steps: BTreeMap<String, Vec<String>>,
+    /// `(journey, action)` → the step the action waits for.
+    awaited: BTreeMap<(String, String), String>,
+    /// Experiment id → `(journey, action, arms)`, the holdout first when there is one.
+    experiments: BTreeMap<String, (String, String, Vec<String>)>,
 }
 
-impl StepOrder {
-    /// The step order of each journey of `set`.
+impl Definitions {
+    /// What the view needs of each journey of `set`.
     pub fn of(set: &JourneySet) -> Self {
-        StepOrder {
-            steps: set
-                .iter()
-                .map(|j| {
-                    (
-                        j.name.clone(),
-                        j.steps.iter().map(|s| s.id.clone()).collect(),
-                    )
-                })
-                .collect(),
+        let mut d = Definitions::default();
+        for j in set.iter() {
+            d.steps.insert(
+                j.name.clone(),
+                j.steps.iter().map(|s| s.id.clone()).collect(),
+            );
+            for rule in &j.rules {
+                for a in &rule.actions {
+                    if let Some(u) = rule.unless.first() {
+                        d.awaited
+                            .insert((j.name.clone(), a.id.clone()), j.steps[*u].id.clone());
+                    }
+                    if let Some(x) = &a.experiment {
+                        let holdout = (x.holdout > 0).then(|| HOLDOUT.to_owned());
+                        let arms = holdout
+                            .into_iter()
+                            .chain(x.variants.iter().map(|v| v.id.clone()))
+                            .collect();
+                        d.experiments
+                            .insert(x.id.clone(), (j.name.clone(), a.id.clone(), arms));
+                    }
+                }
+            }
         }
+        d
+    }
+
+    /// The step `action` of `journey` waits for, if its rule has one.
+    pub fn awaited(&self, journey: &str, action: &str) -> Option<&str> {
+        self.awaited
+            .get(&(journey.to_owned(), action.to_owned()))
+            .map(String::as_str)
+    }
+
+    /// The experiments: id → (journey, action, arm names).
+    pub fn experiments(&self) -> &BTreeMap<String, (String, String, Vec<String>)> {
+        &self.experiments
     }
 
     /// The steps of `journey`, in definition order (empty when unknown).
@@ -133,6 +165,10 @@ pub struct InstanceProgress {
     /// Actions withheld from this instance as its holdout (a `command_suppressed` whose
     /// reason starts with `holdout`).
     pub held_out: BTreeSet<String>,
+    /// The experiment arm the instance was exposed to, and when, per action.
+    pub arms: BTreeMap<String, (String, Millis)>,
+    /// Actions whose awaited step was completed after the exposure.
+    pub awaited_done: BTreeSet<String>,
 }
 
 /// What the view knows of one customer in one journey.
@@ -177,6 +213,19 @@ pub struct ActionAgg {
     pub sent_converted: u64,
     /// Held-out instances that reached the goal.
     pub held_out_converted: u64,
+    /// Per experiment arm (a variant id, or `holdout`).
+    pub arms: BTreeMap<String, ArmAgg>,
+}
+
+/// Counters of one experiment arm of an action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmAgg {
+    /// Instances exposed: the arm's command was sent, or (holdout) withheld.
+    pub exposed: u64,
+    /// Exposed instances that then reached the journey's goal.
+    pub goal: u64,
+    /// Exposed instances that then completed the step the action waits for.
+    pub awaited: u64,
 }
 
 /// Counters of one journey version.
@@ -289,6 +338,38 @@ impl InstanceProgress {
     }
 }
 
+/// Records that `inst` was exposed to `arm` of `action`'s experiment at `at` (once per
+/// action). A completion of the awaited step read before the exposure but not earlier than it
+/// in event time (the two can leave the processor in either order) converts it at once.
+fn expose(
+    agg: &mut JourneyAgg,
+    inst: &mut InstanceProgress,
+    awaited: Option<&str>,
+    action: &str,
+    arm: &str,
+    at: Millis,
+) {
+    if inst.arms.contains_key(action) {
+        return;
+    }
+    inst.arms.insert(action.to_owned(), (arm.to_owned(), at));
+    let a = agg
+        .actions
+        .entry(action.to_owned())
+        .or_default()
+        .arms
+        .entry(arm.to_owned())
+        .or_default();
+    a.exposed += 1;
+    if awaited
+        .and_then(|step| inst.completed.get(step))
+        .is_some_and(|done| *done >= at)
+        && inst.awaited_done.insert(action.to_owned())
+    {
+        a.awaited += 1;
+    }
+}
+
 impl Aggregates {
     /// Adds `other` into `self` (partitions into a whole).
     pub fn merge(&mut self, other: &Aggregates) {
@@ -319,6 +400,12 @@ impl Aggregates {
                 o.held_out += t.held_out;
                 o.sent_converted += t.sent_converted;
                 o.held_out_converted += t.held_out_converted;
+                for (arm, t) in &t.arms {
+                    let o = o.arms.entry(arm.clone()).or_default();
+                    o.exposed += t.exposed;
+                    o.goal += t.goal;
+                    o.awaited += t.awaited;
+                }
             }
             for (t, n) in &theirs.events {
                 *ours.events.entry(t.clone()).or_default() += n;
@@ -351,7 +438,7 @@ impl Aggregates {
     /// Folds one journey event of `progress`'s customer into the aggregates and the progress.
     pub fn apply(
         &mut self,
-        order: &StepOrder,
+        order: &Definitions,
         progress: &mut Progress,
         ev: &JourneyEvent,
     ) -> Applied {
@@ -381,6 +468,8 @@ impl Aggregates {
                 ended: None,
                 sent: BTreeSet::new(),
                 held_out: BTreeSet::new(),
+                arms: BTreeMap::new(),
+                awaited_done: BTreeSet::new(),
             });
             let after = progress.instances.last().and_then(|i| i.position(steps));
             self.move_position(journey, &after, 1);
@@ -418,6 +507,15 @@ impl Aggregates {
                         .filter(|opened| *opened <= ev.at && steps.first() != Some(&step))
                         .map(|opened| ev.at - opened);
                     inst.completed.insert(step.clone(), ev.at);
+                    for (action, (arm, exposed_at)) in &inst.arms {
+                        if order.awaited(journey, action) == Some(step.as_str())
+                            && ev.at >= *exposed_at
+                            && inst.awaited_done.insert(action.clone())
+                        {
+                            let a = agg.actions.entry(action.clone()).or_default();
+                            a.arms.entry(arm.clone()).or_default().awaited += 1;
+                        }
+                    }
                     let s = agg.steps.entry(step.clone()).or_default();
                     s.completed += 1;
                     if inst.abandoned.contains_key(&step) {
@@ -445,6 +543,10 @@ impl Aggregates {
                     for a in &inst.held_out {
                         agg.actions.entry(a.clone()).or_default().held_out_converted += 1;
                     }
+                    for (action, (arm, _)) in &inst.arms {
+                        let a = agg.actions.entry(action.clone()).or_default();
+                        a.arms.entry(arm.clone()).or_default().goal += 1;
+                    }
                 }
             }
             JourneyEventType::Exited => {
@@ -455,17 +557,23 @@ impl Aggregates {
             }
             JourneyEventType::CommandEmitted => {
                 inst.sent.insert(action.clone());
-                agg.actions.entry(action).or_default().sent += 1;
+                agg.actions.entry(action.clone()).or_default().sent += 1;
+                if let Some(arm) = &ev.variant {
+                    let awaited = order.awaited(journey, &action);
+                    expose(agg, inst, awaited, &action, arm, ev.at);
+                }
             }
             JourneyEventType::CommandSuppressed => {
-                let a = agg.actions.entry(action.clone()).or_default();
-                if ev
+                let held_out = ev
                     .reason
                     .as_deref()
-                    .is_some_and(|r| r.starts_with("holdout"))
-                {
-                    inst.held_out.insert(action);
+                    .is_some_and(|r| r.starts_with("holdout"));
+                let a = agg.actions.entry(action.clone()).or_default();
+                if held_out {
                     a.held_out += 1;
+                    let awaited = order.awaited(journey, &action);
+                    expose(agg, inst, awaited, &action, HOLDOUT, ev.at);
+                    inst.held_out.insert(action);
                 } else {
                     a.suppressed += 1;
                 }
@@ -575,7 +683,7 @@ impl Aggregates {
 
     /// The funnel of `journey` at `version`, steps in the order of `order` (then any step the
     /// events named that the definition does not have).
-    pub fn funnel(&self, order: &StepOrder, journey: &str, version: u32) -> Option<Funnel> {
+    pub fn funnel(&self, order: &Definitions, journey: &str, version: u32) -> Option<Funnel> {
         let agg = self.journeys.get(&(journey.to_owned(), version))?;
         let mut names: Vec<String> = order.steps(journey).to_vec();
         for s in agg.steps.keys() {
@@ -635,6 +743,223 @@ impl Aggregates {
             actions,
         })
     }
+}
+
+/// Arms need at least this many exposed customers before a report calls a difference
+/// significant.
+pub const MIN_SAMPLE_PER_ARM: u64 = 100;
+
+/// The business outcome an experiment is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The step the action waits for (its rule's first `unless` step) completed after the
+    /// exposure.
+    Awaited,
+    /// The journey's goal reached after the exposure.
+    Goal,
+}
+
+/// `waymark analytics experiment <id>`: every arm's conversion against the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    /// Experiment id.
+    pub experiment: String,
+    /// Journey and action under test.
+    pub journey: String,
+    /// The action.
+    pub action: String,
+    /// What counts as converted.
+    pub outcome: Outcome,
+    /// The step that is, for [`Outcome::Awaited`].
+    pub awaited_step: Option<String>,
+    /// The arm the others are compared with: the holdout, or else the first variant.
+    pub baseline: String,
+    /// Arms, the baseline first.
+    pub arms: Vec<ArmReport>,
+}
+
+/// One arm of an [`ExperimentReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmReport {
+    /// Variant id, or `holdout`.
+    pub arm: String,
+    /// Customers exposed.
+    pub exposed: u64,
+    /// Of them, converted.
+    pub converted: u64,
+    /// `converted / exposed`.
+    pub conversion: f64,
+    /// Wilson 95% interval of the conversion.
+    pub ci_low: f64,
+    /// See `ci_low`.
+    pub ci_high: f64,
+    /// Conversion minus the baseline's (absent for the baseline).
+    pub lift: Option<f64>,
+    /// Two-sided p-value of the two-proportion z-test against the baseline.
+    pub p_value: Option<f64>,
+    /// Customers per arm a difference of the size observed needs (5% significance, 80%
+    /// power).
+    pub required_per_arm: Option<u64>,
+    /// What the numbers allow one to say.
+    pub verdict: String,
+}
+
+impl Aggregates {
+    /// The report of experiment `id` over every version of its journey, judged on `outcome`
+    /// (`None`: the awaited step when the action has one, else the goal).
+    pub fn experiment(
+        &self,
+        defs: &Definitions,
+        id: &str,
+        outcome: Option<Outcome>,
+    ) -> Option<ExperimentReport> {
+        let (journey, action, arm_names) = defs.experiments.get(id)?;
+        let awaited_step = defs.awaited(journey, action).map(str::to_owned);
+        let outcome = outcome.unwrap_or(if awaited_step.is_some() {
+            Outcome::Awaited
+        } else {
+            Outcome::Goal
+        });
+        let mut arms: BTreeMap<&str, ArmAgg> = arm_names
+            .iter()
+            .map(|a| (a.as_str(), ArmAgg::default()))
+            .collect();
+        for ((j, _), agg) in &self.journeys {
+            if j != journey {
+                continue;
+            }
+            for (arm, t) in agg
+                .actions
+                .get(action)
+                .map(|a| &a.arms)
+                .into_iter()
+                .flatten()
+            {
+                let o = arms.entry(arm.as_str()).or_default();
+                o.exposed += t.exposed;
+                o.goal += t.goal;
+                o.awaited += t.awaited;
+            }
+        }
+        let converted = |a: &ArmAgg| match outcome {
+            Outcome::Awaited => a.awaited,
+            Outcome::Goal => a.goal,
+        };
+        let baseline = arm_names.first()?.clone();
+        let base = arms.get(baseline.as_str()).cloned().unwrap_or_default();
+        let base_rate = ratio(converted(&base), base.exposed);
+        let mut order: Vec<&str> = arm_names.iter().map(String::as_str).collect();
+        for arm in arms.keys() {
+            if !order.contains(arm) {
+                order.push(arm);
+            }
+        }
+        let reports = order
+            .into_iter()
+            .map(|arm| {
+                let a = arms.get(arm).cloned().unwrap_or_default();
+                let c = converted(&a);
+                let rate = ratio(c, a.exposed);
+                let (ci_low, ci_high) = stats::wilson_95(c, a.exposed);
+                let is_base = arm == baseline;
+                let p_value = (!is_base)
+                    .then(|| {
+                        stats::two_proportion_p((c, a.exposed), (converted(&base), base.exposed))
+                    })
+                    .flatten();
+                let required = (!is_base)
+                    .then(|| stats::required_per_arm(base_rate, rate))
+                    .flatten();
+                let enough = a.exposed >= MIN_SAMPLE_PER_ARM
+                    && base.exposed >= MIN_SAMPLE_PER_ARM
+                    && required.is_some_and(|n| a.exposed >= n && base.exposed >= n);
+                let verdict = if is_base {
+                    "baseline".to_owned()
+                } else {
+                    match p_value {
+                        Some(p) if p < 0.05 && enough => format!(
+                            "{} than {baseline} (p = {p:.4})",
+                            if rate > base_rate { "better" } else { "worse" }
+                        ),
+                        Some(p) if enough => {
+                            format!("no significant difference from {baseline} (p = {p:.2})")
+                        }
+                        _ => format!(
+                            "not enough data yet: {} of {} customers per arm",
+                            a.exposed.min(base.exposed),
+                            required
+                                .unwrap_or(MIN_SAMPLE_PER_ARM)
+                                .max(MIN_SAMPLE_PER_ARM)
+                        ),
+                    }
+                };
+                ArmReport {
+                    arm: arm.to_owned(),
+                    exposed: a.exposed,
+                    converted: c,
+                    conversion: rate,
+                    ci_low,
+                    ci_high,
+                    lift: (!is_base).then_some(rate - base_rate),
+                    p_value,
+                    required_per_arm: required,
+                    verdict,
+                }
+            })
+            .collect();
+        Some(ExperimentReport {
+            experiment: id.to_owned(),
+            journey: journey.clone(),
+            action: action.clone(),
+            outcome,
+            awaited_step: (outcome == Outcome::Awaited)
+                .then_some(awaited_step)
+                .flatten(),
+            baseline,
+            arms: reports,
+        })
+    }
+}
+
+/// An experiment report as a terminal table (what `waymark analytics experiment` prints).
+pub fn render_experiment(r: &ExperimentReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let judged = match (&r.outcome, &r.awaited_step) {
+        (Outcome::Awaited, Some(step)) => format!("`{step}` completed after exposure"),
+        _ => "the journey's goal reached after exposure".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "experiment {} on {} / {}: converted = {judged}; baseline {}",
+        r.experiment, r.journey, r.action, r.baseline
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>8} {:>9} {:>7} {:>17} {:>7} {:>8}  verdict",
+        "arm", "exposed", "converted", "rate", "95% CI", "lift", "p"
+    );
+    for a in &r.arms {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>9} {:>6.1}% {:>7.1}% – {:>5.1}% {:>7} {:>8}  {}",
+            a.arm,
+            a.exposed,
+            a.converted,
+            a.conversion * 100.0,
+            a.ci_low * 100.0,
+            a.ci_high * 100.0,
+            a.lift
+                .map(|l| format!("{:+.1}", l * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            a.p_value
+                .map(|p| format!("{p:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            a.verdict
+        );
+    }
+    out
 }
 
 /// A funnel as a terminal table (what `waymark analytics funnel` prints).

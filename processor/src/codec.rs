@@ -1152,7 +1152,7 @@ impl AvroRecord for InterventionCommand {
 
 impl AvroRecord for JourneyEvent {
     const NAME: &'static str = "JourneyEvent";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SCHEMA_TEXT: &'static str = JOURNEY_EVENT_SCHEMA;
 
     fn schema() -> &'static Schema {
@@ -1175,6 +1175,7 @@ impl AvroRecord for JourneyEvent {
             field("command_id", optional(&self.command_id)),
             field("action", optional(&self.action)),
             field("reason", optional(&self.reason)),
+            field("variant", optional(&self.variant)),
         ])
     }
 
@@ -1192,6 +1193,7 @@ impl AvroRecord for JourneyEvent {
             command_id: f.optional_string("command_id")?,
             action: f.optional_string("action")?,
             reason: f.optional_string("reason")?,
+            variant: f.optional_string("variant")?,
         })
     }
 }

@@ -428,7 +428,7 @@ impl Engine {
                 }
             }
             let memory = state.journeys.get(&journey.name);
-            let all = self.protected_candidates(journey, &instances, state);
+            let all = self.protected_candidates(journey, &instances, state, customer_id);
             let mut ready = Vec::new();
             for c in &all {
                 if memory.is_some_and(|m| m.emitted.binary_search(&c.key).is_ok()) {
@@ -444,7 +444,7 @@ impl Engine {
             ready.sort_by_key(|c| c.due);
             derived.push((&**journey, instances, all, ready));
         }
-        let blocked = self.decide(state, &derived);
+        let blocked = self.decide(state, customer_id, &derived);
         for (j, (journey, instances, _, ready)) in derived.iter().enumerate() {
             if ready.is_empty() {
                 continue;
@@ -501,8 +501,9 @@ impl Engine {
         journey: &Journey,
         instances: &[Instance],
         state: &CustomerState,
+        customer_id: &str,
     ) -> Vec<Candidate> {
-        let all = candidates(journey, instances);
+        let all = candidates(journey, instances, customer_id);
         if self.protections.quiet_hours.is_empty() {
             return all;
         }
@@ -513,8 +514,13 @@ impl Engine {
                 continue;
             };
             let r = &journey.rules[rule];
+            let effective = r.actions[action].effective(customer_id);
             let tz = state.profile_at(TZ_ATTRIBUTE, c.due);
-            let Some(until) = self.protections.defer(r.actions[action].channel, c.due, tz) else {
+            // A held-out customer gets nothing, so there is nothing to defer.
+            let deferral = (!effective.held_out)
+                .then(|| self.protections.defer(effective.channel, c.due, tz))
+                .flatten();
+            let Some(until) = deferral else {
                 out.push(c);
                 continue;
             };
@@ -540,14 +546,19 @@ impl Engine {
     fn decide(
         &self,
         state: &CustomerState,
+        customer_id: &str,
         derived: &[Derived<'_>],
     ) -> HashMap<(usize, u64), Blocked> {
         let mut blocked = HashMap::new();
         if self.protections.is_empty() {
             return blocked;
         }
+        // The channel a command goes out on; none for a held-out customer (nothing is sent,
+        // so nothing is capped or counted).
         let channel_of = |journey: &Journey, c: &Candidate| match c.kind {
-            Kind::Command { rule, action } => Some(journey.rules[rule].actions[action].channel),
+            Kind::Command { rule, action } => {
+                journey.rules[rule].actions[action].sends_on(customer_id)
+            }
             _ => None,
         };
         let mut sent: BTreeMap<Channel, Vec<Millis>> = BTreeMap::new();
@@ -598,16 +609,22 @@ impl Engine {
 
     /// Why a command handled before was blocked (for `explain`): the protection that blocks it
     /// given the commands of its channel sent before it.
-    fn blocked_reason(&self, state: &CustomerState, channel: Channel, due: Millis) -> String {
+    fn blocked_reason(
+        &self,
+        state: &CustomerState,
+        customer_id: &str,
+        channel: Channel,
+        due: Millis,
+    ) -> String {
         let mut sent = Vec::new();
         for journey in self.journeys.iter() {
             let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
             let instances = derive_instances(journey, &state.events, retired);
             let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
             let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
-            for c in self.protected_candidates(journey, &instances, state) {
+            for c in self.protected_candidates(journey, &instances, state, customer_id) {
                 if let Kind::Command { rule, action } = c.kind
-                    && journey.rules[rule].actions[action].channel == channel
+                    && journey.rules[rule].actions[action].sends_on(customer_id) == Some(channel)
                     && c.due <= due
                     && has(c.key)
                     && !has(c.key ^ SUPPRESSED)
@@ -680,6 +697,7 @@ fn materialize(
             command_id: None,
             action: None,
             reason: None,
+            variant: None,
         }
     };
     let step_id = |s: usize| journey.steps[s].id.as_str();
@@ -716,6 +734,7 @@ fn materialize(
         } => {
             let r = &journey.rules[rule];
             let a = &r.actions[action];
+            let effective = a.effective(customer_id);
             let mut e = jev(
                 JourneyEventType::CommandDeferred,
                 None,
@@ -730,9 +749,10 @@ fn materialize(
                 &a.id,
             ]));
             e.action = Some(a.id.clone());
+            e.variant = effective.experiment.map(|(_, arm)| arm.to_owned());
             e.reason = Some(format!(
                 "quiet hours for {} in {}; deferred to {}",
-                a.channel,
+                effective.channel,
                 state.profile_at(TZ_ATTRIBUTE, c.due).unwrap_or("UTC"),
                 crate::model::format_millis(until)
             ));
@@ -744,11 +764,21 @@ fn materialize(
             let command_id =
                 stable_id(&[&journey.name, &version, customer_id, &number, &r.id, &a.id]);
             let emitted_key = format!("{}.{}", r.id, a.id);
-            if let Some(why) = blocked {
+            let effective = a.effective(customer_id);
+            let variant = effective.experiment.map(|(_, arm)| arm.to_owned());
+            let withheld = match (blocked, effective.experiment) {
+                (Some(why), _) => Some(why.describe()),
+                (None, Some((x, _))) if effective.held_out => {
+                    Some(format!("holdout of experiment {x}"))
+                }
+                _ => None,
+            };
+            if let Some(reason) = withheld {
                 let mut e = jev(JourneyEventType::CommandSuppressed, None, &emitted_key);
                 e.command_id = Some(command_id);
                 e.action = Some(a.id.clone());
-                e.reason = Some(why.describe());
+                e.reason = Some(reason);
+                e.variant = variant;
                 out.push(Output::JourneyEvent(e));
                 return;
             }
@@ -761,10 +791,10 @@ fn materialize(
                 instance: inst.number,
                 rule: r.id.clone(),
                 action: a.id.clone(),
-                channel: a.channel,
+                channel: effective.channel,
                 due_at: c.due,
-                template: a.template.clone(),
-                variant: None,
+                template: effective.template.map(str::to_owned),
+                variant: variant.clone(),
                 params: a
                     .params
                     .iter()
@@ -783,6 +813,7 @@ fn materialize(
             let mut e = jev(JourneyEventType::CommandEmitted, None, &emitted_key);
             e.command_id = Some(command_id);
             e.action = Some(a.id.clone());
+            e.variant = variant;
             out.push(Output::Command(command));
             out.push(Output::JourneyEvent(e));
         }
@@ -849,11 +880,14 @@ pub struct ActionStatus {
     pub channel: String,
     /// Due time (RFC 3339).
     pub due_at: String,
-    /// `sent`, `suppressed` (by a protection), `pending` (due later than the watermark) or
-    /// `cancelled`.
+    /// `sent`, `suppressed` (by a protection), `held_out` (the customer is in the holdout of
+    /// the action's experiment), `pending` (due later than the watermark) or `cancelled`.
     pub status: &'static str,
-    /// Why it was cancelled or suppressed.
+    /// Why it was cancelled, suppressed or held out.
     pub reason: Option<String>,
+    /// The arm of the action's A/B experiment the customer is in (a variant id, or
+    /// `holdout`), if the action is under one.
+    pub variant: Option<String>,
     /// The command's id (what sinks and outcomes refer to), once sent.
     pub command_id: Option<String>,
     /// What the channel sink reported about it, in event-time order: `delivered at …`,
@@ -876,7 +910,7 @@ impl Engine {
             let emitted = state.journeys.get(&journey.name);
             let handled = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
             let sent = |key: u64| handled(key) && !handled(key ^ SUPPRESSED);
-            let cands = self.protected_candidates(journey, &instances, state);
+            let cands = self.protected_candidates(journey, &instances, state, customer_id);
             let mut out = Vec::new();
             for (idx, inst) in instances.iter().enumerate() {
                 let mine = || cands.iter().filter(move |c| c.instance == idx);
@@ -900,7 +934,8 @@ impl Engine {
                         continue;
                     };
                     for (a, action) in rule.actions.iter().enumerate() {
-                        let planned = start + action.delay;
+                        let effective = action.effective(customer_id);
+                        let planned = start + effective.delay;
                         let cand = mine().find(|c| c.kind == Kind::Command { rule: r, action: a });
                         let deferred_to = mine().find_map(|c| match c.kind {
                             Kind::Deferred {
@@ -912,10 +947,21 @@ impl Engine {
                         });
                         let due = deferred_to.unwrap_or(planned);
                         let (status, reason) = match (cand, cancelled_by(inst, &rule.unless, due)) {
+                            (Some(c), _) if handled(c.key) && effective.held_out => (
+                                "held_out",
+                                effective
+                                    .experiment
+                                    .map(|(x, _)| format!("holdout of experiment {x}")),
+                            ),
                             (Some(c), _) if sent(c.key) => ("sent", None),
                             (Some(c), _) if handled(c.key) => (
                                 "suppressed",
-                                Some(self.blocked_reason(state, action.channel, due)),
+                                Some(self.blocked_reason(
+                                    state,
+                                    customer_id,
+                                    effective.channel,
+                                    due,
+                                )),
                             ),
                             (Some(_), _) => ("pending", None),
                             (None, by) => ("cancelled", by.map(|b| b.describe(journey))),
@@ -952,7 +998,8 @@ impl Engine {
                         actions.push(ActionStatus {
                             rule: rule.id.clone(),
                             action: action.id.clone(),
-                            channel: action.channel.as_str().to_owned(),
+                            channel: effective.channel.as_str().to_owned(),
+                            variant: effective.experiment.map(|(_, arm)| arm.to_owned()),
                             due_at: format_millis(due),
                             status,
                             reason,
@@ -1132,7 +1179,7 @@ fn derive_instances(journey: &Journey, events: &[StoredEvent], retired: u32) -> 
 }
 
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
-fn candidates(journey: &Journey, instances: &[Instance]) -> Vec<Candidate> {
+fn candidates(journey: &Journey, instances: &[Instance], customer_id: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
     let name = journey.name.as_bytes();
     let version = journey.version.to_le_bytes();
@@ -1190,7 +1237,7 @@ fn candidates(journey: &Journey, instances: &[Instance]) -> Vec<Candidate> {
                 continue;
             };
             for (a, action) in rule.actions.iter().enumerate() {
-                let due = start + action.delay;
+                let due = start + action.effective(customer_id).delay;
                 if cancelled_by(inst, &rule.unless, due).is_none() {
                     push(
                         due,

@@ -286,6 +286,43 @@ pub struct ActionDef {
     /// Parameters for the sink; `{{attr}}` is replaced by the customer's profile attribute.
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<String>>,
+    /// An A/B test of this action: variants and a holdout, assigned per customer.
+    #[serde(default)]
+    pub experiment: Option<ExperimentDef>,
+}
+
+/// An A/B experiment on one action, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExperimentDef {
+    /// Experiment id, unique in the journey (`waymark analytics experiment <id>`); part of the
+    /// assignment hash, so renaming it reassigns every customer.
+    pub id: Spanned<String>,
+    /// Weight of the holdout: customers who get nothing (a `command_suppressed` with reason
+    /// `holdout of experiment <id>`). Default 0.
+    #[serde(default)]
+    pub holdout: u32,
+    /// The variants; each customer gets one, with probability weight / total weight.
+    pub variants: Vec<VariantDef>,
+}
+
+/// One variant of an experiment, as written: what differs from the action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VariantDef {
+    /// Variant id (on the command as `variant`, and on its journey events).
+    pub id: Spanned<String>,
+    /// Relative weight (0 pauses the variant).
+    pub weight: u32,
+    /// Template instead of the action's.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Channel instead of the action's.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+    /// Delay instead of the action's.
+    #[serde(default)]
+    pub delay: Option<DurationMs>,
 }
 
 /// A compiled condition on one attribute.
@@ -370,6 +407,152 @@ pub struct Action {
     pub template: Option<String>,
     /// Sink parameters (may hold `{{attr}}` placeholders).
     pub params: BTreeMap<String, String>,
+    /// An A/B experiment on the action, if any.
+    pub experiment: Option<Experiment>,
+}
+
+/// An A/B experiment on an action: each customer is assigned, sticky and deterministically
+/// (a hash of experiment id and customer id), to one variant or to the holdout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Experiment id.
+    pub id: String,
+    /// Weight of the holdout.
+    pub holdout: u32,
+    /// Variants, in definition order.
+    pub variants: Vec<Variant>,
+}
+
+/// One variant: what differs from the action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// Variant id.
+    pub id: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Template override.
+    pub template: Option<String>,
+    /// Channel override.
+    pub channel: Option<Channel>,
+    /// Delay override, in ms.
+    pub delay: Option<Millis>,
+}
+
+/// What an experiment assigns a customer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// Variant `i` of [`Experiment::variants`].
+    Variant(usize),
+    /// The holdout: the action is not taken.
+    Holdout,
+}
+
+/// The name of the holdout arm, as journey events and analytics carry it.
+pub const HOLDOUT: &str = "holdout";
+
+impl Experiment {
+    /// The arm `customer_id` is in: the same for the same (experiment id, customer id, weights)
+    /// on every machine and every run.
+    pub fn assign(&self, customer_id: &str) -> Arm {
+        let total = u64::from(self.holdout)
+            + self
+                .variants
+                .iter()
+                .map(|v| u64::from(v.weight))
+                .sum::<u64>();
+        let mut point = assignment_hash(&self.id, customer_id) % total.max(1);
+        if point < u64::from(self.holdout) {
+            return Arm::Holdout;
+        }
+        point -= u64::from(self.holdout);
+        for (i, v) in self.variants.iter().enumerate() {
+            if point < u64::from(v.weight) {
+                return Arm::Variant(i);
+            }
+            point -= u64::from(v.weight);
+        }
+        Arm::Holdout
+    }
+
+    /// The arm's name: a variant id, or [`HOLDOUT`].
+    pub fn arm_name(&self, arm: Arm) -> &str {
+        match arm {
+            Arm::Variant(i) => &self.variants[i].id,
+            Arm::Holdout => HOLDOUT,
+        }
+    }
+}
+
+/// FNV-1a over `experiment \0 customer`, finished with splitmix64's mixer so that every bit
+/// of the result depends on every input byte (plain FNV's low bits are weak for `% n`).
+fn assignment_hash(experiment: &str, customer: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in experiment.bytes().chain([0]).chain(customer.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// What an action does for one customer once its experiment (if any) assigned them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective<'a> {
+    /// Channel of the command.
+    pub channel: Channel,
+    /// Template of the command.
+    pub template: Option<&'a str>,
+    /// Offset from the rule's `after` step.
+    pub delay: Millis,
+    /// The experiment and the arm's name, when the action is under one.
+    pub experiment: Option<(&'a str, &'a str)>,
+    /// The customer is in the holdout: nothing is sent.
+    pub held_out: bool,
+}
+
+impl Action {
+    /// The channel the action sends on for `customer_id`; `None` when they are held out (then
+    /// nothing is sent, capped or counted).
+    pub fn sends_on(&self, customer_id: &str) -> Option<Channel> {
+        let e = self.effective(customer_id);
+        (!e.held_out).then_some(e.channel)
+    }
+
+    /// The action as it applies to `customer_id`.
+    pub fn effective(&self, customer_id: &str) -> Effective<'_> {
+        let plain = Effective {
+            channel: self.channel,
+            template: self.template.as_deref(),
+            delay: self.delay,
+            experiment: None,
+            held_out: false,
+        };
+        let Some(x) = &self.experiment else {
+            return plain;
+        };
+        let arm = x.assign(customer_id);
+        let experiment = Some((x.id.as_str(), x.arm_name(arm)));
+        match arm {
+            Arm::Holdout => Effective {
+                experiment,
+                held_out: true,
+                ..plain
+            },
+            Arm::Variant(i) => {
+                let v = &x.variants[i];
+                Effective {
+                    channel: v.channel.unwrap_or(self.channel),
+                    template: v.template.as_deref().or(plain.template),
+                    delay: v.delay.unwrap_or(self.delay),
+                    experiment,
+                    held_out: false,
+                }
+            }
+        }
+    }
 }
 
 /// A compiled inaction rule.
@@ -658,6 +841,7 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
         });
     }
     let mut rules = Vec::new();
+    let mut experiment_ids: Vec<String> = Vec::new();
     for (r, rd) in def.rules.iter().enumerate() {
         let field = format!("rules[{r}]");
         if !is_identifier(&rd.id.value) {
@@ -723,12 +907,20 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
                 }
                 params.insert(k.clone(), val.value.clone());
             }
+            let experiment = match &ad.experiment {
+                None => None,
+                Some(x) => Some(compile_experiment(&v, &af, x, &experiment_ids)?),
+            };
+            if let Some(x) = &experiment {
+                experiment_ids.push(x.id.clone());
+            }
             actions.push(Action {
                 id: ad.id.value.clone(),
                 delay: ad.delay.0,
                 channel: ad.channel,
                 template: ad.template.clone(),
                 params,
+                experiment,
             });
         }
         rules.push(Rule {
@@ -749,6 +941,79 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
         exits,
         rules,
         source: path.to_owned(),
+    })
+}
+
+fn compile_experiment(
+    v: &Validator<'_>,
+    action_field: &str,
+    x: &ExperimentDef,
+    taken: &[String],
+) -> Result<Experiment, JourneyError> {
+    let f = format!("{action_field}.experiment");
+    if !is_identifier(&x.id.value) {
+        return Err(v.err(
+            &x.id,
+            format!("{f}.id"),
+            "experiment id must be non-empty and use only letters, digits, `_`, `-`, `.`",
+        ));
+    }
+    if taken.contains(&x.id.value) {
+        return Err(v.err(
+            &x.id,
+            format!("{f}.id"),
+            format!(
+                "experiment id `{}` is used by another action; each action's experiment needs an id of its own",
+                x.id.value
+            ),
+        ));
+    }
+    if x.variants.is_empty() {
+        return Err(v.err(
+            &x.id,
+            format!("{f}.variants"),
+            "an experiment needs at least one variant (the action as written: `- {id: control, weight: 50}`)",
+        ));
+    }
+    let mut variants: Vec<Variant> = Vec::new();
+    for (i, vd) in x.variants.iter().enumerate() {
+        let vf = format!("{f}.variants[{i}]");
+        if !is_identifier(&vd.id.value) || vd.id.value == HOLDOUT {
+            return Err(v.err(
+                &vd.id,
+                format!("{vf}.id"),
+                "variant id must use only letters, digits, `_`, `-`, `.` and not be `holdout` (the holdout is the experiment's `holdout` weight)",
+            ));
+        }
+        if variants.iter().any(|p| p.id == vd.id.value) {
+            return Err(v.err(
+                &vd.id,
+                format!("{vf}.id"),
+                format!("variant id `{}` is used twice", vd.id.value),
+            ));
+        }
+        if vd.delay.as_ref().is_some_and(|d| d.0 < 0) {
+            return Err(v.err(&vd.id, format!("{vf}.delay"), "delay cannot be negative"));
+        }
+        variants.push(Variant {
+            id: vd.id.value.clone(),
+            weight: vd.weight,
+            template: vd.template.clone(),
+            channel: vd.channel,
+            delay: vd.delay.as_ref().map(|d| d.0),
+        });
+    }
+    if variants.iter().all(|v| v.weight == 0) {
+        return Err(v.err(
+            &x.id,
+            format!("{f}.variants"),
+            "every variant has weight 0: give at least one variant a positive weight",
+        ));
+    }
+    Ok(Experiment {
+        id: x.id.value.clone(),
+        holdout: x.holdout,
+        variants,
     })
 }
 
@@ -995,5 +1260,132 @@ mod tests {
         std::fs::write(dir.path().join("b.yml"), MINIMAL).unwrap();
         let msg = JourneySet::load(dir.path()).unwrap_err().to_string();
         assert!(msg.contains("defined twice"), "{msg}");
+    }
+
+    fn ab_journey() -> Journey {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/b2b-onboarding-ab.yaml");
+        JourneySet::load(&path)
+            .unwrap()
+            .get("b2b-onboarding-ab")
+            .unwrap()
+            .as_ref()
+            .clone()
+    }
+
+    fn experiment_of(j: &Journey) -> Experiment {
+        j.rules[0].actions[0].experiment.clone().unwrap()
+    }
+
+    #[test]
+    fn the_ab_example_compiles_its_experiment() {
+        let j = ab_journey();
+        let x = experiment_of(&j);
+        assert_eq!((x.id.as_str(), x.holdout), ("payment-invite", 10));
+        let v: Vec<_> = x
+            .variants
+            .iter()
+            .map(|v| (v.id.as_str(), v.weight))
+            .collect();
+        assert_eq!(v, [("email-1h", 30), ("email-15m", 30), ("sms-1h", 30)]);
+        assert_eq!(x.variants[1].delay, Some(15 * 60_000));
+        assert_eq!(x.variants[2].channel, Some(Channel::Sms));
+        assert!(j.rules[0].actions[1].experiment.is_none());
+    }
+
+    /// 100k customer ids land in the arms in proportion to the weights: a chi-square test
+    /// with 3 degrees of freedom stays below 16.27 (p = 0.001).
+    #[test]
+    fn assignment_is_balanced_by_weight_sticky_and_independent_across_experiments() {
+        let x = experiment_of(&ab_journey());
+        let n = 100_000u32;
+        let mut counts = [0u64; 4];
+        let arm_index = |a: Arm| match a {
+            Arm::Holdout => 0,
+            Arm::Variant(i) => i + 1,
+        };
+        let mut other = x.clone();
+        other.id = "another-experiment".into();
+        let mut same_arm = 0u64;
+        for i in 0..n {
+            let id = format!("c{i:07}");
+            let arm = x.assign(&id);
+            assert_eq!(arm, x.assign(&id), "sticky");
+            counts[arm_index(arm)] += 1;
+            same_arm += u64::from(arm_index(arm) == arm_index(other.assign(&id)));
+        }
+        let expected = [0.1, 0.3, 0.3, 0.3].map(|p| p * f64::from(n));
+        let chi2: f64 = counts
+            .iter()
+            .zip(expected)
+            .map(|(o, e)| (*o as f64 - e).powi(2) / e)
+            .sum();
+        assert!(chi2 < 16.27, "chi-square {chi2:.2} for {counts:?}");
+        // Independent experiments agree as often as chance says: 0.1² + 3 · 0.3² = 0.28.
+        let agree = same_arm as f64 / f64::from(n);
+        assert!((agree - 0.28).abs() < 0.01, "{agree}");
+    }
+
+    #[test]
+    fn a_held_out_customer_sends_nothing_and_a_variant_overrides_the_action() {
+        let j = ab_journey();
+        let action = &j.rules[0].actions[0];
+        let x = experiment_of(&j);
+        let find = |arm: Arm| {
+            (0..)
+                .map(|i| format!("c{i}"))
+                .find(|c| x.assign(c) == arm)
+                .unwrap()
+        };
+        let held = action.effective(&find(Arm::Holdout));
+        assert!(held.held_out);
+        assert_eq!(held.experiment, Some(("payment-invite", HOLDOUT)));
+        assert_eq!(action.sends_on(&find(Arm::Holdout)), None);
+        let sms = action.effective(&find(Arm::Variant(2)));
+        assert_eq!(
+            (sms.channel, sms.template, sms.delay, sms.held_out),
+            (
+                Channel::Sms,
+                Some("payment-account-reminder"),
+                3_600_000,
+                false
+            )
+        );
+        let soon = action.effective(&find(Arm::Variant(1)));
+        assert_eq!((soon.channel, soon.delay), (Channel::Email, 15 * 60_000));
+        assert_eq!(soon.template, Some("payment-account-invite"));
+    }
+
+    #[test]
+    fn experiments_are_validated_with_the_field_named() {
+        let base = format!(
+            "{MINIMAL}rules:\n  - id: r\n    after: a\n    actions:\n      - id: x\n        delay: 1h\n        channel: email\n        experiment:\n"
+        );
+        for (body, wants) in [
+            (
+                "          id: e\n          variants: []\n",
+                "rules[0].actions[0].experiment.variants",
+            ),
+            (
+                "          id: e\n          variants:\n            - {id: holdout, weight: 1}\n",
+                "must use only letters",
+            ),
+            (
+                "          id: e\n          variants:\n            - {id: a, weight: 1}\n            - {id: a, weight: 2}\n",
+                "used twice",
+            ),
+            (
+                "          id: e\n          holdout: 5\n          variants:\n            - {id: a, weight: 0}\n",
+                "every variant has weight 0",
+            ),
+            (
+                "          id: e\n          variants:\n            - {id: a, weight: 1, colour: red}\n",
+                "colour",
+            ),
+        ] {
+            let e = parse(&format!("{base}{body}")).unwrap_err().to_string();
+            assert!(e.contains(wants), "{body}: {e}");
+            assert!(e.starts_with("j.yaml:"), "{e}");
+        }
     }
 }

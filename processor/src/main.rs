@@ -130,6 +130,31 @@ enum AnalyticsCommand {
     /// customers that completed it, are at it, stalled there, abandoned and recovered, and
     /// how long it took; then what each intervention action did.
     Funnel(FunnelArgs),
+    /// Print an A/B experiment's results from a running `waymark analytics serve`: per arm the
+    /// customers exposed and converted (the awaited step, or the journey's goal), the rate
+    /// with its 95% interval, the lift over the baseline (the holdout, or the first variant),
+    /// the p-value of a two-proportion z-test, and whether there is enough data to tell.
+    Experiment(ExperimentArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExperimentArgs {
+    /// The experiment id (as in the journey definition).
+    experiment: String,
+    /// What counts as converted: `awaited` (the step the action waits for; the default when
+    /// it has one) or `goal` (the journey's goal).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Base URL of `waymark analytics serve`.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9466",
+        env = "WAYMARK_ANALYTICS_URL"
+    )]
+    url: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -403,6 +428,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             analytics_serve(cli.config.as_deref(), args)
         }
         Command::Analytics(AnalyticsCommand::Funnel(args)) => analytics_funnel(args),
+        Command::Analytics(AnalyticsCommand::Experiment(args)) => analytics_experiment(args),
         Command::Simulate(args) => {
             let engine = load_engine(
                 &args.journeys,
@@ -714,7 +740,7 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
 
 /// `waymark analytics serve`.
 fn analytics_serve(config: Option<&Path>, args: AnalyticsServeArgs) -> Result<ExitCode> {
-    use waymark::analytics::{StepOrder, service, store::ViewStore};
+    use waymark::analytics::{Definitions, service, store::ViewStore};
     let overrides = Overrides {
         brokers: args.brokers,
         journeys: args.journeys,
@@ -727,7 +753,7 @@ fn analytics_serve(config: Option<&Path>, args: AnalyticsServeArgs) -> Result<Ex
     if let Some(addr) = args.http_addr {
         cfg.analytics.http_addr = addr;
     }
-    let order = StepOrder::of(&JourneySet::load(&cfg.journeys)?);
+    let order = Definitions::of(&JourneySet::load(&cfg.journeys)?);
     let store = ViewStore::open(&cfg.analytics.state_dir)?;
     let live = Arc::new(service::Live::new(order, store));
     tracing::info!(
@@ -759,8 +785,42 @@ fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
     if let Some(v) = args.version {
         url.push_str(&format!("?version={v}"));
     }
-    let body = match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
-        Ok(r) => r.into_string()?,
+    let body = analytics_get(&url)?;
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f: waymark::analytics::Funnel =
+        serde_json::from_str(&body).with_context(|| format!("{url} returned no funnel"))?;
+    print!("{}", waymark::analytics::render_funnel(&f));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `waymark analytics experiment`: one experiment's results from a running view.
+fn analytics_experiment(args: ExperimentArgs) -> Result<ExitCode> {
+    let mut url = format!(
+        "{}/api/experiments/{}",
+        args.url.trim_end_matches('/'),
+        args.experiment
+    );
+    if let Some(o) = &args.outcome {
+        url.push_str(&format!("?outcome={o}"));
+    }
+    let body = analytics_get(&url)?;
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r: waymark::analytics::ExperimentReport =
+        serde_json::from_str(&body).with_context(|| format!("{url} returned no report"))?;
+    print!("{}", waymark::analytics::render_experiment(&r));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// GET from the analytics API; an error carries the API's message.
+fn analytics_get(url: &str) -> Result<String> {
+    match ureq::get(url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => Ok(r.into_string()?),
         Err(ureq::Error::Status(_, r)) => {
             let text = r.into_string().unwrap_or_default();
             let message = serde_json::from_str::<serde_json::Value>(&text)
@@ -772,15 +832,7 @@ fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
         Err(e) => bail!(
             "cannot reach the analytics view at {url}: {e}; is `waymark analytics serve` running there (--url)?"
         ),
-    };
-    if args.json {
-        println!("{body}");
-        return Ok(ExitCode::SUCCESS);
     }
-    let f: waymark::analytics::Funnel =
-        serde_json::from_str(&body).with_context(|| format!("{url} returned no funnel"))?;
-    print!("{}", waymark::analytics::render_funnel(&f));
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a sink with `provider` under [`supervise`].

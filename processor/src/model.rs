@@ -287,9 +287,13 @@ pub struct JourneyEvent {
     /// The action concerned (`command_emitted`, `command_suppressed`).
     #[serde(default)]
     pub action: Option<String>,
-    /// Why (`command_suppressed`, `exited`).
+    /// Why (`command_suppressed`, `command_deferred`, `exited`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// For a command under an A/B experiment: the customer's arm (a variant id, or
+    /// `holdout`).
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 /// What a sink reports about a command it handled.
@@ -434,6 +438,7 @@ mod tests {
             command_id: None,
             action: None,
             reason: None,
+            variant: None,
         };
         let line = serde_json::to_string(&Output::JourneyEvent(ev.clone())).unwrap();
         assert!(line.starts_with(r#"{"kind":"journey_event""#), "{line}");

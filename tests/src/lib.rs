@@ -954,3 +954,31 @@ impl Drop for ProviderStandIn {
         let _ = self.child.wait();
     }
 }
+
+/// GET a JSON document from a Waymark HTTP server (panics with the path on failure).
+pub fn get_json(addr: &str, path: &str) -> Value {
+    serde_json::from_str(&http_get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}")))
+        .unwrap()
+}
+
+/// Waits until an analytics view at `addr` has read `want` journey events and every partition
+/// it owns to its end; returns its `/api/instance`.
+pub fn await_view(addr: &str, want: u64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = http_get(addr, "/api/instance")
+            .ok()
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok());
+        if let Some(info) = &info
+            && info["journey_events_total"] == want
+            && info["caught_up"] == true
+        {
+            return info.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view did not read {want} journey events in {timeout:?}: {info:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -90,32 +90,6 @@ fn expected(simulated: &[Value], steps: &[&str]) -> Expected {
     e
 }
 
-fn get_json(addr: &str, path: &str) -> Value {
-    serde_json::from_str(&http_get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}")))
-        .unwrap()
-}
-
-/// Waits until the view has read `want` journey events and every partition to its end.
-fn await_view(addr: &str, want: u64, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let info = http_get(addr, "/api/instance")
-            .ok()
-            .and_then(|b| serde_json::from_str::<Value>(&b).ok());
-        if let Some(info) = &info
-            && info["journey_events_total"] == want
-            && info["caught_up"] == true
-        {
-            return info.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the view did not read {want} journey events in {timeout:?}: {info:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// Every customer at (or stalled at) a step, through the paged drill-down, `page` at a time.
 fn drill_down(addr: &str, step: &str, standing: &str, page: usize) -> BTreeSet<String> {
     let mut all = BTreeSet::new();

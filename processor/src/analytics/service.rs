@@ -32,7 +32,9 @@ use rdkafka::types::RDKafkaRespErr;
 use serde::{Deserialize, Serialize};
 
 use super::store::{IndexEntry, StoreError, ViewBatch, ViewStore};
-use super::{Aggregates, Applied, Funnel, Progress, Standing, StepOrder};
+use super::{
+    Aggregates, Applied, Definitions, ExperimentReport, Funnel, Outcome, Progress, Standing,
+};
 use crate::config::Config;
 use crate::kafka::client_config;
 use crate::model::{JourneyEventType, format_millis};
@@ -70,7 +72,7 @@ impl crate::shutdown::Restartable for ViewError {
 /// What the HTTP side reads: the committed aggregates of the partitions this instance owns,
 /// the database, and running totals for the live rates.
 pub struct Live {
-    order: StepOrder,
+    order: Definitions,
     store: ViewStore,
     owned: RwLock<BTreeMap<i32, Aggregates>>,
     journey_events: AtomicU64,
@@ -80,7 +82,7 @@ pub struct Live {
 
 impl Live {
     /// The view over `store`, with the step order of the journeys it reports.
-    pub fn new(order: StepOrder, store: ViewStore) -> Self {
+    pub fn new(order: Definitions, store: ViewStore) -> Self {
         Live {
             order,
             store,
@@ -655,6 +657,59 @@ async fn timeline(
     }))
 }
 
+#[derive(Deserialize)]
+struct OutcomeQuery {
+    outcome: Option<String>,
+}
+
+fn parse_outcome(q: &OutcomeQuery) -> Result<Option<Outcome>, ApiError> {
+    match q.outcome.as_deref() {
+        None => Ok(None),
+        Some("awaited") => Ok(Some(Outcome::Awaited)),
+        Some("goal") => Ok(Some(Outcome::Goal)),
+        Some(other) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("outcome `{other}` is not one of: awaited, goal"),
+        )),
+    }
+}
+
+async fn experiments(
+    State(live): Shared,
+    Query(q): Query<OutcomeQuery>,
+) -> Result<Json<Vec<ExperimentReport>>, ApiError> {
+    let outcome = parse_outcome(&q)?;
+    let all = live.merged();
+    Ok(Json(
+        live.order
+            .experiments()
+            .keys()
+            .filter_map(|id| all.experiment(&live.order, id, outcome))
+            .collect(),
+    ))
+}
+
+async fn experiment(
+    State(live): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<OutcomeQuery>,
+) -> Result<Json<ExperimentReport>, ApiError> {
+    let outcome = parse_outcome(&q)?;
+    live.merged()
+        .experiment(&live.order, &id, outcome)
+        .map(Json)
+        .ok_or_else(|| {
+            let known: Vec<&str> = live.order.experiments().keys().map(String::as_str).collect();
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no experiment `{id}` in the journeys this view was started with (known: {}); experiments are defined on actions, see deploy/examples/b2b-onboarding-ab.yaml",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            )
+        })
+}
+
 async fn instance(State(live): Shared) -> Json<InstanceInfo> {
     Json(InstanceInfo {
         partitions: live.owned().keys().copied().collect(),
@@ -762,6 +817,8 @@ pub fn routes(live: Arc<Live>) -> Router {
             get(customers_at),
         )
         .route("/api/customers/{customer}/timeline", get(timeline))
+        .route("/api/experiments", get(experiments))
+        .route("/api/experiments/{id}", get(experiment))
         .route("/api/live", get(live_stream))
         .with_state(live)
 }

@@ -22,6 +22,10 @@ use crate::model::Millis;
 const CF_PROGRESS: &str = "progress";
 const CF_INDEX: &str = "index";
 const CF_META: &str = "meta";
+/// Layout of the stored values (postcard encodings of [`Progress`] and [`Aggregates`]); a
+/// database written with another layout is refused rather than misread.
+const FORMAT: u32 = 2;
+const FORMAT_KEY: &str = "format";
 
 /// What went wrong with the view's database: what, where, and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -176,10 +180,33 @@ impl ViewStore {
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db =
             DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_err(e.into_string()))?;
-        Ok(ViewStore {
+        let store = ViewStore {
             db,
             path: path.to_owned(),
-        })
+        };
+        let meta = store.cf(CF_META)?;
+        let stored = store.meta(FORMAT_KEY)?;
+        let empty = store
+            .db
+            .iterator_cf(meta, IteratorMode::Start)
+            .next()
+            .is_none();
+        match stored {
+            Some(v) if v == FORMAT.to_be_bytes() => {}
+            None if empty => store
+                .db
+                .put_cf(meta, FORMAT_KEY, FORMAT.to_be_bytes())
+                .map_err(|e| open_err(e.into_string()))?,
+            other => {
+                let found = other
+                    .and_then(|b| b.try_into().ok().map(u32::from_be_bytes))
+                    .unwrap_or(1);
+                return Err(open_err(format!(
+                    "it holds the view in format {found}, this waymark writes format {FORMAT}; delete the directory to rebuild the view from journey-events"
+                )));
+            }
+        }
+        Ok(store)
     }
 
     fn io(&self, action: impl Into<String>, message: impl ToString) -> StoreError {

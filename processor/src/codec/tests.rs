@@ -54,7 +54,8 @@ fn journey_event() -> JourneyEvent {
         at: 1_772_448_620_903,
         command_id: Some("cmd-1".into()),
         action: Some("email".into()),
-        reason: Some("holdout".into()),
+        reason: Some("holdout of experiment invite-format".into()),
+        variant: Some("holdout".into()),
     }
 }
 
@@ -143,13 +144,13 @@ prop_compose! {
         instance in any::<u32>(),
         event_type in prop::sample::select(JourneyEventType::ALL.to_vec()),
         at in any::<i64>(),
-        optionals in any::<(Option<String>, Option<String>, Option<String>, Option<String>)>(),
+        optionals in any::<(Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)>(),
     ) -> JourneyEvent {
         let (journey_event_id, journey, customer_id) = ids;
-        let (step, command_id, action, reason) = optionals;
+        let (step, command_id, action, reason, variant) = optionals;
         JourneyEvent {
             journey_event_id, journey, journey_version, customer_id, instance, event_type, step,
-            at, command_id, action, reason,
+            at, command_id, action, reason, variant,
         }
     }
 }

@@ -1335,3 +1335,144 @@ proptest! {
         prop_assert_eq!(entered.len(), customers.len());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A/B experiments.
+
+fn ab() -> Arc<Engine> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/b2b-onboarding-ab.yaml");
+    Arc::new(Engine::new(JourneySet::load(&path).unwrap()))
+}
+
+#[test]
+fn an_experiment_sends_each_customer_their_variant_and_the_holdout_nothing() {
+    let e = ab();
+    let journey = e.journeys().get("b2b-onboarding-ab").unwrap().clone();
+    let x = journey.rules[0].actions[0].experiment.clone().unwrap();
+    let customers: Vec<String> = (0..300).map(|i| format!("ab-{i}")).collect();
+    let events: Vec<CustomerEvent> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| login(&format!("l{i}"), c, T0 + i as Millis * 1000))
+        .collect();
+    let out = run(&e, &events, T0 + 30 * D);
+    let mut arms_seen = BTreeSet::new();
+    for (i, c) in customers.iter().enumerate() {
+        let login_at = T0 + i as Millis * 1000;
+        let mine: Vec<&Output> = out.iter().filter(|o| o.customer_id() == c).collect();
+        let invite: Vec<&InterventionCommand> = mine
+            .iter()
+            .filter_map(|o| match o {
+                Output::Command(cmd) if cmd.action == "invite-email" => Some(cmd),
+                _ => None,
+            })
+            .collect();
+        let invite_events: Vec<&JourneyEvent> = mine
+            .iter()
+            .filter_map(|o| match o {
+                Output::JourneyEvent(j) if j.action.as_deref() == Some("invite-email") => Some(j),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(invite_events.len(), 1, "{c}: {invite_events:?}");
+        let arm = x.assign(c);
+        arms_seen.insert(x.arm_name(arm).to_owned());
+        assert_eq!(invite_events[0].variant.as_deref(), Some(x.arm_name(arm)));
+        match arm {
+            crate::journey::Arm::Holdout => {
+                assert!(invite.is_empty(), "{c} is held out");
+                assert_eq!(
+                    invite_events[0].event_type,
+                    JourneyEventType::CommandSuppressed
+                );
+                assert_eq!(
+                    invite_events[0].reason.as_deref(),
+                    Some("holdout of experiment payment-invite")
+                );
+            }
+            crate::journey::Arm::Variant(v) => {
+                let variant = &x.variants[v];
+                assert_eq!(invite.len(), 1, "{c}");
+                let cmd = invite[0];
+                assert_eq!(cmd.variant.as_deref(), Some(variant.id.as_str()));
+                assert_eq!(cmd.channel, variant.channel.unwrap_or(Channel::Email));
+                assert_eq!(cmd.due_at, login_at + variant.delay.unwrap_or(H));
+                let template = variant
+                    .template
+                    .as_deref()
+                    .unwrap_or("payment-account-invite");
+                assert_eq!(cmd.template.as_deref(), Some(template));
+                assert_eq!(
+                    invite_events[0].event_type,
+                    JourneyEventType::CommandEmitted
+                );
+            }
+        }
+        // The actions outside the experiment are the reference journey's, for everyone.
+        let others: Vec<(String, Channel, Millis)> =
+            commands(&mine.iter().map(|o| (*o).clone()).collect::<Vec<_>>())
+                .into_iter()
+                .filter(|(a, _, _)| a != "invite-email")
+                .collect();
+        assert_eq!(
+            others,
+            [
+                (
+                    "assist-task".to_owned(),
+                    Channel::ContactCenter,
+                    login_at + 2 * D
+                ),
+                (
+                    "sales-rep-call".to_owned(),
+                    Channel::ContactCenter,
+                    login_at + 4 * D
+                ),
+            ]
+        );
+    }
+    assert_eq!(
+        arms_seen.len(),
+        4,
+        "300 customers reach every arm: {arms_seen:?}"
+    );
+}
+
+#[test]
+fn explain_names_the_variant_and_the_holdout() {
+    let e = ab();
+    let journey = e.journeys().get("b2b-onboarding-ab").unwrap().clone();
+    let x = journey.rules[0].actions[0].experiment.clone().unwrap();
+    let find = |holdout: bool| {
+        (0..)
+            .map(|i| format!("x-{i}"))
+            .find(|c| (x.assign(c) == crate::journey::Arm::Holdout) == holdout)
+            .unwrap()
+    };
+    for (customer, status, variant) in [
+        (find(true), "held_out", "holdout".to_owned()),
+        (
+            find(false),
+            "sent",
+            x.arm_name(x.assign(&find(false))).to_owned(),
+        ),
+    ] {
+        let mut state = CustomerState::default();
+        let mut out = Vec::new();
+        let l = login("l1", &customer, T0);
+        e.apply(&mut state, &customer, &l, T0, &mut out);
+        e.advance(&mut state, &customer, T0 + D, &mut out);
+        let report = e.explain(&customer, &state);
+        let invite = &report.journeys[0].instances[0].actions[0];
+        assert_eq!(invite.action, "invite-email");
+        assert_eq!(invite.status, status, "{customer}: {invite:?}");
+        assert_eq!(invite.variant.as_deref(), Some(variant.as_str()));
+        if status == "held_out" {
+            assert_eq!(
+                invite.reason.as_deref(),
+                Some("holdout of experiment payment-invite")
+            );
+            assert!(invite.command_id.is_none());
+        }
+    }
+}

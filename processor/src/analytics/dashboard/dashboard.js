@@ -103,6 +103,40 @@ function drawChart(f) {
   });
 }
 
+function renderExperiments(reports) {
+  const section = document.getElementById("experiments-section");
+  section.hidden = reports.length === 0;
+  const body = document.querySelector("#experiments tbody");
+  body.replaceChildren();
+  for (const r of reports) {
+    const head = document.createElement("tr");
+    const th = document.createElement("td");
+    th.colSpan = 8;
+    th.textContent = r.experiment + " — " + r.journey + " / " + r.action + " (baseline " + r.baseline + ")";
+    th.style.fontWeight = "bold";
+    head.appendChild(th);
+    body.appendChild(head);
+    for (const a of r.arms) {
+      const tr = document.createElement("tr");
+      const at = { "data-experiment": r.experiment, "data-arm": a.arm };
+      cell(tr, "  " + a.arm);
+      cell(tr, fmt(a.exposed), { ...at, "data-field": "exposed" });
+      cell(tr, fmt(a.converted), { ...at, "data-field": "converted" });
+      cell(tr, pct(a.conversion));
+      cell(tr, pct(a.ci_low) + " – " + pct(a.ci_high));
+      cell(tr, a.lift === null ? "–" : (a.lift >= 0 ? "+" : "") + (a.lift * 100).toFixed(1) + " pt");
+      cell(tr, a.p_value === null ? "–" : a.p_value.toFixed(4));
+      cell(tr, a.verdict);
+      body.appendChild(tr);
+    }
+  }
+}
+
+async function loadExperiments() {
+  const r = await fetch("/api/experiments");
+  if (r.ok) renderExperiments(await r.json());
+}
+
 async function load() {
   const journeys = await (await fetch("/api/journeys")).json();
   select.replaceChildren();
@@ -113,6 +147,7 @@ async function load() {
     select.appendChild(o);
   }
   current = journeys.length ? journeys[0].journey : null;
+  await loadExperiments();
   await refresh();
 }
 
@@ -134,7 +169,9 @@ live.addEventListener("tick", (e) => {
   document.querySelector('[data-rate="commands"]').textContent = t.commands_per_sec.toFixed(1);
   const fs = t.funnels.filter((f) => f.journey === current);
   if (fs.length) renderFunnel(fs[fs.length - 1]);
-  document.body.setAttribute("data-ticks", String(Number(document.body.getAttribute("data-ticks") || 0) + 1));
+  const ticks = Number(document.body.getAttribute("data-ticks") || 0) + 1;
+  document.body.setAttribute("data-ticks", String(ticks));
+  if (ticks % 5 === 0) loadExperiments();
 });
 live.onerror = () => { status.textContent = "disconnected; retrying"; status.classList.add("down"); };
 
