@@ -48,7 +48,7 @@ bash scripts/kafka.sh start
 trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 
 step "end-to-end scenarios against the real broker"
-cargo test --release -p waymark-e2e -- --test-threads=1
+cargo test --release -p waymark-e2e --no-fail-fast -- --test-threads=1
 
 echo
 echo "make test: all checks passed in $(( $(date +%s) - started ))s"

@@ -137,14 +137,9 @@ enum AnalyticsCommand {
     Experiment(ExperimentArgs),
 }
 
+/// Where a running `waymark analytics serve` is, and how to print its answer.
 #[derive(Args, Debug)]
-struct ExperimentArgs {
-    /// The experiment id (as in the journey definition).
-    experiment: String,
-    /// What counts as converted: `awaited` (the step the action waits for; the default when
-    /// it has one) or `goal` (the journey's goal).
-    #[arg(long)]
-    outcome: Option<String>,
+struct ViewArgs {
     /// Base URL of `waymark analytics serve`.
     #[arg(
         long,
@@ -155,6 +150,18 @@ struct ExperimentArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ExperimentArgs {
+    /// The experiment id (as in the journey definition).
+    experiment: String,
+    /// What counts as converted: `awaited` (the step the action waits for; the default when
+    /// it has one) or `goal` (the journey's goal).
+    #[arg(long)]
+    outcome: Option<String>,
+    #[command(flatten)]
+    view: ViewArgs,
 }
 
 #[derive(Args, Debug)]
@@ -180,16 +187,8 @@ struct FunnelArgs {
     /// Journey version (default: the newest the view has seen).
     #[arg(long)]
     version: Option<u32>,
-    /// Base URL of `waymark analytics serve`.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:9466",
-        env = "WAYMARK_ANALYTICS_URL"
-    )]
-    url: String,
-    /// Print the API's JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    view: ViewArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -779,14 +778,14 @@ fn analytics_serve(config: Option<&Path>, args: AnalyticsServeArgs) -> Result<Ex
 fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
     let mut url = format!(
         "{}/api/journeys/{}/funnel",
-        args.url.trim_end_matches('/'),
+        args.view.url.trim_end_matches('/'),
         args.journey
     );
     if let Some(v) = args.version {
         url.push_str(&format!("?version={v}"));
     }
     let body = analytics_get(&url)?;
-    if args.json {
+    if args.view.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -800,14 +799,14 @@ fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
 fn analytics_experiment(args: ExperimentArgs) -> Result<ExitCode> {
     let mut url = format!(
         "{}/api/experiments/{}",
-        args.url.trim_end_matches('/'),
+        args.view.url.trim_end_matches('/'),
         args.experiment
     );
     if let Some(o) = &args.outcome {
         url.push_str(&format!("?outcome={o}"));
     }
     let body = analytics_get(&url)?;
-    if args.json {
+    if args.view.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }

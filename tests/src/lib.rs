@@ -982,3 +982,14 @@ pub fn await_view(addr: &str, want: u64, timeout: Duration) -> Value {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Runs `waymark analytics <args…> --url http://<addr>` against a running view.
+pub fn analytics_cli(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(waymark_bin())
+        .arg("analytics")
+        .args(args)
+        .arg("--url")
+        .arg(format!("http://{addr}"))
+        .output()
+        .expect("running waymark analytics")
+}

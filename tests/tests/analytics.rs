@@ -249,11 +249,7 @@ fn the_view_equals_simulate_survives_a_restart_and_the_dashboard_shows_it() {
     assert!(unknown.to_string().contains("404"), "{unknown}");
 
     // The terminal view of the same funnel.
-    let cli = std::process::Command::new(waymark_bin())
-        .args(["analytics", "funnel", JOURNEY, "--url"])
-        .arg(format!("http://{addr}"))
-        .output()
-        .unwrap();
+    let cli = analytics_cli(&addr, &["funnel", JOURNEY]);
     let table = String::from_utf8_lossy(&cli.stdout);
     assert!(
         cli.status.success(),

@@ -91,11 +91,7 @@ fn variants_and_the_holdout_go_through_kafka_and_the_report_equals_simulate() {
     assert_eq!(got["arms"][0]["arm"], "holdout");
     assert_eq!(got["awaited_step"], "payment_account");
 
-    let cli = std::process::Command::new(waymark_bin())
-        .args(["analytics", "experiment", EXPERIMENT, "--url"])
-        .arg(format!("http://{addr}"))
-        .output()
-        .unwrap();
+    let cli = analytics_cli(&addr, &["experiment", EXPERIMENT]);
     let table = String::from_utf8_lossy(&cli.stdout);
     assert!(
         cli.status.success(),
@@ -108,11 +104,7 @@ fn variants_and_the_holdout_go_through_kafka_and_the_report_equals_simulate() {
         )) && table.contains("email-15m"),
         "{table}"
     );
-    let missing = std::process::Command::new(waymark_bin())
-        .args(["analytics", "experiment", "nope", "--url"])
-        .arg(format!("http://{addr}"))
-        .output()
-        .unwrap();
+    let missing = analytics_cli(&addr, &["experiment", "nope"]);
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(
         !missing.status.success() && err.contains(EXPERIMENT),

@@ -51,11 +51,11 @@ fn forget_erases_local_state_and_the_changelog() {
         String::from_utf8_lossy(&out.stderr)
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !processor
-        .metrics()
-        .unwrap()
-        .contains("result=\"forgotten\"} 1")
-    {
+    let handled = format!(
+        "waymark_pipeline_events_total{{result=\"forgotten\",type=\"{}\"}} 1",
+        waymark::runtime::FORGET_EVENT_TYPE
+    );
+    while !processor.metrics().unwrap().contains(&handled) {
         assert!(
             std::time::Instant::now() < deadline,
             "the forget request was not handled"

@@ -40,15 +40,19 @@ fn golden() -> (Vec<JourneyEvent>, serde_json::Value) {
         },
     )
     .unwrap();
-    let journey_events = out
-        .split(|b| *b == b'\n')
+    let journey_events = journey_events_of(&out);
+    (journey_events, expected)
+}
+
+/// The journey events among `simulate`'s JSON lines.
+fn journey_events_of(out: &[u8]) -> Vec<JourneyEvent> {
+    out.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(|l| match serde_json::from_slice::<Output>(l).unwrap() {
             Output::JourneyEvent(e) => Some(e),
             Output::Command(_) => None,
         })
-        .collect();
-    (journey_events, expected)
+        .collect()
 }
 
 fn fold(events: &[JourneyEvent], order: &Definitions) -> (Aggregates, BTreeMap<String, Progress>) {
@@ -416,14 +420,7 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
         },
     )
     .unwrap();
-    let events: Vec<JourneyEvent> = out
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| match serde_json::from_slice::<Output>(l).unwrap() {
-            Output::JourneyEvent(e) => Some(e),
-            Output::Command(_) => None,
-        })
-        .collect();
+    let events = journey_events_of(&out);
     let defs = Definitions::of(&set);
     let (agg, _) = fold(&events, &defs);
     let report = agg.experiment(&defs, "payment-invite", None).unwrap();
