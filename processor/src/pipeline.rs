@@ -887,6 +887,16 @@ impl Core {
                 Output::JourneyEvent(e) => {
                     self.metrics
                         .journey_event(&e.journey, e.event_type.as_str());
+                    // A holdout is an experiment's arm, not a protection: it has its own count.
+                    if e.event_type == crate::model::JourneyEventType::CommandSuppressed
+                        && e.variant.as_deref() != Some(crate::journey::HOLDOUT)
+                    {
+                        self.metrics.suppressed(
+                            &e.journey,
+                            e.action.as_deref().unwrap_or_default(),
+                            e.reason.as_deref().unwrap_or_default(),
+                        );
+                    }
                     self.summary.journey_events += 1;
                     (
                         self.cfg.topics.journey_events.clone(),
