@@ -163,7 +163,7 @@ pub struct InstanceProgress {
     /// Actions whose command was sent.
     pub sent: BTreeSet<String>,
     /// Actions withheld from this instance as its holdout (a `command_suppressed` whose
-    /// reason starts with `holdout`).
+    /// `variant` is `holdout`).
     pub held_out: BTreeSet<String>,
     /// The experiment arm the instance was exposed to, and when, per action.
     pub arms: BTreeMap<String, (String, Millis)>,
@@ -564,10 +564,7 @@ impl Aggregates {
                 }
             }
             JourneyEventType::CommandSuppressed => {
-                let held_out = ev
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("holdout"));
+                let held_out = ev.variant.as_deref() == Some(HOLDOUT);
                 let a = agg.actions.entry(action.clone()).or_default();
                 if held_out {
                     a.held_out += 1;

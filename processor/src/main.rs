@@ -784,15 +784,12 @@ fn analytics_funnel(args: FunnelArgs) -> Result<ExitCode> {
     if let Some(v) = args.version {
         url.push_str(&format!("?version={v}"));
     }
-    let body = analytics_get(&url)?;
-    if args.view.json {
-        println!("{body}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let f: waymark::analytics::Funnel =
-        serde_json::from_str(&body).with_context(|| format!("{url} returned no funnel"))?;
-    print!("{}", waymark::analytics::render_funnel(&f));
-    Ok(ExitCode::SUCCESS)
+    print_view(
+        &args.view,
+        &url,
+        "funnel",
+        waymark::analytics::render_funnel,
+    )
 }
 
 /// `waymark analytics experiment`: one experiment's results from a running view.
@@ -805,14 +802,30 @@ fn analytics_experiment(args: ExperimentArgs) -> Result<ExitCode> {
     if let Some(o) = &args.outcome {
         url.push_str(&format!("?outcome={o}"));
     }
-    let body = analytics_get(&url)?;
-    if args.view.json {
+    print_view(
+        &args.view,
+        &url,
+        "report",
+        waymark::analytics::render_experiment,
+    )
+}
+
+/// Prints what the analytics API answers at `url` (a `what`): its JSON with `--json`, else
+/// `render`ed.
+fn print_view<T: serde::de::DeserializeOwned>(
+    view: &ViewArgs,
+    url: &str,
+    what: &str,
+    render: fn(&T) -> String,
+) -> Result<ExitCode> {
+    let body = analytics_get(url)?;
+    if view.json {
         println!("{body}");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let answer: T =
+            serde_json::from_str(&body).with_context(|| format!("{url} returned no {what}"))?;
+        print!("{}", render(&answer));
     }
-    let r: waymark::analytics::ExperimentReport =
-        serde_json::from_str(&body).with_context(|| format!("{url} returned no report"))?;
-    print!("{}", waymark::analytics::render_experiment(&r));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -290,6 +290,10 @@ fn recipients_and_holdouts_convert_separately() {
         let mut e = je(c, n, t, "", HOUR);
         e.action = Some("nudge".into());
         e.reason = reason.map(str::to_owned);
+        // As the engine writes them: the holdout's arm is on the event.
+        if reason.is_some_and(|r| r.starts_with("holdout")) {
+            e.variant = Some(HOLDOUT.into());
+        }
         e
     };
     for (c, t, reason, goal) in [
