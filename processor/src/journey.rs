@@ -19,6 +19,13 @@ use serde_saphyr::Spanned;
 
 use crate::model::{Channel, Millis};
 
+mod condition;
+
+pub use condition::{
+    ChooseDef, Condition, ConditionDef, Metric, SCORE_ATTRIBUTE, SCORED_ACTION_ATTRIBUTE, WindowDef,
+};
+use condition::{Role, compile_condition, compile_segment};
+
 /// A journey file that could not be loaded: where, which field, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum JourneyError {
@@ -94,6 +101,20 @@ impl<'de> Deserialize<'de> for DurationMs {
     }
 }
 
+/// `1d`, `36h`, `90m`, `45s`: the largest unit that divides the duration.
+pub fn short_duration(ms: Millis) -> String {
+    const UNITS: [(Millis, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    UNITS.iter().find(|(u, _)| ms % u == 0).map_or_else(
+        || format!("{ms}ms"),
+        |(u, name)| format!("{}{name}", ms / u),
+    )
+}
+
 /// A YAML scalar read as a string (`eq: 100` and `eq: "100"` mean the same).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar(pub String);
@@ -158,6 +179,10 @@ pub struct JourneyDef {
     /// command, e.g. `[email, phone, sales_rep, tz]`.
     #[serde(default)]
     pub profile: Vec<Spanned<String>>,
+    /// Event types that only update the profile (e.g. `plan.changed`): profile attributes are
+    /// read from these and from the events of the journey's steps, exits and conditions.
+    #[serde(default)]
+    pub profile_events: Vec<String>,
     /// Ordered steps; the first is the entry step.
     pub steps: Vec<StepDef>,
     /// Id of the goal step: completing it ends the instance.
@@ -254,18 +279,35 @@ pub struct AttrCondDef {
     pub not_among_earlier: Option<bool>,
 }
 
-/// An inaction rule, as written.
+/// A rule, as written: "after step A (or when a condition first holds), unless step B, if
+/// these conditions hold, do X at offset d".
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleDef {
     /// Rule id, unique in the journey (part of command ids).
     pub id: Spanned<String>,
-    /// The step whose completion starts the clock.
-    pub after: Spanned<String>,
+    /// The step whose completion starts the clock (or give `when`).
+    #[serde(default)]
+    pub after: Option<Spanned<String>>,
+    /// A threshold or score condition whose first holding in the instance starts the clock
+    /// (instead of `after`).
+    #[serde(default)]
+    pub when: Option<ConditionDef>,
     /// Steps whose completion before an action's due time cancels it (the goal and exits
     /// always do).
     #[serde(default)]
     pub unless: Vec<Spanned<String>>,
+    /// Conditions that must all hold on the events before an action's due time, or the action
+    /// is skipped.
+    #[serde(default, rename = "if")]
+    pub if_: Vec<ConditionDef>,
+    /// Which customers the rule targets: profile attribute → comparisons, as of the due time.
+    #[serde(default)]
+    pub segment: BTreeMap<String, AttrCondDef>,
+    /// Next-best-action: the actions are alternatives, and the highest-scoring eligible one is
+    /// taken.
+    #[serde(default)]
+    pub choose: Option<ChooseDef>,
     /// What to do, and when.
     pub actions: Vec<ActionDef>,
 }
@@ -555,17 +597,42 @@ impl Action {
     }
 }
 
-/// A compiled inaction rule.
+/// What starts a rule's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// The completion of this step (index).
+    Step(usize),
+    /// The first event of the instance after which this condition holds.
+    When(Condition),
+}
+
+/// A compiled rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Rule id.
     pub id: String,
-    /// Index of the `after` step.
-    pub after: usize,
+    /// What starts the clock.
+    pub after: Trigger,
     /// Indices of the `unless` steps.
     pub unless: Vec<usize>,
+    /// `if` conditions, then the `segment`'s: all must hold before an action's due time.
+    pub guards: Vec<Condition>,
+    /// Next-best-action: the event type of the per-action scores; the actions are
+    /// alternatives (one due time) and the highest-scoring eligible one is taken.
+    pub choose: Option<String>,
     /// Actions in definition order.
     pub actions: Vec<Action>,
+}
+
+impl Rule {
+    /// Every condition of the rule: the `when` trigger, then the guards.
+    pub fn conditions(&self) -> impl Iterator<Item = &Condition> {
+        let when = match &self.after {
+            Trigger::When(c) => Some(c),
+            Trigger::Step(_) => None,
+        };
+        when.into_iter().chain(&self.guards)
+    }
 }
 
 /// A validated journey, ready for the engine.
@@ -581,6 +648,8 @@ pub struct Journey {
     pub re_entry: ReEntry,
     /// Profile attributes copied onto commands.
     pub profile: Vec<String>,
+    /// Event types that only update the profile.
+    pub profile_events: Vec<String>,
     /// Steps; `steps[0]` is the entry step.
     pub steps: Vec<Step>,
     /// Index of the goal step.
@@ -599,12 +668,19 @@ impl Journey {
         self.steps.iter().position(|s| s.id == id)
     }
 
-    /// Every event type the journey reacts to.
+    /// Every event type the journey reacts to: its steps', exits', profile events',
+    /// conditions' and next-best-action scores'.
     pub fn event_types(&self) -> impl Iterator<Item = &str> {
         self.steps
             .iter()
             .map(|s| s.matcher.event_type.as_str())
             .chain(self.exits.iter().map(|e| e.matcher.event_type.as_str()))
+            .chain(self.profile_events.iter().map(String::as_str))
+            .chain(self.rules.iter().flat_map(|r| {
+                r.conditions()
+                    .filter_map(|c| c.metric.event_type())
+                    .chain(r.choose.as_deref())
+            }))
     }
 }
 
@@ -858,11 +934,43 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
                 format!("rule id `{}` is used twice", rd.id.value),
             ));
         }
-        let after = find(&rd.after, format!("{field}.after"))?;
+        let after = match (&rd.after, &rd.when) {
+            (Some(step), None) => Trigger::Step(find(step, format!("{field}.after"))?),
+            (None, Some(when)) => Trigger::When(compile_condition(
+                &v,
+                &rd.id,
+                &format!("{field}.when"),
+                when,
+                Role::Trigger,
+            )?),
+            _ => {
+                return Err(v.err(
+                    &rd.id,
+                    field,
+                    "a rule starts `after:` a step or `when:` a condition first holds; give exactly one of them",
+                ));
+            }
+        };
+        let mut guards = Vec::new();
+        for (g, gd) in rd.if_.iter().enumerate() {
+            guards.push(compile_condition(
+                &v,
+                &rd.id,
+                &format!("{field}.if[{g}]"),
+                gd,
+                Role::Guard,
+            )?);
+        }
+        guards.extend(compile_segment(
+            &v,
+            &rd.id,
+            &format!("{field}.segment"),
+            &rd.segment,
+        )?);
         let mut unless = Vec::new();
         for (u, us) in rd.unless.iter().enumerate() {
             let idx = find(us, format!("{field}.unless[{u}]"))?;
-            if idx == after {
+            if after == Trigger::Step(idx) {
                 return Err(v.err(
                     us,
                     format!("{field}.unless[{u}]"),
@@ -923,10 +1031,16 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
                 experiment,
             });
         }
+        let choose = match &rd.choose {
+            None => None,
+            Some(c) => Some(compile_choice(&v, &field, c, &actions)?),
+        };
         rules.push(Rule {
             id: rd.id.value.clone(),
             after,
             unless,
+            guards,
+            choose,
             actions,
         });
     }
@@ -936,12 +1050,52 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
         description: def.description,
         re_entry: def.re_entry,
         profile,
+        profile_events: def.profile_events,
         steps,
         goal,
         exits,
         rules,
         source: path.to_owned(),
     })
+}
+
+/// Checks a next-best-action rule: its actions are alternatives decided at one time.
+fn compile_choice(
+    v: &Validator<'_>,
+    rule_field: &str,
+    c: &ChooseDef,
+    actions: &[Action],
+) -> Result<String, JourneyError> {
+    let f = format!("{rule_field}.choose.by-score");
+    if c.by_score.value.trim().is_empty() {
+        return Err(v.err(
+            &c.by_score,
+            f,
+            "name the event type of the model's per-action scores",
+        ));
+    }
+    if actions.len() < 2 {
+        return Err(v.err(
+            &c.by_score,
+            f,
+            "next-best-action chooses among two or more actions; add the alternatives to `actions`",
+        ));
+    }
+    if actions.iter().any(|a| a.delay != actions[0].delay) {
+        return Err(v.err(
+            &c.by_score,
+            f,
+            "the actions of a next-best-action rule are alternatives decided at one time: give them all the same `delay`",
+        ));
+    }
+    if actions.iter().any(|a| a.experiment.is_some()) {
+        return Err(v.err(
+            &c.by_score,
+            f,
+            "a next-best-action rule cannot hold an experiment: the model's score, not a hash, picks the action",
+        ));
+    }
+    Ok(c.by_score.value.clone())
 }
 
 fn compile_experiment(
@@ -1160,7 +1314,10 @@ mod tests {
         assert_eq!(j.steps[0].abandon_after, None);
         assert_eq!(j.rules.len(), 1);
         let rule = &j.rules[0];
-        assert_eq!((rule.after, rule.unless.as_slice()), (0, &[1][..]));
+        assert_eq!(
+            (&rule.after, rule.unless.as_slice()),
+            (&Trigger::Step(0), &[1][..])
+        );
         let plan: Vec<_> = rule.actions.iter().map(|a| (a.delay, a.channel)).collect();
         assert_eq!(
             plan,
@@ -1176,6 +1333,73 @@ mod tests {
             j.steps[6].matcher.conds,
             vec![("product_line".to_owned(), Cond::NotAmongEarlier)]
         );
+    }
+
+    /// `MINIMAL` with one rule whose body (after `- id: r`) is `body`.
+    fn with_rule(body: &str) -> Result<Journey, JourneyError> {
+        parse(&format!("{MINIMAL}rules:\n  - id: r\n{body}"))
+    }
+
+    const ACTION: &str = "    actions:\n      - { id: x, delay: 1h, channel: email }\n";
+
+    #[test]
+    fn threshold_score_segment_and_choice_rules_compile() {
+        let j = with_rule(&format!(
+            "    when: {{ sum: {{ event: invoice.paid, attribute: amount, within: 30d }}, gte: 100 }}\n    if:\n      - {{ count: {{ event: login.ok, within: 14d, where: {{ attributes: {{ app: {{ eq: web }} }} }} }}, lt: 2 }}\n      - {{ score: churn.score, gte: 0.5 }}\n    segment:\n      tier: {{ one-of: [gold, platinum] }}\n{ACTION}"
+        ))
+        .unwrap();
+        let r = &j.rules[0];
+        let Trigger::When(when) = &r.after else {
+            panic!("{:?}", r.after)
+        };
+        assert_eq!(
+            when.to_string(),
+            "sum of invoice.paid.amount within 30d >= 100"
+        );
+        let guards: Vec<String> = r.guards.iter().map(|g| g.to_string()).collect();
+        assert_eq!(
+            guards,
+            [
+                "count of login.ok within 14d < 2",
+                "score churn.score >= 0.5",
+                "profile tier one of gold, platinum"
+            ]
+        );
+        let types: BTreeSet<&str> = j.event_types().collect();
+        for t in ["invoice.paid", "login.ok", "churn.score"] {
+            assert!(types.contains(t), "{t} in {types:?}");
+        }
+        let nba = with_rule(
+            "    after: a\n    choose: { by-score: nba.score }\n    actions:\n      - { id: x, delay: 1h, channel: email }\n      - { id: y, delay: 1h, channel: sms }\n",
+        )
+        .unwrap();
+        assert_eq!(nba.rules[0].choose.as_deref(), Some("nba.score"));
+        assert!(nba.event_types().any(|t| t == "nba.score"));
+    }
+
+    #[test]
+    fn bad_rule_conditions_say_what_to_write_instead() {
+        let cases = [
+            (format!("    after: a\n    when: {{ score: s, gt: 1 }}\n{ACTION}"), "give exactly one of them"),
+            (ACTION.to_owned(), "give exactly one of them"),
+            (format!("    when: {{ profile: tier, eq: gold }}\n{ACTION}"), "cannot start a rule"),
+            (format!("    after: a\n    if:\n      - {{ event: x.y }}\n{ACTION}"), "count the events instead"),
+            (format!("    when: {{ score: s }}\n{ACTION}"), "needs a comparison"),
+            (format!("    when: {{ sum: {{ event: i }}, gt: 1 }}\n{ACTION}"), "numeric `attribute`"),
+            (format!("    when: {{ count: {{ event: i, within: 0s }}, gt: 1 }}\n{ACTION}"), "longer than zero"),
+            (format!("    when: {{ score: s, count: {{ event: i }}, gt: 1 }}\n{ACTION}"), "exactly one of `count`"),
+            (format!("    after: a\n    segment: {{ tier: {{ among-earlier: true }} }}\n{ACTION}"), "events only"),
+            (
+                "    after: a\n    choose: { by-score: s }\n    actions:\n      - { id: x, delay: 1h, channel: email }\n      - { id: y, delay: 2h, channel: sms }\n".to_owned(),
+                "the same `delay`",
+            ),
+            (format!("    after: a\n    choose: {{ by-score: s }}\n{ACTION}"), "two or more actions"),
+        ];
+        for (body, want) in cases {
+            let msg = with_rule(&body).unwrap_err().to_string();
+            assert!(msg.contains(want), "{body}\n=> {msg}");
+            assert!(msg.starts_with("j.yaml:"), "{msg}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::journey::DurationMs;
+use crate::journey::{DurationMs, short_duration};
 use crate::model::{Channel, Millis};
 
 /// A protections file that could not be loaded: where and what to do.
@@ -145,6 +145,16 @@ pub enum Blocked {
     },
     /// The cap is reached within the window before the due time.
     Capped(FrequencyCap),
+    /// The due time falls in quiet hours of the channel (this blocks only next-best-action
+    /// alternatives; other commands are deferred).
+    QuietHours {
+        /// The channel.
+        channel: Channel,
+        /// The customer's time zone the hours were read in.
+        tz: String,
+        /// When the quiet hours end.
+        until: Millis,
+    },
 }
 
 impl Blocked {
@@ -161,6 +171,11 @@ impl Blocked {
                 cap.channel.as_str(),
                 short_duration(cap.per)
             ),
+            Blocked::QuietHours { channel, tz, until } => format!(
+                "quiet hours for {} in {tz} until {}",
+                channel.as_str(),
+                crate::model::format_millis(*until)
+            ),
         }
     }
 }
@@ -170,20 +185,6 @@ fn parse_hh_mm(s: &str) -> Option<u32> {
     let (h, m) = s.split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
     (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
-}
-
-/// `1d`, `36h`, `90m`, `45s`: the largest unit that divides the duration.
-fn short_duration(ms: Millis) -> String {
-    const UNITS: [(Millis, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
-    UNITS.iter().find(|(u, _)| ms % u == 0).map_or_else(
-        || format!("{ms}ms"),
-        |(u, name)| format!("{}{name}", ms / u),
-    )
 }
 
 impl Protections {
