@@ -18,7 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::journey::{Cond, Journey, JourneySet, Matcher, ReEntry, fill_placeholders};
+use crate::journey::{
+    Cond, Journey, JourneySet, Matcher, Metric, ReEntry, Rule, SCORE_ATTRIBUTE,
+    SCORED_ACTION_ATTRIBUTE, Trigger, fill_placeholders,
+};
 use crate::model::{
     Channel, CustomerEvent, InterventionCommand, JourneyEvent, JourneyEventType, Millis,
     OUTCOME_ATTRIBUTES, OUTCOME_EVENT_PREFIX, Output,
@@ -202,6 +205,18 @@ struct Candidate {
     instance: usize,
     kind: Kind,
     key: u64,
+    /// The key of the next-best-action decision the command is an alternative of: at most
+    /// one command of a group goes out.
+    group: Option<u64>,
+}
+
+/// Why a command due now does not go out.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// A protection blocks it (a `command_suppressed` journey event says which).
+    Blocked(Blocked),
+    /// Next-best-action took another action of its rule (nothing is emitted for it).
+    NotChosen,
 }
 
 /// One journey's derivation for a customer: the journey, its instances, all its candidates,
@@ -223,6 +238,10 @@ const DEFERRED: u64 = 0x4445_4645_5252_4544;
 /// (its own key is there too: it was handled).
 const SUPPRESSED: u64 = 0x5355_5050_5245_5353;
 
+/// Marks, in [`JourneyMemory::emitted`], an alternative next-best-action did not take (its own
+/// key is there too: it was handled).
+const NOT_CHOSEN: u64 = 0x4e4f_5443_484f_5345;
+
 /// The journey engine for a fixed set of journeys.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -238,6 +257,8 @@ pub struct Engine {
     predicate_attrs: BTreeMap<String, BTreeSet<String>>,
     /// Attributes kept in the profile.
     profile_attrs: BTreeSet<String>,
+    /// Event types some rule reads a score from (shown by `explain`).
+    score_types: BTreeSet<String>,
 }
 
 /// FNV-1a, 64 bit: a fixed, platform-independent hash for the emitted-set keys.
@@ -266,6 +287,7 @@ impl Engine {
         let mut relevant = HashSet::new();
         let mut predicate_attrs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut profile_attrs = BTreeSet::new();
+        let mut score_types = BTreeSet::new();
         for j in journeys.iter() {
             profile_attrs.extend(j.profile.iter().cloned());
             let matchers = j
@@ -280,6 +302,35 @@ impl Engine {
                     .or_default()
                     .extend(m.conds.iter().map(|(a, _)| a.clone()));
             }
+            relevant.extend(j.profile_events.iter().cloned());
+            for rule in &j.rules {
+                for c in rule.conditions() {
+                    match (&c.metric, c.metric.event_type()) {
+                        (Metric::Profile { attribute }, _) => {
+                            profile_attrs.insert(attribute.clone());
+                        }
+                        (m, Some(t)) => {
+                            if let Metric::Score { event } = m {
+                                score_types.insert(event.clone());
+                            }
+                            relevant.insert(t.to_owned());
+                            predicate_attrs
+                                .entry(t.to_owned())
+                                .or_default()
+                                .extend(m.attributes().into_iter().map(str::to_owned));
+                        }
+                        (_, None) => {}
+                    }
+                }
+                if let Some(t) = &rule.choose {
+                    score_types.insert(t.clone());
+                    relevant.insert(t.clone());
+                    predicate_attrs.entry(t.clone()).or_default().extend([
+                        SCORE_ATTRIBUTE.to_owned(),
+                        SCORED_ACTION_ATTRIBUTE.to_owned(),
+                    ]);
+                }
+            }
         }
         Engine {
             journeys,
@@ -288,14 +339,28 @@ impl Engine {
             relevant,
             predicate_attrs,
             profile_attrs,
+            score_types,
         }
     }
 
     /// Compacts a customer's finished instances away once the watermark is `retention` past
     /// the end of the last one (and nothing is pending): the events are dropped, the number
-    /// of instances is kept (see [`JourneyMemory::retired`]). `None` keeps everything.
+    /// of instances is kept (see [`JourneyMemory::retired`]). `None` keeps everything. It is
+    /// never shorter than the longest `within` window of a rule's condition, so a window
+    /// looking back from a later entry still finds its events (a year of invoices).
     pub fn with_retention(mut self, retention: Option<Millis>) -> Self {
-        self.retention = retention;
+        let longest = self
+            .journeys
+            .iter()
+            .flat_map(|j| &j.rules)
+            .flat_map(|r| r.conditions())
+            .filter_map(|c| match &c.metric {
+                Metric::Count { within, .. } | Metric::Sum { within, .. } => *within,
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        self.retention = retention.map(|r| r.max(longest));
         self
     }
 
@@ -444,20 +509,24 @@ impl Engine {
             ready.sort_by_key(|c| c.due);
             derived.push((&**journey, instances, all, ready));
         }
-        let blocked = self.decide(state, customer_id, &derived);
+        let verdicts = self.decide(state, customer_id, &derived);
         for (j, (journey, instances, _, ready)) in derived.iter().enumerate() {
             if ready.is_empty() {
                 continue;
             }
             for c in ready {
-                let why = blocked.get(&(j, c.key));
+                let blocked = match verdicts.get(&(j, c.key)) {
+                    Some(Verdict::NotChosen) => continue,
+                    Some(Verdict::Blocked(b)) => Some(b),
+                    None => None,
+                };
                 materialize(
                     journey,
                     customer_id,
                     state,
                     &instances[c.instance],
                     *c,
-                    why,
+                    blocked,
                     out,
                 );
             }
@@ -467,10 +536,11 @@ impl Engine {
                 .or_default()
                 .emitted;
             for c in ready {
-                let suppressed = blocked
-                    .contains_key(&(j, c.key))
-                    .then_some(c.key ^ SUPPRESSED);
-                for key in std::iter::once(c.key).chain(suppressed) {
+                let mark = verdicts.get(&(j, c.key)).map(|v| match v {
+                    Verdict::Blocked(_) => c.key ^ SUPPRESSED,
+                    Verdict::NotChosen => c.key ^ NOT_CHOSEN,
+                });
+                for key in [Some(c.key), mark, c.group].into_iter().flatten() {
                     if let Err(pos) = emitted.binary_search(&key) {
                         emitted.insert(pos, key);
                     }
@@ -503,13 +573,15 @@ impl Engine {
         state: &CustomerState,
         customer_id: &str,
     ) -> Vec<Candidate> {
-        let all = candidates(journey, instances, customer_id);
+        let all = candidates(journey, instances, state, customer_id);
         if self.protections.quiet_hours.is_empty() {
             return all;
         }
         let mut out = Vec::with_capacity(all.len());
         for c in all {
-            let Kind::Command { rule, action } = c.kind else {
+            // Quiet hours make a next-best-action alternative ineligible (see `decide`)
+            // rather than deferring it.
+            let (Kind::Command { rule, action }, None) = (c.kind, c.group) else {
                 out.push(c);
                 continue;
             };
@@ -540,18 +612,25 @@ impl Engine {
         out
     }
 
-    /// Which of the commands due now a protection blocks, keyed by (index in `derived`,
-    /// candidate key). Commands are decided in due-time order across all journeys (ties: journey
-    /// order, then derivation order); the ones handled before keep their decision.
+    /// Which of the commands due now do not go out, keyed by (index in `derived`, candidate
+    /// key): the ones a protection blocks, and the next-best-action alternatives not taken.
+    /// Commands are decided in due-time order across all journeys (ties: journey order, then
+    /// derivation order, which is a next-best-action rule's ranking); the ones handled before
+    /// keep their decision. A next-best-action rule takes its first alternative that no
+    /// protection blocks, and for it quiet hours block (the next alternative may be on a
+    /// channel that is not quiet) instead of deferring.
     fn decide(
         &self,
         state: &CustomerState,
         customer_id: &str,
         derived: &[Derived<'_>],
-    ) -> HashMap<(usize, u64), Blocked> {
-        let mut blocked = HashMap::new();
-        if self.protections.is_empty() {
-            return blocked;
+    ) -> HashMap<(usize, u64), Verdict> {
+        let mut verdicts = HashMap::new();
+        let choosing = derived
+            .iter()
+            .any(|(_, _, _, ready)| ready.iter().any(|c| c.group.is_some()));
+        if self.protections.is_empty() && !choosing {
+            return verdicts;
         }
         // The channel a command goes out on; none for a held-out customer (nothing is sent,
         // so nothing is capped or counted).
@@ -562,36 +641,73 @@ impl Engine {
             _ => None,
         };
         let mut sent: BTreeMap<Channel, Vec<Millis>> = BTreeMap::new();
+        let mut decided: HashSet<(usize, u64)> = HashSet::new();
         let mut due_now = Vec::new();
         for (j, (journey, _, all, ready)) in derived.iter().enumerate() {
-            let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
-            let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
+            let memory = state.journeys.get(&journey.name);
             for c in all {
                 if let Some(ch) = channel_of(journey, c)
-                    && has(c.key)
-                    && !has(c.key ^ SUPPRESSED)
+                    && was_sent(memory, c.key)
                 {
                     sent.entry(ch).or_default().push(c.due);
+                }
+                if let Some(g) = c.group
+                    && was_handled(memory, g)
+                {
+                    decided.insert((j, g));
                 }
             }
             for (i, c) in ready.iter().enumerate() {
                 if let Some(ch) = channel_of(journey, c) {
-                    due_now.push((c.due, j, i, ch, c.key));
+                    due_now.push((c.due, j, i, ch, c.key, c.group));
                 }
             }
         }
         due_now.sort();
-        for (due, j, _, channel, key) in due_now {
+        for (due, j, _, channel, key, group) in due_now {
+            if let Some(g) = group
+                && decided.contains(&(j, g))
+            {
+                verdicts.insert((j, key), Verdict::NotChosen);
+                continue;
+            }
             let list = self.suppression_events(state);
             let sent_here = sent.entry(channel).or_default();
-            match self.protections.check(channel, due, list, sent_here) {
+            let blocked = self
+                .protections
+                .check(channel, due, list, sent_here)
+                .or_else(|| group.and_then(|_| self.quiet_hours_block(state, channel, due)));
+            match blocked {
                 Some(b) => {
-                    blocked.insert((j, key), b);
+                    verdicts.insert((j, key), Verdict::Blocked(b));
                 }
-                None => sent_here.push(due),
+                None => {
+                    sent_here.push(due);
+                    if let Some(g) = group {
+                        decided.insert((j, g));
+                    }
+                }
             }
         }
-        blocked
+        verdicts
+    }
+
+    /// Quiet hours as a block (for next-best-action alternatives): `Some` when `due` falls in
+    /// quiet hours of `channel` in the customer's time zone.
+    fn quiet_hours_block(
+        &self,
+        state: &CustomerState,
+        channel: Channel,
+        due: Millis,
+    ) -> Option<Blocked> {
+        let tz = state.profile_at(TZ_ATTRIBUTE, due);
+        self.protections
+            .defer(channel, due, tz)
+            .map(|until| Blocked::QuietHours {
+                channel,
+                tz: tz.unwrap_or("UTC").to_owned(),
+                until,
+            })
     }
 
     /// The customer's suppression-list events: `(type, time, channel attribute)`.
@@ -608,26 +724,26 @@ impl Engine {
     }
 
     /// Why a command handled before was blocked (for `explain`): the protection that blocks it
-    /// given the commands of its channel sent before it.
+    /// given the commands of its channel sent before it (quiet hours too, for a
+    /// next-best-action alternative).
     fn blocked_reason(
         &self,
         state: &CustomerState,
         customer_id: &str,
         channel: Channel,
         due: Millis,
+        choosing: bool,
     ) -> String {
         let mut sent = Vec::new();
         for journey in self.journeys.iter() {
             let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
             let instances = derive_instances(journey, &state.events, retired);
-            let emitted = state.journeys.get(&journey.name).map(|m| &m.emitted);
-            let has = |key: u64| emitted.is_some_and(|e| e.binary_search(&key).is_ok());
+            let memory = state.journeys.get(&journey.name);
             for c in self.protected_candidates(journey, &instances, state, customer_id) {
                 if let Kind::Command { rule, action } = c.kind
                     && journey.rules[rule].actions[action].sends_on(customer_id) == Some(channel)
                     && c.due <= due
-                    && has(c.key)
-                    && !has(c.key ^ SUPPRESSED)
+                    && was_sent(memory, c.key)
                 {
                     sent.push(c.due);
                 }
@@ -635,6 +751,11 @@ impl Engine {
         }
         self.protections
             .check(channel, due, self.suppression_events(state), &sent)
+            .or_else(|| {
+                choosing
+                    .then(|| self.quiet_hours_block(state, channel, due))
+                    .flatten()
+            })
             .map_or_else(
                 || "blocked by a protection no longer configured".to_owned(),
                 |b| b.describe(),
@@ -662,6 +783,19 @@ impl Engine {
         let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
         derive_instances(journey, &state.events, retired)
     }
+}
+
+/// Whether `key` is in the journey memory's emitted set: its output was handled (emitted,
+/// suppressed or not chosen).
+fn was_handled(memory: Option<&JourneyMemory>, key: u64) -> bool {
+    memory.is_some_and(|m| m.emitted.binary_search(&key).is_ok())
+}
+
+/// Whether the command with `key` went out: handled, and neither suppressed nor not chosen.
+fn was_sent(memory: Option<&JourneyMemory>, key: u64) -> bool {
+    was_handled(memory, key)
+        && !was_handled(memory, key ^ SUPPRESSED)
+        && !was_handled(memory, key ^ NOT_CHOSEN)
 }
 
 /// Turns a candidate into its output records.
@@ -826,6 +960,21 @@ fn materialize(
 pub struct Explanation {
     /// One entry per journey the customer entered.
     pub journeys: Vec<JourneyExplanation>,
+    /// The latest score of every kind some rule reads (per action for next-best-action).
+    pub scores: Vec<ScoreStatus>,
+}
+
+/// The latest score a model published for the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScoreStatus {
+    /// The score's event type (`churn.score`).
+    pub score: String,
+    /// The action it scores (next-best-action scores only).
+    pub action: Option<String>,
+    /// The value.
+    pub value: String,
+    /// Its event time (RFC 3339).
+    pub at: String,
 }
 
 /// A customer's instances of one journey.
@@ -881,13 +1030,18 @@ pub struct ActionStatus {
     /// Due time (RFC 3339).
     pub due_at: String,
     /// `sent`, `suppressed` (by a protection), `held_out` (the customer is in the holdout of
-    /// the action's experiment), `pending` (due later than the watermark) or `cancelled`.
+    /// the action's experiment), `not_chosen` (next-best-action took another action of the
+    /// rule), `skipped` (an `if` or `segment` condition did not hold), `pending` (due later
+    /// than the watermark) or `cancelled`.
     pub status: &'static str,
     /// Why it was cancelled, suppressed or held out.
     pub reason: Option<String>,
     /// The arm of the action's A/B experiment the customer is in (a variant id, or
     /// `holdout`), if the action is under one.
     pub variant: Option<String>,
+    /// The model's score of the action, when its rule is next-best-action and the action was
+    /// scored before its due time.
+    pub score: Option<String>,
     /// The command's id (what sinks and outcomes refer to), once sent.
     pub command_id: Option<String>,
     /// What the channel sink reported about it, in event-time order: `delivered at …`,
@@ -907,9 +1061,7 @@ impl Engine {
             if instances.is_empty() && retired == 0 {
                 continue;
             }
-            let emitted = state.journeys.get(&journey.name);
-            let handled = |key: u64| emitted.is_some_and(|m| m.emitted.binary_search(&key).is_ok());
-            let sent = |key: u64| handled(key) && !handled(key ^ SUPPRESSED);
+            let memory = state.journeys.get(&journey.name);
             let cands = self.protected_candidates(journey, &instances, state, customer_id);
             let mut out = Vec::new();
             for (idx, inst) in instances.iter().enumerate() {
@@ -924,19 +1076,32 @@ impl Engine {
                         completed_by: inst.completed[s]
                             .map(|(_, e)| state.events[e].event_id.clone()),
                         abandoned_at: mine()
-                            .find(|c| c.kind == Kind::StepAbandoned(s) && sent(c.key))
+                            .find(|c| c.kind == Kind::StepAbandoned(s) && was_sent(memory, c.key))
                             .map(|c| format_millis(c.due)),
                     })
                     .collect();
                 let mut actions = Vec::new();
                 for (r, rule) in journey.rules.iter().enumerate() {
-                    let Some(start) = inst.done_at(rule.after) else {
+                    let Some(mut plans) = plan_rule(rule, inst, state, customer_id) else {
                         continue;
                     };
-                    for (a, action) in rule.actions.iter().enumerate() {
+                    plans.sort_by_key(|p| p.action);
+                    let command_key = |a: usize| {
+                        mine()
+                            .find(|c| c.kind == Kind::Command { rule: r, action: a })
+                            .map(|c| c.key)
+                    };
+                    // The alternative next-best-action took, if it took one.
+                    let chosen = rule.choose.as_ref().and_then(|_| {
+                        (0..rule.actions.len())
+                            .find(|&a| command_key(a).is_some_and(|k| was_sent(memory, k)))
+                            .map(|a| rule.actions[a].id.as_str())
+                    });
+                    for plan in plans {
+                        let a = plan.action;
+                        let action = &rule.actions[a];
                         let effective = action.effective(customer_id);
-                        let planned = start + effective.delay;
-                        let cand = mine().find(|c| c.kind == Kind::Command { rule: r, action: a });
+                        let planned = plan.due;
                         let deferred_to = mine().find_map(|c| match c.kind {
                             Kind::Deferred {
                                 rule,
@@ -946,25 +1111,43 @@ impl Engine {
                             _ => None,
                         });
                         let due = deferred_to.unwrap_or(planned);
-                        let (status, reason) = match (cand, cancelled_by(inst, &rule.unless, due)) {
-                            (Some(c), _) if handled(c.key) && effective.held_out => (
+                        let (status, reason) = match (command_key(a), &plan.fate) {
+                            (Some(k), _) if was_handled(memory, k) && effective.held_out => (
                                 "held_out",
                                 effective
                                     .experiment
                                     .map(|(x, _)| format!("holdout of experiment {x}")),
                             ),
-                            (Some(c), _) if sent(c.key) => ("sent", None),
-                            (Some(c), _) if handled(c.key) => (
+                            (Some(k), _) if was_sent(memory, k) => ("sent", None),
+                            (Some(k), _) if was_handled(memory, k ^ NOT_CHOSEN) => (
+                                "not_chosen",
+                                Some(match chosen {
+                                    Some(c) => format!("next-best-action chose `{c}`"),
+                                    None => "next-best-action chose another action".to_owned(),
+                                }),
+                            ),
+                            (Some(k), _) if was_handled(memory, k) => (
                                 "suppressed",
                                 Some(self.blocked_reason(
                                     state,
                                     customer_id,
                                     effective.channel,
                                     due,
+                                    rule.choose.is_some(),
                                 )),
                             ),
                             (Some(_), _) => ("pending", None),
-                            (None, by) => ("cancelled", by.map(|b| b.describe(journey))),
+                            (None, Fate::Skipped(why)) => {
+                                ("skipped", Some(format!("condition not met: {why}")))
+                            }
+                            (None, Fate::Cancelled(by)) => {
+                                ("cancelled", Some(by.describe(journey)))
+                            }
+                            // Quiet hours moved it: the deferred command was cancelled.
+                            (None, Fate::Due) => (
+                                "cancelled",
+                                cancelled_by(inst, &rule.unless, due).map(|b| b.describe(journey)),
+                            ),
                         };
                         let reason = match deferred_to {
                             Some(until) => {
@@ -1000,6 +1183,7 @@ impl Engine {
                             action: action.id.clone(),
                             channel: effective.channel.as_str().to_owned(),
                             variant: effective.experiment.map(|(_, arm)| arm.to_owned()),
+                            score: plan.score.map(|s| s.to_string()),
                             due_at: format_millis(due),
                             status,
                             reason,
@@ -1028,7 +1212,32 @@ impl Engine {
                 instances: out,
             });
         }
-        Explanation { journeys }
+        Explanation {
+            journeys,
+            scores: self.latest_scores(state),
+        }
+    }
+}
+
+impl Engine {
+    /// The latest value of every score some rule reads, per (type, scored action).
+    fn latest_scores(&self, state: &CustomerState) -> Vec<ScoreStatus> {
+        let mut latest: BTreeMap<(&str, Option<&str>), &StoredEvent> = BTreeMap::new();
+        for e in &state.events {
+            if self.score_types.contains(&e.event_type) && e.attr(SCORE_ATTRIBUTE).is_some() {
+                let key = (e.event_type.as_str(), e.attr(SCORED_ACTION_ATTRIBUTE));
+                latest.insert(key, e);
+            }
+        }
+        latest
+            .into_iter()
+            .map(|((score, action), e)| ScoreStatus {
+                score: score.to_owned(),
+                action: action.map(str::to_owned),
+                value: e.attr(SCORE_ATTRIBUTE).unwrap_or_default().to_owned(),
+                at: crate::model::format_millis(e.at),
+            })
+            .collect()
     }
 }
 
@@ -1107,17 +1316,7 @@ fn matches(m: &Matcher, events: &[StoredEvent], i: usize) -> bool {
     }
     m.conds.iter().all(|(attr, cond)| {
         let value = ev.attr(attr);
-        let num = || value.and_then(|v| v.trim().parse::<f64>().ok());
         match cond {
-            Cond::Eq(x) => value == Some(x.as_str()),
-            Cond::Ne(x) => value != Some(x.as_str()),
-            Cond::OneOf(xs) => value.is_some_and(|v| xs.iter().any(|x| x == v)),
-            Cond::NotOneOf(xs) => value.is_none_or(|v| xs.iter().all(|x| x != v)),
-            Cond::Gt(x) => num().is_some_and(|v| v > *x),
-            Cond::Gte(x) => num().is_some_and(|v| v >= *x),
-            Cond::Lt(x) => num().is_some_and(|v| v < *x),
-            Cond::Lte(x) => num().is_some_and(|v| v <= *x),
-            Cond::Exists(want) => value.is_some() == *want,
             Cond::AmongEarlier => value.is_some_and(|v| earlier().any(|e| e.attr(attr) == Some(v))),
             Cond::NotAmongEarlier => {
                 let mut any = false;
@@ -1127,6 +1326,10 @@ fn matches(m: &Matcher, events: &[StoredEvent], i: usize) -> bool {
                 });
                 value.is_some() && any && !seen
             }
+            other => conditions::passes(
+                other,
+                value.map_or(conditions::Value::Unknown, conditions::Value::Text),
+            ),
         }
     })
 }
@@ -1179,7 +1382,12 @@ fn derive_instances(journey: &Journey, events: &[StoredEvent], retired: u32) -> 
 }
 
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
-fn candidates(journey: &Journey, instances: &[Instance], customer_id: &str) -> Vec<Candidate> {
+fn candidates(
+    journey: &Journey,
+    instances: &[Instance],
+    state: &CustomerState,
+    customer_id: &str,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     let name = journey.name.as_bytes();
     let version = journey.version.to_le_bytes();
@@ -1188,14 +1396,16 @@ fn candidates(journey: &Journey, instances: &[Instance], customer_id: &str) -> V
         let key = |tag: &[u8], a: &str, b: &str| {
             fnv(&[name, &version, &number, tag, a.as_bytes(), b.as_bytes()])
         };
-        let mut push = |due, kind, key| {
+        let mut push_in = |due, kind, key, group| {
             out.push(Candidate {
                 due,
                 instance: idx,
                 kind,
                 key,
+                group,
             })
         };
+        let mut push = |due, kind, key| push_in(due, kind, key, None);
         push(inst.entered_at, Kind::Entered, key(b"entered", "", ""));
         let end = inst.end_at();
         for (s, step) in journey.steps.iter().enumerate() {
@@ -1233,23 +1443,96 @@ fn candidates(journey: &Journey, instances: &[Instance], customer_id: &str) -> V
             None => {}
         }
         for (r, rule) in journey.rules.iter().enumerate() {
-            let Some(start) = inst.done_at(rule.after) else {
+            let Some(plans) = plan_rule(rule, inst, state, customer_id) else {
                 continue;
             };
-            for (a, action) in rule.actions.iter().enumerate() {
-                let due = start + action.effective(customer_id).delay;
-                if cancelled_by(inst, &rule.unless, due).is_none() {
-                    push(
-                        due,
-                        Kind::Command { rule: r, action: a },
-                        key(b"command", &rule.id, &action.id),
-                    );
-                }
+            let group = rule.choose.is_some().then(|| key(b"choice", &rule.id, ""));
+            for p in plans.iter().filter(|p| matches!(p.fate, Fate::Due)) {
+                push_in(
+                    p.due,
+                    Kind::Command {
+                        rule: r,
+                        action: p.action,
+                    },
+                    key(b"command", &rule.id, &rule.actions[p.action].id),
+                    group,
+                );
             }
         }
     }
     out
 }
 
+/// One action of a rule in one instance: when it is due and what becomes of it.
+#[derive(Debug, Clone)]
+struct ActionPlan {
+    /// Index of the action in its rule.
+    action: usize,
+    /// Due time.
+    due: Millis,
+    /// Due, cancelled or skipped.
+    fate: Fate,
+    /// Its next-best-action score, when the rule chooses and the model scored it.
+    score: Option<f64>,
+}
+
+/// What becomes of an action at its due time.
+#[derive(Debug, Clone)]
+enum Fate {
+    /// It is due (protections and next-best-action may still withhold it).
+    Due,
+    /// An `unless` step, the goal or an exit came first.
+    Cancelled(CancelledBy),
+    /// A guard (`if`, `segment`) does not hold: what failed.
+    Skipped(String),
+}
+
+/// A rule's actions in one instance; `None` until what starts its clock happened. A
+/// next-best-action rule's actions come in the order they are tried (best score first).
+fn plan_rule(
+    rule: &Rule,
+    inst: &Instance,
+    state: &CustomerState,
+    customer_id: &str,
+) -> Option<Vec<ActionPlan>> {
+    let start = match &rule.after {
+        Trigger::Step(s) => inst.done_at(*s)?,
+        Trigger::When(c) => conditions::first_holding(c, state, inst.entered_at, inst.end_at())?,
+    };
+    let mut plans: Vec<ActionPlan> = rule
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(a, action)| {
+            let due = start + action.effective(customer_id).delay;
+            let fate = match cancelled_by(inst, &rule.unless, due) {
+                Some(by) => Fate::Cancelled(by),
+                None => rule
+                    .guards
+                    .iter()
+                    .find_map(|g| conditions::check_guard(g, state, due).err())
+                    .map_or(Fate::Due, Fate::Skipped),
+            };
+            ActionPlan {
+                action: a,
+                due,
+                fate,
+                score: None,
+            }
+        })
+        .collect();
+    if let Some(scored_as) = &rule.choose {
+        let ids: Vec<&str> = rule.actions.iter().map(|a| a.id.as_str()).collect();
+        let scores = conditions::action_scores(scored_as, state, plans[0].due, &ids);
+        for (p, score) in plans.iter_mut().zip(&scores) {
+            p.score = *score;
+        }
+        let order = conditions::rank(&scores);
+        plans = order.into_iter().map(|i| plans[i].clone()).collect();
+    }
+    Some(plans)
+}
+
+mod conditions;
 #[cfg(test)]
 mod tests;

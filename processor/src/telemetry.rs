@@ -157,6 +157,8 @@ pub fn suppression_reason_label(reason: &str) -> &'static str {
         "suppression_list"
     } else if reason.starts_with("frequency cap") {
         "frequency_cap"
+    } else if reason.starts_with("quiet hours") {
+        "quiet_hours"
     } else {
         "other"
     }
@@ -769,6 +771,10 @@ mod tests {
         assert_eq!(
             suppression_reason_label("frequency cap: 2 email per 1d"),
             "frequency_cap"
+        );
+        assert_eq!(
+            suppression_reason_label("quiet hours for sms in UTC until 2026-01-01T07:00:00.000Z"),
+            "quiet_hours"
         );
         assert_eq!(suppression_reason_label("anything else"), "other");
     }

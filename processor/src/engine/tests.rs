@@ -12,6 +12,8 @@ use crate::journey::{JourneySet, parse_journey};
 use crate::model::{Channel, format_millis, parse_millis};
 use crate::simulate::{SimulateOptions, simulate};
 
+mod rules;
+
 const H: Millis = 3_600_000;
 const D: Millis = 24 * H;
 const LATENESS: Millis = 5 * 60_000;
