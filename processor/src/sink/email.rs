@@ -243,4 +243,68 @@ mod tests {
         let e = render(dir.path(), &command("t", None)).unwrap_err();
         assert!(e.permanent && e.message.contains("subject.txt"), "{e}");
     }
+
+    /// Every email and SMS a shipped journey can send (each variant too) has its template,
+    /// and every email renders with only the journey's profile attributes filled in.
+    #[test]
+    fn every_shipped_journey_has_the_templates_it_sends() {
+        use crate::journey::JourneySet;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut sets = vec![JourneySet::load(&root.join("deploy/journeys")).unwrap()];
+        for example in ["b2b-onboarding-ab.yaml", "email-bounce-fallback.yaml"] {
+            sets.push(JourneySet::load(&root.join("deploy/examples").join(example)).unwrap());
+        }
+        let mut checked = 0;
+        for journey in sets.iter().flat_map(|s| s.iter()) {
+            for rule in &journey.rules {
+                for action in &rule.actions {
+                    let mut sends = vec![(action.channel, action.template.clone(), None)];
+                    for v in action.experiment.iter().flat_map(|x| &x.variants) {
+                        let template = v.template.clone().or(action.template.clone());
+                        sends.push((
+                            v.channel.unwrap_or(action.channel),
+                            template,
+                            Some(v.id.clone()),
+                        ));
+                    }
+                    for (channel, template, variant) in sends {
+                        let mut c = command(
+                            template.as_deref().unwrap_or(&action.id),
+                            variant.as_deref(),
+                        );
+                        c.journey.clone_from(&journey.name);
+                        c.action.clone_from(&action.id);
+                        c.params = action.params.clone();
+                        c.attributes = journey
+                            .profile
+                            .iter()
+                            .map(|p| (p.clone(), format!("<{p}>")))
+                            .collect();
+                        let what =
+                            format!("{}: {}.{} on {channel}", journey.name, rule.id, action.id);
+                        match channel {
+                            Channel::Email => {
+                                render(&root.join("deploy/templates/email"), &c)
+                                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                            }
+                            Channel::Sms => {
+                                let dir = super::super::templates::dir_for(
+                                    &root.join("deploy/templates/sms"),
+                                    &c,
+                                    "body.txt",
+                                )
+                                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                                super::super::templates::render(&dir, "body.txt", &c)
+                                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+                                    .unwrap_or_else(|| panic!("{what}: no body.txt"));
+                            }
+                            Channel::ContactCenter => continue,
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} templates checked");
+    }
 }
