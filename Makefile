@@ -33,7 +33,7 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 	KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 bash scripts/kafka.sh start
 	WAYMARK_TEST_BROKERS=127.0.0.1:19092 WAYMARK_CHAOS_CUSTOMERS=30000 $(CARGO) test --release -p waymark-e2e --test chaos -- --nocapture
 
-bench: build ## Throughput (exactly-once vs at-least-once vs simulate), recovery after kill -9, restore; a table
+bench: build ## Throughput (exactly-once vs at-least-once vs simulate vs Kafka Streams), recovery after kill -9, restore; a table
 	python3 scripts/bench.py
 
 check-deploy: ## Render deploy/k8s with kustomize, validate it, and check and unit-test the alerts with promtool
@@ -41,6 +41,10 @@ check-deploy: ## Render deploy/k8s with kustomize, validate it, and check and un
 
 golden: build ## Check `waymark simulate` against ../shared/golden
 	bash scripts/golden.sh
+
+kstreams-check: build ## Check the Kafka Streams baseline (make bench's peer) against `waymark simulate`, on a broker on 29092
+	KAFKA_PORT=29092 KAFKA_CONTROLLER_PORT=29093 bash scripts/kafka.sh start
+	KSTREAMS_CHECK_BROKERS=127.0.0.1:29092 bash scripts/bench/kstreams/check.sh
 
 ##@ Kafka (a real single-node KRaft broker from Maven Central)
 kafka-start: ## Start the local broker on 127.0.0.1:$${KAFKA_PORT:-9092}
@@ -59,4 +63,4 @@ clean: ## Remove local state and demo output (keeps the build cache)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo test setup build lint unit chaos bench golden kafka-start kafka-topics kafka-stop clean help
+.PHONY: demo test setup build lint unit chaos bench golden kstreams-check kafka-start kafka-topics kafka-stop clean help

@@ -7,6 +7,10 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
   * `waymark simulate` throughput (the offline baseline every other figure is compared with);
   * `waymark run` throughput with processing-guarantee exactly-once, then at-least-once, on
     the same trace (fresh topics each);
+  * the peer baseline: the same journey as a Kafka Streams application
+    (scripts/bench/kstreams/, exactly-once v2, BENCH_KSTREAMS_THREADS stream threads, default
+    2 = this machine's cores), on the same broker, trace and partition count, with Waymark's
+    exactly-once throughput divided by its; BENCH_KSTREAMS=0 skips it;
   * recovery after `kill -9` mid-run: time from the restart to ready, and to the first
     committed transaction that carries output;
   * restore: the state directory deleted, time and records/s to rebuild it from the changelog.
@@ -34,6 +38,8 @@ PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
 BROKERS = f"127.0.0.1:{PORT}"
 CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "50000")
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
+KSTREAMS = os.environ.get("BENCH_KSTREAMS", "1") != "0"
+KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
 HTTP = "127.0.0.1:19464"
 RUN_ID = time.strftime("%Y%m%d%H%M%S")
 WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
@@ -145,6 +151,46 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
+def kstreams_status(path):
+    """The last status line of the Kafka Streams baseline's log, as a dict."""
+    last = ""
+    with open(path) as f:
+        for line in f:
+            if line.startswith("kstreams: status "):
+                last = line
+    return dict(kv.split("=", 1) for kv in last.split()[2:] if "=" in kv)
+
+
+def kstreams_throughput(n):
+    """Events/s of the Kafka Streams baseline over the bench trace, measured as Waymark's is:
+    from RUNNING (Waymark: ready) until every event of the trace has been processed."""
+    classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
+                               check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    config("kstreams", "exactly-once")  # fresh topics with the trace on them, named as Waymark's
+    suffix = f"bench-{RUN_ID}-kstreams"
+    logpath = WORK / "kstreams.log"
+    logf = open(logpath, "w")
+    proc = subprocess.Popen(
+        ["java", "-Xmx1g", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
+         "--bootstrap-servers", BROKERS, "--application-id", suffix, "--topic-suffix", f".{suffix}",
+         "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / "kstreams" / "state"),
+         "--threads", str(KSTREAMS_THREADS), "--processing-guarantee", "exactly_once_v2",
+         "--status-interval-ms", "100"],
+        stdout=subprocess.DEVNULL, stderr=logf)
+
+    def status():
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: the Kafka Streams baseline exited (log {logpath})")
+        return kstreams_status(logpath)
+    try:
+        t0 = wait(lambda: status().get("state") == "RUNNING", 180, "Kafka Streams RUNNING")
+        t1 = wait(lambda: int(status().get("records", "0")) >= n, 1800,
+                  f"{n} events processed by Kafka Streams")
+    finally:
+        stop(proc)
+    return n / (t1 - t0)
+
+
 def main():
     WORK.mkdir(parents=True, exist_ok=True)
     log(f"broker on {BROKERS}")
@@ -177,6 +223,13 @@ def main():
                      f"{rates[guarantee]:,.0f} events/s", f"{rates[guarantee] / sim:.2f}"))
     rows.append(("exactly-once ÷ at-least-once", "",
                  f"{rates['exactly-once'] / rates['at-least-once']:.2f}"))
+
+    if KSTREAMS:
+        ks = kstreams_throughput(n)
+        rows.append((f"Kafka Streams baseline, exactly-once, {PARTITIONS} partitions, "
+                     f"{KSTREAMS_THREADS} threads", f"{ks:,.0f} events/s", f"{ks / sim:.2f}"))
+        rows.append(("Waymark ÷ Kafka Streams (exactly-once; goal ≥ 3)", "",
+                     f"{rates['exactly-once'] / ks:.2f}"))
 
     # Recovery after kill -9, a third of the way through a fresh backlog.
     cfg = config("recovery", "exactly-once")

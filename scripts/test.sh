@@ -48,7 +48,12 @@ bash scripts/kafka.sh start
 trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 
 step "end-to-end scenarios against the real broker"
-cargo test --release -p waymark-e2e --no-fail-fast -- --test-threads=1
+e2e=0
+cargo test --release -p waymark-e2e --no-fail-fast -- --test-threads=1 || e2e=$?
+
+step "the Kafka Streams baseline of make bench computes what waymark simulate does"
+KSTREAMS_CHECK_BROKERS=$WAYMARK_TEST_BROKERS bash scripts/bench/kstreams/check.sh
+[[ $e2e == 0 ]] || { echo "make test: end-to-end scenarios failed (above)" >&2; exit "$e2e"; }
 
 echo
 echo "make test: all checks passed in $(( $(date +%s) - started ))s"
