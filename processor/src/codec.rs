@@ -120,6 +120,15 @@ pub trait AvroRecord: Sized {
     /// This record as an Avro value of [`AvroRecord::schema`].
     fn to_avro(&self) -> Value;
 
+    /// Writes the record's Avro binary datum (current schema) straight into `out`, without
+    /// building a [`Value`], when the record has such a writer; `false` when it has none (then
+    /// [`encode`] goes through [`AvroRecord::to_avro`] and the schema-validating encoder).
+    /// The hot output records (commands, journey events) have one; a test checks it against
+    /// the validating encoder.
+    fn write_datum(&self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+
     /// The record from an Avro value that conforms to [`AvroRecord::schema`] (decoded with it, or
     /// resolved to it).
     fn from_avro(value: Value) -> Result<Self, CodecError>;
@@ -422,6 +431,22 @@ fn avro_hint(bytes: &[u8], framing: Framing) -> &'static str {
 
 /// Encodes `record` with its current schema, framed as `framing`.
 pub fn encode<T: AvroRecord>(record: &T, framing: Framing) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    if let Framing::Confluent { schema_id } = framing {
+        out.push(CONFLUENT_MAGIC);
+        out.extend_from_slice(&schema_id.to_be_bytes());
+    }
+    if record.write_datum(&mut out) {
+        return Ok(out);
+    }
+    encode_validated(record, framing)
+}
+
+/// [`encode`] through an Avro [`Value`] and apache-avro's schema-validating encoder.
+pub fn encode_validated<T: AvroRecord>(
+    record: &T,
+    framing: Framing,
+) -> Result<Vec<u8>, CodecError> {
     let datum = apache_avro::to_avro_datum(T::schema(), record.to_avro()).map_err(|e| {
         CodecError::Encode {
             record: T::NAME,
@@ -898,6 +923,49 @@ fn string(s: &str) -> Value {
     Value::String(s.to_owned())
 }
 
+/// Avro binary encoding, written straight from Rust values (the spec's "Binary Encoding"):
+/// `long`/`int` as zig-zag varints, strings as length + UTF-8, enums as their index, unions as
+/// the branch index + the value, maps as one block of entries and a terminating zero.
+mod binary {
+    use std::collections::BTreeMap;
+
+    pub fn long(out: &mut Vec<u8>, n: i64) {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    pub fn string(out: &mut Vec<u8>, s: &str) {
+        long(out, s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// `["null", "string"]`.
+    pub fn optional(out: &mut Vec<u8>, s: &Option<String>) {
+        match s {
+            None => long(out, 0),
+            Some(s) => {
+                long(out, 1);
+                string(out, s);
+            }
+        }
+    }
+
+    pub fn string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+        if !map.is_empty() {
+            long(out, map.len() as i64);
+            for (k, v) in map {
+                string(out, k);
+                string(out, v);
+            }
+        }
+        long(out, 0);
+    }
+}
+
 /// `["null", "string"]`: the null branch is index 0.
 fn optional(s: &Option<String>) -> Value {
     match s {
@@ -917,10 +985,15 @@ fn field(name: &str, value: Value) -> (String, Value) {
 /// Avro enum symbols cannot contain `-`: `contact-center` is `contact_center` on the wire.
 /// Indexes follow the symbol order of the `Channel` enum in the schemas.
 fn channel_value(channel: Channel) -> Value {
+    let (index, symbol) = channel_symbol(channel);
+    Value::Enum(index, symbol.to_owned())
+}
+
+fn channel_symbol(channel: Channel) -> (u32, &'static str) {
     match channel {
-        Channel::Email => Value::Enum(0, "email".to_owned()),
-        Channel::Sms => Value::Enum(1, "sms".to_owned()),
-        Channel::ContactCenter => Value::Enum(2, "contact_center".to_owned()),
+        Channel::Email => (0, "email"),
+        Channel::Sms => (1, "sms"),
+        Channel::ContactCenter => (2, "contact_center"),
     }
 }
 
@@ -936,7 +1009,11 @@ fn channel_from_symbol(symbol: &str) -> Option<Channel> {
 /// Symbols are spelled as [`JourneyEventType::as_str`]; indexes follow the symbol order of the
 /// `JourneyEventType` enum in `journey_event.avsc`.
 fn journey_event_type_value(t: JourneyEventType) -> Value {
-    let index = match t {
+    Value::Enum(journey_event_type_index(t), t.as_str().to_owned())
+}
+
+fn journey_event_type_index(t: JourneyEventType) -> u32 {
+    match t {
         JourneyEventType::Entered => 0,
         JourneyEventType::StepCompleted => 1,
         JourneyEventType::StepAbandoned => 2,
@@ -945,8 +1022,7 @@ fn journey_event_type_value(t: JourneyEventType) -> Value {
         JourneyEventType::CommandEmitted => 5,
         JourneyEventType::CommandSuppressed => 6,
         JourneyEventType::CommandDeferred => 7,
-    };
-    Value::Enum(index, t.as_str().to_owned())
+    }
 }
 
 /// The fields of a decoded record, taken out one by one.
@@ -1130,6 +1206,23 @@ impl AvroRecord for InterventionCommand {
         ])
     }
 
+    fn write_datum(&self, out: &mut Vec<u8>) -> bool {
+        binary::string(out, &self.command_id);
+        binary::string(out, &self.journey);
+        binary::long(out, i64::from(self.journey_version));
+        binary::string(out, &self.customer_id);
+        binary::long(out, i64::from(self.instance));
+        binary::string(out, &self.rule);
+        binary::string(out, &self.action);
+        binary::long(out, i64::from(channel_symbol(self.channel).0));
+        binary::long(out, self.due_at);
+        binary::optional(out, &self.template);
+        binary::optional(out, &self.variant);
+        binary::string_map(out, &self.params);
+        binary::string_map(out, &self.attributes);
+        true
+    }
+
     fn from_avro(value: Value) -> Result<Self, CodecError> {
         let mut f = Fields::new(Self::NAME, value)?;
         Ok(InterventionCommand {
@@ -1177,6 +1270,22 @@ impl AvroRecord for JourneyEvent {
             field("reason", optional(&self.reason)),
             field("variant", optional(&self.variant)),
         ])
+    }
+
+    fn write_datum(&self, out: &mut Vec<u8>) -> bool {
+        binary::string(out, &self.journey_event_id);
+        binary::string(out, &self.journey);
+        binary::long(out, i64::from(self.journey_version));
+        binary::string(out, &self.customer_id);
+        binary::long(out, i64::from(self.instance));
+        binary::long(out, i64::from(journey_event_type_index(self.event_type)));
+        binary::optional(out, &self.step);
+        binary::long(out, self.at);
+        binary::optional(out, &self.command_id);
+        binary::optional(out, &self.action);
+        binary::optional(out, &self.reason);
+        binary::optional(out, &self.variant);
+        true
     }
 
     fn from_avro(value: Value) -> Result<Self, CodecError> {
