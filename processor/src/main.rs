@@ -10,6 +10,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use waymark::config::{Config, InputFormat, Overrides, TopicsConfig};
+
+/// mimalloc instead of glibc's malloc: Waymark allocates per event and per output record, and
+/// glibc spent about a quarter of `waymark run`'s time in malloc, free and consolidation
+/// (`perf`, 2026-11-23; see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use waymark::engine::Engine;
 use waymark::journey::JourneySet;
 use waymark::loadgen::LoadgenArgs;
