@@ -36,6 +36,9 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 bench: build ## Throughput (exactly-once vs at-least-once vs simulate vs Kafka Streams), recovery after kill -9, restore; a table
 	python3 scripts/bench.py
 
+bench-micro: ## Criterion micro-benchmarks: engine step, state cache over RocksDB, Avro decode/encode
+	$(CARGO) bench -p waymark --bench engine
+
 check-deploy: ## Render deploy/k8s with kustomize, validate it, and check and unit-test the alerts with promtool
 	bash scripts/check-deploy.sh
 
@@ -63,4 +66,4 @@ clean: ## Remove local state and demo output (keeps the build cache)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo test setup build lint unit chaos bench golden kstreams-check kafka-start kafka-topics kafka-stop clean help
+.PHONY: demo test setup build lint unit chaos bench bench-micro golden kstreams-check kafka-start kafka-topics kafka-stop clean help
