@@ -10,13 +10,15 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
   * the peer baseline: the same journey as a Kafka Streams application
     (scripts/bench/kstreams/, exactly-once v2, BENCH_KSTREAMS_THREADS stream threads, default
     2 = this machine's cores), on the same broker, trace and partition count, with Waymark's
-    exactly-once throughput divided by its; BENCH_KSTREAMS=0 skips it;
+    exactly-once throughput divided by its; BENCH_KSTREAMS=0 skips it. After one uncounted
+    warm-up run of each, Waymark and the baseline run alternately BENCH_ROUNDS times (default
+    3) and the table shows the medians, with every run;
   * recovery after `kill -9` mid-run: time from the restart to ready, and to the first
     committed transaction that carries output;
   * restore: the state directory deleted, time and records/s to rebuild it from the changelog.
 
 Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
-absolute numbers across runs.
+absolute numbers across runs. The table is also written to BENCHMARKS.md (BENCH_REPORT).
 """
 
 import json
@@ -40,6 +42,10 @@ CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "50000")
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 KSTREAMS = os.environ.get("BENCH_KSTREAMS", "1") != "0"
 KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
+# Waymark (exactly-once) and the Streams baseline run alternately this many times each, after
+# one warm-up run of each that is not counted (a fresh broker and a cold JVM are slower);
+# the table shows the medians.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 HTTP = "127.0.0.1:19464"
 RUN_ID = time.strftime("%Y%m%d%H%M%S")
 WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
@@ -161,19 +167,19 @@ def kstreams_status(path):
     return dict(kv.split("=", 1) for kv in last.split()[2:] if "=" in kv)
 
 
-def kstreams_throughput(n):
+def kstreams_throughput(n, name="kstreams"):
     """Events/s of the Kafka Streams baseline over the bench trace, measured as Waymark's is:
     from RUNNING (Waymark: ready) until every event of the trace has been processed."""
     classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
                                check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-    config("kstreams", "exactly-once")  # fresh topics with the trace on them, named as Waymark's
-    suffix = f"bench-{RUN_ID}-kstreams"
-    logpath = WORK / "kstreams.log"
+    config(name, "exactly-once")  # fresh topics with the trace on them, named as Waymark's
+    suffix = f"bench-{RUN_ID}-{name}"
+    logpath = WORK / f"{name}.log"
     logf = open(logpath, "w")
     proc = subprocess.Popen(
         ["java", "-Xmx1g", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
          "--bootstrap-servers", BROKERS, "--application-id", suffix, "--topic-suffix", f".{suffix}",
-         "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / "kstreams" / "state"),
+         "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / name / "state"),
          "--threads", str(KSTREAMS_THREADS), "--processing-guarantee", "exactly_once_v2",
          "--status-interval-ms", "100"],
         stdout=subprocess.DEVNULL, stderr=logf)
@@ -211,25 +217,47 @@ def main():
     sim = n / (time.monotonic() - t)
     rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
 
-    rates = {}
-    for guarantee in ["exactly-once", "at-least-once"]:
-        cfg = config(guarantee, guarantee)
-        proc = start(cfg, f"{guarantee}.log")
+    def waymark_throughput(name, guarantee):
+        cfg = config(name, guarantee)
+        proc = start(cfg, f"{name}.log")
         t0 = wait(ready, 120, "ready")
         t1 = wait(lambda: processed() >= n, 900, f"{n} events processed")
-        rates[guarantee] = n / (t1 - t0)
         stop(proc)
-        rows.append((f"run, {guarantee}, {PARTITIONS} partitions",
-                     f"{rates[guarantee]:,.0f} events/s", f"{rates[guarantee] / sim:.2f}"))
+        return n / (t1 - t0)
+
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    log("warm-up runs (not counted)")
+    waymark_throughput("warm-up", "exactly-once")
+    if KSTREAMS:
+        kstreams_throughput(n, "kstreams-warm-up")
+    eos, ks = [], []
+    for r in range(ROUNDS):
+        eos.append(waymark_throughput(f"exactly-once-{r}", "exactly-once"))
+        log(f"round {r + 1}/{ROUNDS}: waymark exactly-once {eos[-1]:,.0f} events/s")
+        if KSTREAMS:
+            ks.append(kstreams_throughput(n, f"kstreams-{r}"))
+            log(f"round {r + 1}/{ROUNDS}: kafka streams {ks[-1]:,.0f} events/s")
+    alo = waymark_throughput("at-least-once", "at-least-once")
+    rates = {"exactly-once": median(eos), "at-least-once": alo}
+    spread = lambda xs: f" (runs: {', '.join(f'{x:,.0f}' for x in xs)})"
+    rows.append((f"run, exactly-once, {PARTITIONS} partitions, median of {ROUNDS}",
+                 f"{rates['exactly-once']:,.0f} events/s{spread(eos)}",
+                 f"{rates['exactly-once'] / sim:.2f}"))
+    rows.append((f"run, at-least-once, {PARTITIONS} partitions", f"{alo:,.0f} events/s",
+                 f"{alo / sim:.2f}"))
     rows.append(("exactly-once ÷ at-least-once", "",
                  f"{rates['exactly-once'] / rates['at-least-once']:.2f}"))
 
     if KSTREAMS:
-        ks = kstreams_throughput(n)
+        k = median(ks)
         rows.append((f"Kafka Streams baseline, exactly-once, {PARTITIONS} partitions, "
-                     f"{KSTREAMS_THREADS} threads", f"{ks:,.0f} events/s", f"{ks / sim:.2f}"))
+                     f"{KSTREAMS_THREADS} threads, median of {ROUNDS}",
+                     f"{k:,.0f} events/s{spread(ks)}", f"{k / sim:.2f}"))
         rows.append(("Waymark ÷ Kafka Streams (exactly-once; goal ≥ 3)", "",
-                     f"{rates['exactly-once'] / ks:.2f}"))
+                     f"{rates['exactly-once'] / k:.2f}"))
 
     # Recovery after kill -9, a third of the way through a fresh backlog.
     cfg = config("recovery", "exactly-once")
@@ -264,14 +292,79 @@ def main():
     rows.append(("restore from the changelog", f"{restored:,.0f} records in {secs:.1f} s",
                  f"{restored / secs:,.0f} records/s"))
 
-    print(f"\nWaymark bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, broker on "
-          f"this machine, trace of {CUSTOMERS} customers / {n} events\n")
-    print("| what | result | ratio |")
-    print("|---|---|---|")
-    for what, result, ratio in rows:
-        print(f"| {what} | {result} | {ratio} |")
+    title = (f"Waymark bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, broker on "
+             f"this machine, trace of {CUSTOMERS} customers / {n} events")
+    table = ["| what | result | ratio |", "|---|---|---|"]
+    table += [f"| {what} | {result} | {ratio} |" for what, result, ratio in rows]
+    print(f"\n{title}\n")
+    print("\n".join(table))
     (WORK / "bench.json").write_text(json.dumps(rows, indent=1))
+    write_report(title, table, n)
     log(f"logs and configs in {WORK}")
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+NOTES_MARKER = "## Profile findings"
+
+
+def write_report(title, table, n):
+    """BENCHMARKS.md: the table with the machine, the versions and the commands behind it."""
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    kafka_version = re.search(r"^KAFKA_VERSION=(\S+)", (ROOT / "scripts/kafka.sh").read_text(), re.M)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`scripts/bench.py`); numbers from a shared machine are noisy,",
+        "so read the ratios between rows of one run, not absolute numbers across runs.",
+        "",
+        f"## {title}",
+        "",
+        *table,
+        "",
+        "## Machine and versions",
+        "",
+        f"- CPU: {cpu} × {os.cpu_count()}; broker on the same machine",
+        f"- {version([str(WAYMARK), '--version'])}",
+        f"- {version(['rustc', '--version'])}",
+        f"- Apache Kafka {kafka_version.group(1) if kafka_version else 'unknown'} (KRaft, one node); "
+        f"Kafka Streams baseline: {version(['java', '-version'])}",
+        "",
+        "## How",
+        "",
+        f"- `waymark loadgen --customers {CUSTOMERS} --seed 42` → {n} events, produced to "
+        f"{PARTITIONS} partitions before each run (a backlog);",
+        "- throughput: events/s from the processor's ready (Streams: RUNNING) until every event",
+        "  is processed; the Kafka Streams baseline is `scripts/bench/kstreams/` (exactly-once v2,",
+        "  RocksDB stores), checked equal to `waymark simulate` by `make test`;",
+        "- recovery: `kill -9` a third of the way through, restart, time to ready and to the first",
+        "  committed output; restore: the state directory deleted, rebuilt from the changelog.",
+        "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
+        "",
+    ]
+    path = Path(os.environ.get("BENCH_REPORT", ROOT / "BENCHMARKS.md"))
+    # What people wrote below the generated part (profiles, findings) is kept.
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        at = old.find(NOTES_MARKER)
+        if at >= 0:
+            kept = old[at:]
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
+    log(f"wrote {path}")
 
 
 if __name__ == "__main__":
