@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod analytics;
+pub mod backtest;
 pub mod codec;
 pub mod config;
 pub mod engine;

@@ -1,6 +1,6 @@
 //! The `waymark` binary: parses arguments and dispatches to the library. No logic lives here.
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,6 +59,10 @@ enum Command {
     /// Run journeys offline over a JSON-lines file and print every command and journey event
     /// as JSON lines: the executable specification of the engine.
     Simulate(SimulateArgs),
+    /// What a change to a journey would have done: run the deployed journeys (--journey) and
+    /// a candidate (--against) over the same history and compare commands, funnel, projected
+    /// cost per channel, and the customers whose commands change
+    Backtest(BacktestArgs),
     /// Work with journey definitions.
     #[command(subcommand)]
     Journeys(JourneysCommand),
@@ -242,6 +246,37 @@ struct SimulateArgs {
     /// Events, one JSON object per line, in arrival order (`-` for stdin).
     #[arg(long)]
     events: PathBuf,
+    #[command(flatten)]
+    offline: OfflineArgs,
+}
+
+/// `waymark backtest`: two versions of the journeys over the same history.
+#[derive(Args, Debug)]
+struct BacktestArgs {
+    /// The journeys as deployed (A): a file or a directory of *.yaml.
+    #[arg(long)]
+    journey: PathBuf,
+    /// The candidate (B) to compare with A.
+    #[arg(long)]
+    against: PathBuf,
+    /// The history: events, one JSON object per line, in arrival order (e.g. a `waymark
+    /// loadgen` trace, or an export of customer-events).
+    #[arg(long)]
+    events: PathBuf,
+    /// Price of one command on a channel, `channel=price` (repeatable); defaults: email=0.001,
+    /// sms=0.05, contact-center=4.
+    #[arg(long = "cost", value_name = "CHANNEL=PRICE")]
+    costs: Vec<String>,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    offline: OfflineArgs,
+}
+
+/// How an offline run (simulate, backtest) advances time and which protections it applies.
+#[derive(Args, Debug)]
+struct OfflineArgs {
     /// After the last event, advance time to this RFC 3339 instant, firing what is due.
     #[arg(long)]
     until: Option<String>,
@@ -259,6 +294,32 @@ struct SimulateArgs {
     /// `protections:`, e.g. deploy/examples/protections.yaml. Default: none.
     #[arg(long)]
     protections: Option<PathBuf>,
+}
+
+impl OfflineArgs {
+    fn engine(&self, journeys: &Path) -> Result<Arc<Engine>> {
+        load_engine(
+            journeys,
+            Some(self.retention.as_millis() as i64),
+            self.protections.as_deref(),
+        )
+    }
+
+    fn options(&self) -> Result<SimulateOptions> {
+        let until = self
+            .until
+            .as_deref()
+            .map(|u| {
+                parse_millis(u)
+                    .with_context(|| format!("--until `{u}` is not an RFC 3339 timestamp"))
+            })
+            .transpose()?;
+        Ok(SimulateOptions {
+            allowed_lateness: self.allowed_lateness.as_millis() as i64,
+            until,
+            max_future_skew: self.max_future_skew.as_millis() as i64,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -434,25 +495,49 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Analytics(AnalyticsCommand::Funnel(args)) => analytics_funnel(args),
         Command::Analytics(AnalyticsCommand::Experiment(args)) => analytics_experiment(args),
+        Command::Backtest(args) => {
+            let mut costs = waymark::backtest::Costs::default();
+            for spec in &args.costs {
+                costs.set(spec).map_err(|e| anyhow::anyhow!("--cost {e}"))?;
+            }
+            let opts = args.offline.options()?;
+            let mut history = Vec::new();
+            open_input(&args.events)?
+                .read_to_end(&mut history)
+                .with_context(|| format!("cannot read {}", args.events.display()))?;
+            let mut sides = Vec::new();
+            for journeys in [&args.journey, &args.against] {
+                let engine = args.offline.engine(journeys)?;
+                let (side, report) = waymark::backtest::run_side(engine, &history[..], &opts)?;
+                for (line, why) in report.rejected.iter().take(3) {
+                    eprintln!("{}:{line}: refused: {why}", args.events.display());
+                }
+                eprintln!(
+                    "backtest: {} over {} events in {:.2}s",
+                    journeys.display(),
+                    report.lines,
+                    report.seconds
+                );
+                sides.push(side);
+            }
+            let report = waymark::backtest::compare(&sides[0], &sides[1], &costs);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!(
+                    "{}",
+                    waymark::backtest::render(
+                        &report,
+                        &args.journey.display().to_string(),
+                        &args.against.display().to_string()
+                    )
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => {
-            let engine = load_engine(
-                &args.journeys,
-                Some(args.retention.as_millis() as i64),
-                args.protections.as_deref(),
-            )?;
-            let until = args
-                .until
-                .as_deref()
-                .map(|u| {
-                    parse_millis(u)
-                        .with_context(|| format!("--until `{u}` is not an RFC 3339 timestamp"))
-                })
-                .transpose()?;
-            let opts = SimulateOptions {
-                allowed_lateness: args.allowed_lateness.as_millis() as i64,
-                until,
-                max_future_skew: args.max_future_skew.as_millis() as i64,
-            };
+            let engine = args.offline.engine(&args.journeys)?;
+            let opts = args.offline.options()?;
             let stdout = std::io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
             let report = simulate(engine, open_input(&args.events)?, &mut out, &opts)?;

@@ -64,6 +64,23 @@ pub fn simulate(
     out: &mut impl Write,
     opts: &SimulateOptions,
 ) -> Result<SimulateReport, SimulateError> {
+    let report = simulate_into(engine, events, opts, |o| {
+        serde_json::to_writer(&mut *out, o)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// Runs the engine over `events` (JSON lines) and hands every output to `on_output`, in the
+/// order `simulate` writes them.
+pub fn simulate_into(
+    engine: Arc<Engine>,
+    events: impl BufRead,
+    opts: &SimulateOptions,
+    mut on_output: impl FnMut(&Output) -> Result<(), SimulateError>,
+) -> Result<SimulateReport, SimulateError> {
     let started = Instant::now();
     let mut runtime = PartitionRuntime::open(
         engine,
@@ -105,13 +122,12 @@ pub fn simulate(
         debug_assert!(
             !matches!(applied, Applied::Accepted { .. }) || buf.iter().all(|o| !o.id().is_empty())
         );
-        write_outputs(out, &mut buf)?;
+        hand_over(&mut on_output, &mut buf)?;
     }
     if let Some(until) = opts.until {
         runtime.advance_to(until, &mut buf)?;
-        write_outputs(out, &mut buf)?;
+        hand_over(&mut on_output, &mut buf)?;
     }
-    out.flush()?;
     report.stats = runtime.stats();
     report.watermark = runtime.watermark();
     report.seconds = started.elapsed().as_secs_f64();
@@ -121,10 +137,12 @@ pub fn simulate(
     Ok(report)
 }
 
-fn write_outputs(out: &mut impl Write, buf: &mut Vec<Output>) -> Result<(), SimulateError> {
+fn hand_over(
+    on_output: &mut impl FnMut(&Output) -> Result<(), SimulateError>,
+    buf: &mut Vec<Output>,
+) -> Result<(), SimulateError> {
     for o in buf.drain(..) {
-        serde_json::to_writer(&mut *out, &o)?;
-        out.write_all(b"\n")?;
+        on_output(&o)?;
     }
     Ok(())
 }

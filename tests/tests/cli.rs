@@ -110,3 +110,83 @@ fn simulate_is_deterministic_byte_for_byte() {
         "two runs of simulate on the same input differ"
     );
 }
+
+/// `waymark backtest` on a loadgen trace: a candidate that sends the invite after 15 minutes
+/// and never calls reports the calls gone, at least as many invites, the same funnel, and the
+/// contact-center cost saved at the price given; `--json` carries the same numbers.
+#[test]
+fn backtest_reports_what_a_candidate_journey_would_have_done_on_a_loadgen_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let (ok, _, stderr) = waymark(&[
+        "loadgen",
+        "--customers",
+        "800",
+        "--output",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(reference_journey()).unwrap();
+    let call = text.find("      - id: sales-rep-call").unwrap();
+    let candidate = dir.path().join("candidate.yaml");
+    std::fs::write(
+        &candidate,
+        text[..call]
+            .replace("delay: 1h", "delay: 15m")
+            .replace("version: 1", "version: 2"),
+    )
+    .unwrap();
+    let reference = reference_journey();
+    let args = [
+        "backtest",
+        "--journey",
+        reference.to_str().unwrap(),
+        "--against",
+        candidate.to_str().unwrap(),
+        "--events",
+        trace.to_str().unwrap(),
+        "--until",
+        "2026-03-01T00:00:00Z",
+        "--cost",
+        "contact-center=5",
+    ];
+    let (ok, table, stderr) = waymark(&args);
+    assert!(ok, "{stderr}");
+    let row = |what: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no row `{what}` in\n{table}"));
+        line[what.len() + 2..]
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let calls = row("b2b-onboarding sales-rep-call (contact-center)");
+    assert_eq!(calls[1], "0", "{table}");
+    assert_eq!(calls[2], "-100.0%", "{table}");
+    let invites = row("b2b-onboarding invite-email (email)");
+    let (a, b): (u64, u64) = (invites[0].parse().unwrap(), invites[1].parse().unwrap());
+    assert!(b >= a && a > 0, "{table}");
+    assert!(
+        table.contains("customers whose commands change:"),
+        "{table}"
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let (ok, json, stderr) = waymark(&json_args);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for step in report["funnel"].as_array().unwrap() {
+        assert_eq!(step["a"], step["b"], "{step}");
+    }
+    let cc = report["cost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "contact-center")
+        .unwrap();
+    let saved = cc["cost_a"].as_f64().unwrap() - cc["cost_b"].as_f64().unwrap();
+    assert_eq!(saved, calls[0].parse::<f64>().unwrap() * 5.0);
+}
