@@ -46,6 +46,8 @@ KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
 # one warm-up run of each that is not counted (a fresh broker and a cold JVM are slower);
 # the table shows the medians.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# `simulate` at scale: this many customers (2.65M ≈ 10M events); 0 skips it.
+SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
 HTTP = "127.0.0.1:19464"
 RUN_ID = time.strftime("%Y%m%d%H%M%S")
 WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
@@ -197,6 +199,29 @@ def kstreams_throughput(n, name="kstreams"):
     return n / (t1 - t0)
 
 
+def simulate_at_scale(until):
+    """`simulate` over a large loadgen trace (goal: 10M events over 1M customers in ≤ 20 s):
+    time, events/s and the process's peak RSS."""
+    big = WORK / "big.jsonl"
+    log(f"simulate at scale: generating {SIM_CUSTOMERS:,} customers")
+    subprocess.run([str(WAYMARK), "loadgen", "--customers", str(SIM_CUSTOMERS), "--seed", "7",
+                    "--output", str(big)], check=True, stderr=subprocess.DEVNULL)
+    events = sum(1 for _ in open(big))
+    t = time.monotonic()
+    proc = subprocess.Popen([str(WAYMARK), "simulate", "--journeys",
+                             str(ROOT / "deploy/journeys/b2b-onboarding.yaml"), "--events",
+                             str(big), "--until", until], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.monotonic() - t
+    if status != 0:
+        raise SystemExit(f"bench: simulate over {big} failed")
+    big.unlink()
+    rss_mib = usage.ru_maxrss / 1024
+    return (f"simulate, {SIM_CUSTOMERS:,} customers / {events:,} events (goal 10M in ≤ 20 s)",
+            f"{secs:.1f} s, {events / secs:,.0f} events/s, peak RSS {rss_mib:,.0f} MiB", "")
+
+
 def main():
     WORK.mkdir(parents=True, exist_ok=True)
     log(f"broker on {BROKERS}")
@@ -216,6 +241,8 @@ def main():
                    stderr=subprocess.DEVNULL)
     sim = n / (time.monotonic() - t)
     rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
+    if SIM_CUSTOMERS:
+        rows.append(simulate_at_scale(until))
 
     def waymark_throughput(name, guarantee):
         cfg = config(name, guarantee)

@@ -530,6 +530,176 @@ pub fn tail(
     Ok(printed)
 }
 
+/// What [`read_history`] read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Events written.
+    pub events: u64,
+    /// Records that are not customer events (skipped), with up to 10 examples
+    /// (`partition/offset: why`).
+    pub undecodable: u64,
+    /// See `undecodable`.
+    pub examples: Vec<String>,
+    /// Partitions read.
+    pub partitions: usize,
+}
+
+/// Reads the customer events of `topic` whose record timestamps lie in `[since, to)` (each
+/// bound optional), up to the end of every partition as it is when the call starts
+/// (read_committed), and writes them as JSON lines — the input of `simulate` and `backtest`.
+/// Each partition keeps its offset order (its arrival order, which decides what was late);
+/// the partitions are merged by the event time of their next event, as a processor's
+/// per-partition watermarks advance together. Records that do not decode as `format` are
+/// skipped and counted.
+pub fn read_history(
+    brokers: &str,
+    topic: &str,
+    format: InputFormat,
+    since: Option<i64>,
+    to: Option<i64>,
+    out: &mut impl Write,
+) -> Result<HistoryStats, KafkaToolError> {
+    let consumer: BaseConsumer<ToolContext> = client_config(brokers, &BTreeMap::new())
+        .set(
+            "group.id",
+            format!("waymark-history-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(ToolContext)
+        .map_err(client_err("creating a consumer", brokers))?;
+    let timeout = Duration::from_secs(10);
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(client_err(&format!("reading metadata of {topic}"), brokers))?;
+    let partitions = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(KafkaToolError::UnknownTopic(topic.to_owned()));
+    }
+    // The offset of the first record at or after `at` in each partition; `high` when none.
+    let offsets_at = |at: i64, high: &[i64]| -> Result<Vec<i64>, KafkaToolError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(at))
+                .map_err(client_err("looking up offsets by time", brokers))?;
+        }
+        let found = consumer
+            .offsets_for_times(tpl, timeout)
+            .map_err(client_err("looking up offsets by time", brokers))?;
+        Ok((0..partitions)
+            .map(
+                |p| match found.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => high[p as usize],
+                },
+            )
+            .collect())
+    };
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    for p in 0..partitions {
+        let (l, h) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(client_err(
+                &format!("reading the offsets of {topic}"),
+                brokers,
+            ))?;
+        low.push(l);
+        high.push(h);
+    }
+    let start = match since {
+        Some(t) => offsets_at(t, &high)?,
+        None => low.clone(),
+    };
+    let end = match to {
+        Some(t) => offsets_at(t, &high)?,
+        None => high.clone(),
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut open = std::collections::BTreeSet::new();
+    for p in 0..partitions {
+        if start[p as usize] < end[p as usize] {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start[p as usize]))
+                .map_err(client_err("assigning partitions", brokers))?;
+            open.insert(p);
+        }
+    }
+    let mut stats = HistoryStats {
+        partitions: partitions as usize,
+        ..HistoryStats::default()
+    };
+    let mut per_partition: Vec<Vec<CustomerEvent>> = vec![Vec::new(); partitions as usize];
+    if !open.is_empty() {
+        consumer
+            .assign(&tpl)
+            .map_err(client_err("assigning partitions", brokers))?;
+    }
+    let mut last_progress = Instant::now();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                last_progress = Instant::now();
+                let (p, offset) = (msg.partition(), msg.offset());
+                if offset >= end[p as usize] {
+                    open.remove(&p);
+                    continue;
+                }
+                match codec::decode_customer_event(msg.payload().unwrap_or_default(), format) {
+                    Ok(ev) => per_partition[p as usize].push(ev),
+                    Err(e) => {
+                        stats.undecodable += 1;
+                        if stats.examples.len() < 10 {
+                            stats.examples.push(format!("{p}/{offset}: {e}"));
+                        }
+                    }
+                }
+                if offset + 1 >= end[p as usize] {
+                    open.remove(&p);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error while reading history."),
+            None => {
+                // Transaction markers or aborted records at the end leave nothing to read.
+                if last_progress.elapsed() > Duration::from_secs(30) {
+                    tracing::warn!(
+                        partitions = ?open,
+                        "No record for 30 s before the end offsets; stopping there."
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    // K-way merge: the partition whose next event is earliest (ties: lower partition) goes
+    // next, so every partition's own order is kept.
+    let mut next = vec![0usize; per_partition.len()];
+    let mut heads: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> = per_partition
+        .iter()
+        .enumerate()
+        .filter_map(|(p, evs)| evs.first().map(|e| std::cmp::Reverse((e.occurred_at, p))))
+        .collect();
+    while let Some(std::cmp::Reverse((_, p))) = heads.pop() {
+        let ev = &per_partition[p][next[p]];
+        serde_json::to_writer(&mut *out, ev).map_err(std::io::Error::other)?;
+        out.write_all(b"\n")?;
+        stats.events += 1;
+        next[p] += 1;
+        if let Some(e) = per_partition[p].get(next[p]) {
+            heads.push(std::cmp::Reverse((e.occurred_at, p)));
+        }
+    }
+    out.flush()?;
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,8 +56,9 @@ enum Command {
     /// Consume customer events from Kafka, run the journeys, and produce commands and journey
     /// events (exactly-once: outputs and input offsets commit in one transaction).
     Run(RunArgs),
-    /// Run journeys offline over a JSON-lines file and print every command and journey event
-    /// as JSON lines: the executable specification of the engine.
+    /// Run journeys offline over a JSON-lines file (or a time range of a Kafka topic) and print
+    /// every command and journey event as JSON lines: the executable specification of the
+    /// engine.
     Simulate(SimulateArgs),
     /// What a change to a journey would have done: run the deployed journeys (--journey) and
     /// a candidate (--against) over the same history and compare commands, funnel, projected
@@ -243,11 +244,76 @@ struct SimulateArgs {
     /// Journey definitions: a file or a directory of *.yaml.
     #[arg(long)]
     journeys: PathBuf,
-    /// Events, one JSON object per line, in arrival order (`-` for stdin).
-    #[arg(long)]
-    events: PathBuf,
+    #[command(flatten)]
+    history: HistoryArgs,
     #[command(flatten)]
     offline: OfflineArgs,
+}
+
+/// Where an offline run's events come from: a JSON-lines file, or a range of a Kafka topic.
+#[derive(Args, Debug)]
+struct HistoryArgs {
+    /// Events, one JSON object per line, in arrival order (`-` for stdin).
+    #[arg(long, required_unless_present = "from_topic")]
+    events: Option<PathBuf>,
+    /// Read the events from this topic instead (e.g. customer-events), from --since to --to
+    /// by record timestamp, up to the end of every partition, ordered by record timestamp.
+    #[arg(long, conflicts_with = "events")]
+    from_topic: Option<String>,
+    /// Kafka bootstrap servers (with --from-topic).
+    #[arg(long, env = "WAYMARK_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// With --from-topic: the first record time (RFC 3339); default: the start of the topic.
+    #[arg(long, requires = "from_topic")]
+    since: Option<String>,
+    /// With --from-topic: read records before this time (RFC 3339); default: the end.
+    #[arg(long, requires = "from_topic")]
+    to: Option<String>,
+    /// With --from-topic: the encoding of the topic's values.
+    #[arg(long, value_enum, default_value_t = InputFormat::Avro)]
+    format: InputFormat,
+}
+
+impl HistoryArgs {
+    /// What the events are called in messages.
+    fn name(&self) -> String {
+        match (&self.events, &self.from_topic) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(topic)) => format!("topic {topic}"),
+            (None, None) => "events".to_owned(),
+        }
+    }
+
+    /// The events as JSON lines: the file, or the topic range read into memory.
+    fn open(&self) -> Result<Box<dyn BufRead>> {
+        if let Some(path) = &self.events {
+            return open_input(path);
+        }
+        let topic = self
+            .from_topic
+            .as_deref()
+            .context("give --events or --from-topic")?;
+        let at = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| {
+                    parse_millis(t)
+                        .with_context(|| format!("--{flag} `{t}` is not an RFC 3339 timestamp"))
+                })
+                .transpose()
+        };
+        let (since, to) = (at("since", &self.since)?, at("to", &self.to)?);
+        let mut buf = Vec::new();
+        let stats =
+            waymark::kafka::read_history(&self.brokers, topic, self.format, since, to, &mut buf)?;
+        for e in &stats.examples {
+            eprintln!("{topic} {e}: skipped");
+        }
+        eprintln!(
+            "history: {} events from {} partitions of {topic} ({} records skipped as undecodable)",
+            stats.events, stats.partitions, stats.undecodable
+        );
+        Ok(Box::new(std::io::Cursor::new(buf)))
+    }
 }
 
 /// `waymark backtest`: two versions of the journeys over the same history.
@@ -259,10 +325,8 @@ struct BacktestArgs {
     /// The candidate (B) to compare with A.
     #[arg(long)]
     against: PathBuf,
-    /// The history: events, one JSON object per line, in arrival order (e.g. a `waymark
-    /// loadgen` trace, or an export of customer-events).
-    #[arg(long)]
-    events: PathBuf,
+    #[command(flatten)]
+    history: HistoryArgs,
     /// Price of one command on a channel, `channel=price` (repeatable); defaults: email=0.001,
     /// sms=0.05, contact-center=4.
     #[arg(long = "cost", value_name = "CHANNEL=PRICE")]
@@ -502,15 +566,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let opts = args.offline.options()?;
             let mut history = Vec::new();
-            open_input(&args.events)?
+            args.history
+                .open()?
                 .read_to_end(&mut history)
-                .with_context(|| format!("cannot read {}", args.events.display()))?;
+                .with_context(|| format!("cannot read {}", args.history.name()))?;
             let mut sides = Vec::new();
             for journeys in [&args.journey, &args.against] {
                 let engine = args.offline.engine(journeys)?;
                 let (side, report) = waymark::backtest::run_side(engine, &history[..], &opts)?;
                 for (line, why) in report.rejected.iter().take(3) {
-                    eprintln!("{}:{line}: refused: {why}", args.events.display());
+                    eprintln!("{}:{line}: refused: {why}", args.history.name());
                 }
                 eprintln!(
                     "backtest: {} over {} events in {:.2}s",
@@ -540,9 +605,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = args.offline.options()?;
             let stdout = std::io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-            let report = simulate(engine, open_input(&args.events)?, &mut out, &opts)?;
+            let report = simulate(engine, args.history.open()?, &mut out, &opts)?;
             for (line, why) in &report.rejected {
-                eprintln!("{}:{line}: refused: {why}", args.events.display());
+                eprintln!("{}:{line}: refused: {why}", args.history.name());
             }
             let s = report.stats;
             eprintln!(
