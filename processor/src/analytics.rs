@@ -36,6 +36,8 @@ pub struct Definitions {
     awaited: BTreeMap<(String, String), String>,
     /// Experiment id → `(journey, action, arms)`, the holdout first when there is one.
     experiments: BTreeMap<String, (String, String, Vec<String>)>,
+    /// `(journey, action)` → the conversion window of the action's experiment.
+    windows: BTreeMap<(String, String), Millis>,
 }
 
 impl Definitions {
@@ -61,11 +63,28 @@ impl Definitions {
                             .collect();
                         d.experiments
                             .insert(x.id.clone(), (j.name.clone(), a.id.clone(), arms));
+                        if let Some(w) = x.conversion_window {
+                            d.windows.insert((j.name.clone(), a.id.clone()), w);
+                        }
                     }
                 }
             }
         }
         d
+    }
+
+    /// Whether a conversion at `at` counts for the experiment on `action`, exposed at
+    /// `exposed_at`: not before the exposure, and within its conversion window if it has one.
+    pub fn converts(&self, journey: &str, action: &str, exposed_at: Millis, at: Millis) -> bool {
+        let window = self.windows.get(&(journey.to_owned(), action.to_owned()));
+        at >= exposed_at && window.is_none_or(|w| at - exposed_at <= *w)
+    }
+
+    /// The conversion window of the experiment on `action`, if it has one.
+    pub fn conversion_window(&self, journey: &str, action: &str) -> Option<Millis> {
+        self.windows
+            .get(&(journey.to_owned(), action.to_owned()))
+            .copied()
     }
 
     /// The step `action` of `journey` waits for, if its rule has one.
@@ -509,7 +528,7 @@ impl Aggregates {
                     inst.completed.insert(step.clone(), ev.at);
                     for (action, (arm, exposed_at)) in &inst.arms {
                         if order.awaited(journey, action) == Some(step.as_str())
-                            && ev.at >= *exposed_at
+                            && order.converts(journey, action, *exposed_at, ev.at)
                             && inst.awaited_done.insert(action.clone())
                         {
                             let a = agg.actions.entry(action.clone()).or_default();
@@ -543,9 +562,11 @@ impl Aggregates {
                     for a in &inst.held_out {
                         agg.actions.entry(a.clone()).or_default().held_out_converted += 1;
                     }
-                    for (action, (arm, _)) in &inst.arms {
-                        let a = agg.actions.entry(action.clone()).or_default();
-                        a.arms.entry(arm.clone()).or_default().goal += 1;
+                    for (action, (arm, exposed_at)) in &inst.arms {
+                        if order.converts(journey, action, *exposed_at, ev.at) {
+                            let a = agg.actions.entry(action.clone()).or_default();
+                            a.arms.entry(arm.clone()).or_default().goal += 1;
+                        }
                     }
                 }
             }
@@ -770,6 +791,9 @@ pub struct ExperimentReport {
     pub outcome: Outcome,
     /// The step that is, for [`Outcome::Awaited`].
     pub awaited_step: Option<String>,
+    /// How long after the exposure a conversion counts (`7d`); any time later when absent.
+    #[serde(default)]
+    pub conversion_window: Option<String>,
     /// The arm the others are compared with: the holdout, or else the first variant.
     pub baseline: String,
     /// Arms, the baseline first.
@@ -913,6 +937,9 @@ impl Aggregates {
             awaited_step: (outcome == Outcome::Awaited)
                 .then_some(awaited_step)
                 .flatten(),
+            conversion_window: defs
+                .conversion_window(journey, action)
+                .map(crate::journey::short_duration),
             baseline,
             arms: reports,
         })
@@ -923,9 +950,13 @@ impl Aggregates {
 pub fn render_experiment(r: &ExperimentReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let after = match &r.conversion_window {
+        Some(w) => format!("within {w} after exposure"),
+        None => "after exposure".to_owned(),
+    };
     let judged = match (&r.outcome, &r.awaited_step) {
-        (Outcome::Awaited, Some(step)) => format!("`{step}` completed after exposure"),
-        _ => "the journey's goal reached after exposure".to_owned(),
+        (Outcome::Awaited, Some(step)) => format!("`{step}` completed {after}"),
+        _ => format!("the journey's goal reached {after}"),
     };
     let _ = writeln!(
         out,

@@ -346,6 +346,10 @@ pub struct ExperimentDef {
     pub holdout: u32,
     /// The variants; each customer gets one, with probability weight / total weight.
     pub variants: Vec<VariantDef>,
+    /// How long after the exposure a conversion still counts for the experiment's report
+    /// (e.g. `7d`); any time later when absent.
+    #[serde(default)]
+    pub conversion_window: Option<DurationMs>,
 }
 
 /// One variant of an experiment, as written: what differs from the action.
@@ -463,6 +467,8 @@ pub struct Experiment {
     pub holdout: u32,
     /// Variants, in definition order.
     pub variants: Vec<Variant>,
+    /// How long after the exposure a conversion counts; `None`: any time later.
+    pub conversion_window: Option<Millis>,
 }
 
 /// One variant: what differs from the action.
@@ -1164,10 +1170,18 @@ fn compile_experiment(
             "every variant has weight 0: give at least one variant a positive weight",
         ));
     }
+    if x.conversion_window.is_some_and(|w| w.0 <= 0) {
+        return Err(v.err(
+            &x.id,
+            format!("{f}.conversion-window"),
+            "a conversion window must be longer than zero (or leave it out: any time later)",
+        ));
+    }
     Ok(Experiment {
         id: x.id.value.clone(),
         holdout: x.holdout,
         variants,
+        conversion_window: x.conversion_window.map(|w| w.0),
     })
 }
 

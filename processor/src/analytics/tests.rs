@@ -373,6 +373,7 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
     let t0: Millis = 1_772_400_000_000;
     let mut lines = String::new();
     let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut want_within_90m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for i in 0..4000u32 {
         let c = format!("ab-{i}");
         let login = t0 + Millis::from(i) * 1000;
@@ -401,6 +402,11 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
             let row = want.entry(x.arm_name(arm).to_owned()).or_default();
             row.0 += 1;
             row.1 += u64::from(paid.is_some());
+            let row = want_within_90m
+                .entry(x.arm_name(arm).to_owned())
+                .or_default();
+            row.0 += 1;
+            row.1 += u64::from(paid.is_some_and(|p| p - (login + delay) <= 90 * 60_000));
         }
     }
     // Events arrive in time order, as upstream would send them.
@@ -460,4 +466,22 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
         table.contains("email-15m") && table.contains("better than holdout"),
         "{table}"
     );
+    assert!(table.contains("within 7d after exposure"), "{table}");
+
+    // With a 90-minute conversion window, a payment account 2 h after the login still counts
+    // for the arms exposed at 1 h, but no longer for the one exposed at 15 min.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("conversion-window: 7d", "conversion-window: 90m");
+    let short = JourneySet::new(vec![crate::journey::parse_journey(&path, &text).unwrap()]);
+    let defs = Definitions::of(&short);
+    let (agg, _) = fold(&events, &defs);
+    let report = agg.experiment(&defs, "payment-invite", None).unwrap();
+    assert_eq!(report.conversion_window.as_deref(), Some("90m"));
+    let got: BTreeMap<String, (u64, u64)> = report
+        .arms
+        .iter()
+        .map(|a| (a.arm.clone(), (a.exposed, a.converted)))
+        .collect();
+    assert_eq!(got, want_within_90m);
 }
