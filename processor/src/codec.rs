@@ -31,8 +31,11 @@ use crate::model::{
     JourneyEventType, Millis,
 };
 
+mod mapping;
 #[cfg(test)]
 mod tests;
+
+pub use mapping::InputMapping;
 
 /// Text of `schemas/customer_event.avsc`, e.g. to register with a schema registry.
 pub const CUSTOMER_EVENT_SCHEMA: &str = include_str!("../../schemas/customer_event.avsc");
@@ -513,6 +516,19 @@ pub fn decode_customer_event_with(
     match format {
         InputFormat::Avro => decode(bytes, framing, schemas),
         InputFormat::Json => decode_customer_event_json(bytes),
+    }
+}
+
+/// Decodes a value of the input topic: through `mapping` when upstream sends its own JSON
+/// shape (config `input-mapping`), else as a customer event in `format`.
+pub fn decode_input(
+    bytes: &[u8],
+    format: InputFormat,
+    mapping: Option<&InputMapping>,
+) -> Result<CustomerEvent, CodecError> {
+    match mapping {
+        Some(m) => m.decode(bytes),
+        None => decode_customer_event(bytes, format),
     }
 }
 

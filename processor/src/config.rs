@@ -236,6 +236,10 @@ pub struct Config {
     /// Encoding of `customer-events` values. Default `avro`.
     #[serde(default)]
     pub input_format: InputFormat,
+    /// Upstream events that are not `CustomerEvent`s: JSON pointers to their customer id,
+    /// type, time, id and attributes (see `codec::InputMapping`). Needs `input-format: json`.
+    #[serde(default)]
+    pub input_mapping: Option<crate::codec::InputMapping>,
     /// `exactly-once` (default) or `at-least-once`. Flag `--processing-guarantee`,
     /// environment `WAYMARK_PROCESSING_GUARANTEE`.
     #[serde(default)]
@@ -497,6 +501,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             topics: TopicsConfig::default(),
             input_format: InputFormat::default(),
+            input_mapping: None,
             processing_guarantee: ProcessingGuarantee::default(),
             read_outcomes: true,
             journeys: default_journeys(),
@@ -621,6 +626,15 @@ impl Config {
         }
         if self.commit_interval_ms == 0 {
             return Err(invalid("commit-interval-ms", "must be at least 1"));
+        }
+        if let Some(m) = &self.input_mapping {
+            if self.input_format != InputFormat::Json {
+                return Err(invalid(
+                    "input-mapping",
+                    "maps JSON values; set `input-format: json` too",
+                ));
+            }
+            m.validate().map_err(|e| invalid("input-mapping", &e))?;
         }
         if self.max_batch_events == 0 {
             return Err(invalid("max-batch-events", "must be at least 1"));
@@ -752,6 +766,31 @@ mod tests {
             .to_string();
         assert!(
             e.contains("analytics.group-id") && e.contains("kafka.group-id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_input_mapping_needs_json_input_and_valid_pointers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        let mapping = "input-mapping:\n  customer-id: /a\n  fixed-type: t\n  occurred-at: /ts\n";
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let e = load(mapping).unwrap_err().to_string();
+        assert!(e.contains("input-format: json"), "{e}");
+        let cfg = load(&format!("input-format: json\n{mapping}")).unwrap();
+        assert_eq!(cfg.input_mapping.unwrap().fixed_type.as_deref(), Some("t"));
+        let e = load(&format!(
+            "input-format: json\n{}",
+            mapping.replace("/ts", "ts")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("input-mapping.occurred-at") && e.contains("JSON pointer"),
             "{e}"
         );
     }

@@ -1023,7 +1023,11 @@ impl Core {
             p.pending_offset = Some(msg.offset() + 1);
         }
         let payload = msg.payload().unwrap_or_default();
-        let decoded = codec::decode_customer_event(payload, self.cfg.input_format);
+        let decoded = codec::decode_input(
+            payload,
+            self.cfg.input_format,
+            self.cfg.input_mapping.as_ref(),
+        );
         let Some(ev) = self.admit(msg, decoded)? else {
             self.metrics
                 .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
