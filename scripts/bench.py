@@ -17,7 +17,8 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
     committed transaction that carries output;
   * restore: the state directory deleted, time and records/s to rebuild it from the changelog.
 
-Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
+The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
+its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
 absolute numbers across runs. The table is also written to BENCHMARKS.md (BENCH_REPORT).
 """
 
@@ -400,3 +401,6 @@ if __name__ == "__main__":
     finally:
         if os.environ.get("BENCH_KEEP_KAFKA") != "1":
             kafka("stop")
+            # Every run creates fresh topics with the whole trace on them (gigabytes over a
+            # few runs); the bench broker holds nothing else, so its storage goes too.
+            kafka("reset")
