@@ -257,7 +257,8 @@ struct HistoryArgs {
     #[arg(long, required_unless_present = "from_topic")]
     events: Option<PathBuf>,
     /// Read the events from this topic instead (e.g. customer-events), from --since to --to
-    /// by record timestamp, up to the end of every partition, ordered by record timestamp.
+    /// by record timestamp, up to the end of every partition: each partition in its offset
+    /// order, the partitions merged by event time.
     #[arg(long, conflicts_with = "events")]
     from_topic: Option<String>,
     /// Kafka bootstrap servers (with --from-topic).
