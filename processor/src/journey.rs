@@ -279,6 +279,24 @@ pub struct AttrCondDef {
     pub not_among_earlier: Option<bool>,
 }
 
+impl AttrCondDef {
+    /// The value comparisons written (`eq` … `exists`), in that order; the history conditions
+    /// (`among-earlier`, `not-among-earlier`) are not among them.
+    fn comparisons(&self) -> Vec<Cond> {
+        condition::comparisons(
+            &self.eq,
+            &self.ne,
+            &self.one_of,
+            &self.not_one_of,
+            self.gt,
+            self.gte,
+            self.lt,
+            self.lte,
+            self.exists,
+        )
+    }
+}
+
 /// A rule, as written: "after step A (or when a condition first holds), unless step B, if
 /// these conditions hold, do X at offset d".
 #[derive(Debug, Deserialize)]
@@ -1214,33 +1232,7 @@ fn compile_matcher(
     for (attr, c) in &w.attributes {
         let before = m.conds.len();
         let mut push = |cond| m.conds.push((attr.clone(), cond));
-        if let Some(x) = &c.eq {
-            push(Cond::Eq(x.0.clone()));
-        }
-        if let Some(x) = &c.ne {
-            push(Cond::Ne(x.0.clone()));
-        }
-        if let Some(x) = &c.one_of {
-            push(Cond::OneOf(x.iter().map(|s| s.0.clone()).collect()));
-        }
-        if let Some(x) = &c.not_one_of {
-            push(Cond::NotOneOf(x.iter().map(|s| s.0.clone()).collect()));
-        }
-        if let Some(x) = c.gt {
-            push(Cond::Gt(x));
-        }
-        if let Some(x) = c.gte {
-            push(Cond::Gte(x));
-        }
-        if let Some(x) = c.lt {
-            push(Cond::Lt(x));
-        }
-        if let Some(x) = c.lte {
-            push(Cond::Lte(x));
-        }
-        if let Some(x) = c.exists {
-            push(Cond::Exists(x));
-        }
+        c.comparisons().into_iter().for_each(&mut push);
         match c.among_earlier {
             Some(true) => push(Cond::AmongEarlier),
             Some(false) => push(Cond::NotAmongEarlier),

@@ -251,7 +251,7 @@ pub(super) enum Role {
 
 /// The comparisons written on a condition or an attribute.
 #[allow(clippy::too_many_arguments)]
-fn comparisons(
+pub(super) fn comparisons(
     eq: &Option<Scalar>,
     ne: &Option<Scalar>,
     one_of: &Option<Vec<Scalar>>,
@@ -418,17 +418,7 @@ pub(super) fn compile_segment(
                 "a segment compares the customer's profile; among-earlier and not-among-earlier apply to events only",
             ));
         }
-        let tests = comparisons(
-            &c.eq,
-            &c.ne,
-            &c.one_of,
-            &c.not_one_of,
-            c.gt,
-            c.gte,
-            c.lt,
-            c.lte,
-            c.exists,
-        );
+        let tests = c.comparisons();
         if tests.is_empty() {
             return Err(v.err(
                 at,
