@@ -442,6 +442,38 @@ pub fn decode_output_record(
     }
 }
 
+/// A consumer for the command-line tools that read topics (`tail`, `--from-topic`): a group of
+/// its own that never commits, end-of-partition signals, and only committed records.
+fn tool_consumer(brokers: &str, tool: &str) -> Result<BaseConsumer<ToolContext>, KafkaToolError> {
+    client_config(brokers, &BTreeMap::new())
+        .set("group.id", format!("waymark-{tool}-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(ToolContext)
+        .map_err(client_err("creating a consumer", brokers))
+}
+
+/// How many partitions `topic` has; an error when it does not exist.
+fn partition_count(
+    consumer: &BaseConsumer<ToolContext>,
+    brokers: &str,
+    topic: &str,
+) -> Result<i32, KafkaToolError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(client_err(&format!("reading metadata of {topic}"), brokers))?;
+    let partitions = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(KafkaToolError::UnknownTopic(topic.to_owned()));
+    }
+    Ok(partitions)
+}
+
 /// Prints the decoded records of `topic_names` as JSON lines (read_committed).
 pub fn tail(
     brokers: &str,
@@ -450,27 +482,11 @@ pub fn tail(
     opts: &TailOptions,
     out: &mut impl Write,
 ) -> Result<u64, KafkaToolError> {
-    let consumer: BaseConsumer<ToolContext> = client_config(brokers, &BTreeMap::new())
-        .set("group.id", format!("waymark-tail-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create_with_context(ToolContext)
-        .map_err(client_err("creating a consumer", brokers))?;
+    let consumer = tool_consumer(brokers, "tail")?;
     let mut tpl = TopicPartitionList::new();
     for name in topic_names {
-        let md = consumer
-            .fetch_metadata(Some(name), Duration::from_secs(10))
-            .map_err(client_err(&format!("reading metadata of {name}"), brokers))?;
-        let partitions = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if partitions == 0 {
-            return Err(KafkaToolError::UnknownTopic(name.clone()));
-        }
-        for p in 0..partitions as i32 {
+        let partitions = partition_count(&consumer, brokers, name)?;
+        for p in 0..partitions {
             let offset = if opts.from_beginning {
                 Offset::Beginning
             } else {
@@ -559,28 +575,9 @@ pub fn read_history(
     to: Option<i64>,
     out: &mut impl Write,
 ) -> Result<HistoryStats, KafkaToolError> {
-    let consumer: BaseConsumer<ToolContext> = client_config(brokers, &BTreeMap::new())
-        .set(
-            "group.id",
-            format!("waymark-history-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create_with_context(ToolContext)
-        .map_err(client_err("creating a consumer", brokers))?;
+    let consumer = tool_consumer(brokers, "history")?;
     let timeout = Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(client_err(&format!("reading metadata of {topic}"), brokers))?;
-    let partitions = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Err(KafkaToolError::UnknownTopic(topic.to_owned()));
-    }
+    let partitions = partition_count(&consumer, brokers, topic)?;
     // The offset of the first record at or after `at` in each partition; `high` when none.
     let offsets_at = |at: i64, high: &[i64]| -> Result<Vec<i64>, KafkaToolError> {
         let mut tpl = TopicPartitionList::new();

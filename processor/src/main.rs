@@ -285,24 +285,34 @@ impl HistoryArgs {
         }
     }
 
-    /// The events as JSON lines: the file, or the topic range read into memory.
+    /// The events as JSON lines, streamed from the file or read from the topic range.
     fn open(&self) -> Result<Box<dyn BufRead>> {
-        if let Some(path) = &self.events {
-            return open_input(path);
+        match &self.events {
+            Some(path) => open_input(path),
+            None => Ok(Box::new(std::io::Cursor::new(self.read_topic()?))),
         }
+    }
+
+    /// The events as JSON lines, all in memory (a backtest reads them twice).
+    fn read_all(&self) -> Result<Vec<u8>> {
+        let Some(path) = &self.events else {
+            return self.read_topic();
+        };
+        let mut bytes = Vec::new();
+        open_input(path)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(bytes)
+    }
+
+    /// The `--from-topic` range as JSON lines.
+    fn read_topic(&self) -> Result<Vec<u8>> {
         let topic = self
             .from_topic
             .as_deref()
             .context("give --events or --from-topic")?;
-        let at = |flag: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|t| {
-                    parse_millis(t)
-                        .with_context(|| format!("--{flag} `{t}` is not an RFC 3339 timestamp"))
-                })
-                .transpose()
-        };
-        let (since, to) = (at("since", &self.since)?, at("to", &self.to)?);
+        let since = time_flag("since", self.since.as_deref())?;
+        let to = time_flag("to", self.to.as_deref())?;
         let mut buf = Vec::new();
         let stats =
             waymark::kafka::read_history(&self.brokers, topic, self.format, since, to, &mut buf)?;
@@ -313,8 +323,17 @@ impl HistoryArgs {
             "history: {} events from {} partitions of {topic} ({} records skipped as undecodable)",
             stats.events, stats.partitions, stats.undecodable
         );
-        Ok(Box::new(std::io::Cursor::new(buf)))
+        Ok(buf)
     }
+}
+
+/// The value of a time flag (`--until`, `--since`, `--to`), RFC 3339.
+fn time_flag(flag: &str, value: Option<&str>) -> Result<Option<waymark::model::Millis>> {
+    value
+        .map(|t| {
+            parse_millis(t).with_context(|| format!("--{flag} `{t}` is not an RFC 3339 timestamp"))
+        })
+        .transpose()
 }
 
 /// `waymark backtest`: two versions of the journeys over the same history.
@@ -371,14 +390,7 @@ impl OfflineArgs {
     }
 
     fn options(&self) -> Result<SimulateOptions> {
-        let until = self
-            .until
-            .as_deref()
-            .map(|u| {
-                parse_millis(u)
-                    .with_context(|| format!("--until `{u}` is not an RFC 3339 timestamp"))
-            })
-            .transpose()?;
+        let until = time_flag("until", self.until.as_deref())?;
         Ok(SimulateOptions {
             allowed_lateness: self.allowed_lateness.as_millis() as i64,
             until,
@@ -566,11 +578,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 costs.set(spec).map_err(|e| anyhow::anyhow!("--cost {e}"))?;
             }
             let opts = args.offline.options()?;
-            let mut history = Vec::new();
-            args.history
-                .open()?
-                .read_to_end(&mut history)
-                .with_context(|| format!("cannot read {}", args.history.name()))?;
+            let history = args.history.read_all()?;
             let mut sides = Vec::new();
             for journeys in [&args.journey, &args.against] {
                 let engine = args.offline.engine(journeys)?;
