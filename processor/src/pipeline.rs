@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -110,22 +110,89 @@ pub(crate) fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
         })
 }
 
-/// Runs a transaction call again for as long as librdkafka says it is retriable (e.g. it timed
-/// out while the broker is down: "retry call to resume"); processing waits meanwhile, which is
-/// what a broker outage should do. Other errors are returned.
-fn retry_transaction_call(
+/// How long a transaction call is retried while librdkafka says it is retriable. Longer than a
+/// transaction may stay open (`transaction.timeout.ms`, 60 s): past it the broker has aborted
+/// the transaction anyway, and a client whose request to the transaction coordinator is stuck
+/// in its queue (seen after a broker restart) never recovers, so the pipeline is started again
+/// with new clients instead of waiting forever.
+const TRANSACTION_RETRY_BUDGET: Duration = Duration::from_secs(90);
+
+/// Pause between two attempts of a retriable transaction call.
+const TRANSACTION_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// What became of a transaction call.
+#[derive(Debug)]
+enum TxnCall<E> {
+    /// It failed in a way retrying cannot help.
+    Failed(E),
+    /// It stayed retriable for longer than the budget: the clients are stuck.
+    Stuck {
+        /// The last error.
+        error: E,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// Runs a transaction call again while `retriable` says so (e.g. it timed out while the broker
+/// is down: "retry call to resume"), for up to `budget`; processing waits meanwhile, which is
+/// what a short broker outage should do.
+fn retry_call<E: std::fmt::Display>(
     what: &str,
-    mut call: impl FnMut() -> rdkafka::error::KafkaResult<()>,
-) -> rdkafka::error::KafkaResult<()> {
+    budget: Duration,
+    pause: Duration,
+    retriable: impl Fn(&E) -> bool,
+    mut call: impl FnMut() -> Result<(), E>,
+) -> Result<(), TxnCall<E>> {
+    let started = Instant::now();
     let mut attempts = 0u32;
     loop {
+        attempts += 1;
         match call() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                attempts += 1;
-                tracing::warn!(error = %e, attempts, "Cannot {what} yet (is the broker down?); retrying.");
-                std::thread::sleep(Duration::from_millis(500));
+            Ok(()) => return Ok(()),
+            Err(error) if retriable(&error) => {
+                if started.elapsed() >= budget {
+                    return Err(TxnCall::Stuck { error, attempts });
+                }
+                tracing::warn!(%error, attempts, "Cannot {what} yet (is the broker down?); retrying.");
+                std::thread::sleep(pause);
             }
-            other => return other,
+            Err(error) => return Err(TxnCall::Failed(error)),
+        }
+    }
+}
+
+/// [`retry_call`] for a librdkafka transaction call. A call still retriable after
+/// [`TRANSACTION_RETRY_BUDGET`] is a restartable [`PipelineError::ClientFatal`]: `waymark run`
+/// starts the pipeline again with new clients, whose `init_transactions` aborts what this one
+/// left open, and whose reconciliation puts the local state back in line with the offsets the
+/// group committed.
+fn retry_transaction_call(
+    what: &str,
+    call: impl FnMut() -> KafkaResult<()>,
+) -> Result<(), TxnCall<KafkaError>> {
+    retry_call(
+        what,
+        TRANSACTION_RETRY_BUDGET,
+        TRANSACTION_RETRY_PAUSE,
+        |e| matches!(e, KafkaError::Transaction(t) if t.is_retriable()),
+        call,
+    )
+}
+
+impl TxnCall<KafkaError> {
+    /// The error a transaction call that was given up on stops the pipeline with: a stuck
+    /// client is restartable, another failure is not.
+    fn into_error(self, action: &'static str) -> PipelineError {
+        match self {
+            TxnCall::Failed(source) => PipelineError::Kafka { action, source },
+            TxnCall::Stuck { error, attempts } => PipelineError::ClientFatal {
+                client: "producer",
+                reason: format!(
+                    "could not {action} for {} s ({attempts} attempts, last: {error}); starting over with a new producer",
+                    TRANSACTION_RETRY_BUDGET.as_secs()
+                ),
+            },
         }
     }
 }
@@ -1176,27 +1243,37 @@ impl Core {
                     retry_transaction_call("send offsets to the transaction", || {
                         self.producer
                             .send_offsets_to_transaction(&offsets, group, timeout)
-                    })?;
+                    })
+                    .map_err(|e| (e, "send offsets to the transaction"))?;
                 }
                 retry_transaction_call("commit the transaction", || {
                     self.producer.commit_transaction(timeout)
                 })
+                .map_err(|e| (e, "commit the transaction"))
             })()
         } else {
             // At least once: every output is acknowledged before the offsets move on.
-            self.producer.flush(timeout).and_then(|()| {
-                if offsets.count() > 0 {
-                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-                } else {
-                    Ok(())
-                }
-            })
+            self.producer
+                .flush(timeout)
+                .and_then(|()| {
+                    if offsets.count() > 0 {
+                        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|e| (TxnCall::Failed(e), "commit the consumed offsets"))
         };
         self.in_transaction = false;
-        if let Err(e) = result {
+        if let Err((e, action)) = result {
             self.metrics
                 .transaction(false, started.elapsed().as_secs_f64());
-            return self.abort_and_rewind(consumer, e);
+            return match e {
+                TxnCall::Failed(e) => self.abort_and_rewind(consumer, e),
+                // No abort: it would wait on the same stuck client. The next producer's
+                // `init_transactions` aborts the open transaction.
+                stuck @ TxnCall::Stuck { .. } => Err(stuck.into_error(action)),
+            };
         }
         self.summary.transactions += 1;
         for (partition, batch) in prepared {
@@ -1242,10 +1319,7 @@ impl Core {
                 self.producer.abort_transaction(Duration::from_secs(30))
             })
         {
-            return Err(PipelineError::Kafka {
-                action: "abort transaction",
-                source: abort,
-            });
+            return Err(abort.into_error("abort the transaction"));
         }
         self.outputs.clear();
         self.latencies.clear();
@@ -1549,4 +1623,94 @@ pub fn inspect(
         partitions: dirs.len(),
         dir: state_dir.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call that fails with `errors` in turn, then succeeds; counts its calls.
+    fn scripted(
+        errors: Vec<&'static str>,
+    ) -> (impl FnMut() -> Result<(), &'static str>, Arc<Mutex<u32>>) {
+        let calls = Arc::new(Mutex::new(0u32));
+        let seen = Arc::clone(&calls);
+        let mut errors = errors.into_iter();
+        let call = move || {
+            *seen.lock().unwrap() += 1;
+            errors.next().map_or(Ok(()), Err)
+        };
+        (call, calls)
+    }
+
+    fn retriable(e: &&str) -> bool {
+        e.starts_with("timed out")
+    }
+
+    #[test]
+    fn a_retriable_transaction_call_is_retried_until_it_succeeds() {
+        let (call, calls) = scripted(vec!["timed out", "timed out", "timed out"]);
+        let result = retry_call(
+            "commit",
+            Duration::from_secs(60),
+            Duration::ZERO,
+            retriable,
+            call,
+        );
+        assert!(result.is_ok());
+        assert_eq!(*calls.lock().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_transaction_call_that_stays_retriable_past_the_budget_is_stuck() {
+        let (call, calls) = scripted(vec!["timed out"; 1000]);
+        let result = retry_call(
+            "commit",
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            retriable,
+            call,
+        );
+        let Err(TxnCall::Stuck { error, attempts }) = result else {
+            panic!("expected the call to be given up on, got {result:?}");
+        };
+        assert_eq!(error, "timed out");
+        assert_eq!(attempts, *calls.lock().unwrap());
+        assert!((2..1000).contains(&attempts), "{attempts} attempts");
+    }
+
+    #[test]
+    fn a_transaction_call_failing_otherwise_is_not_retried() {
+        let (call, calls) = scripted(vec!["fenced", "timed out"]);
+        let result = retry_call(
+            "commit",
+            Duration::from_secs(60),
+            Duration::ZERO,
+            retriable,
+            call,
+        );
+        assert!(
+            matches!(result, Err(TxnCall::Failed("fenced"))),
+            "{result:?}"
+        );
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_stuck_transaction_call_restarts_the_pipeline_and_another_failure_stops_it() {
+        use crate::shutdown::Restartable;
+        let stuck = TxnCall::Stuck {
+            error: KafkaError::Canceled,
+            attempts: 4,
+        }
+        .into_error("commit the transaction");
+        assert!(stuck.restartable());
+        let message = stuck.to_string();
+        assert!(
+            message.contains("could not commit the transaction for 90 s (4 attempts"),
+            "{message}"
+        );
+        let failed = TxnCall::Failed(KafkaError::Canceled).into_error("commit the transaction");
+        assert!(!failed.restartable());
+    }
 }
