@@ -15,6 +15,7 @@
 //! whatever it cancels and has not been emitted is cancelled; what was emitted is not retracted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +159,13 @@ pub struct Instance {
     pub completed: Vec<Option<(Millis, usize)>>,
     /// When and how it ended.
     pub end: Option<(Millis, EndKind)>,
+    /// The journey version in its ids: the version it entered with (a migrated instance
+    /// keeps it, so what it emitted before the migration is not emitted again).
+    pub id_version: u32,
+    /// Event times `[from, until)` of the outputs this version derives for the instance: a
+    /// migrated instance's earlier version stops at the migration, and the version it moved
+    /// to sends no command due before it. `(MIN, MAX)` for an instance never migrated.
+    pub span: (Millis, Millis),
 }
 
 impl Instance {
@@ -167,6 +175,15 @@ impl Instance {
 
     fn end_at(&self) -> Option<Millis> {
         self.end.map(|(at, _)| at)
+    }
+
+    /// Whether this version derives an output of `kind` due at `due` for the instance (see
+    /// [`Instance::span`]): journey events from before a migration still are (they describe
+    /// what the customer did, and the earlier version emitted the ones it shares), commands
+    /// are not.
+    fn covers(&self, due: Millis, kind: Kind) -> bool {
+        due < self.span.1
+            && (due >= self.span.0 || !matches!(kind, Kind::Command { .. } | Kind::Deferred { .. }))
     }
 
     /// Start of step `s`'s abandonment window: when every step before it was complete.
@@ -480,9 +497,10 @@ impl Engine {
         let mut active = false;
         // Per journey: its instances, all its candidates, and the ones due now (not handled).
         let mut derived = Vec::new();
-        for journey in self.journeys.iter() {
-            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
-            let instances = derive_instances(journey, &state.events, retired);
+        // A migrated instance's versions share its ids (its entry, and its steps that both
+        // define, are derived by both): the earlier version's output goes out.
+        let mut claimed: HashSet<(&str, u64)> = HashSet::new();
+        for (journey, instances, _) in self.units(state) {
             if instances.is_empty() {
                 continue;
             }
@@ -500,14 +518,16 @@ impl Engine {
                     continue;
                 }
                 if c.due <= watermark {
-                    ready.push(*c);
+                    if claimed.insert((journey.name.as_str(), c.key)) {
+                        ready.push(*c);
+                    }
                 } else {
                     next_due = Some(next_due.map_or(c.due, |n| n.min(c.due)));
                 }
             }
             // Stable sort: equal times keep derivation order.
             ready.sort_by_key(|c| c.due);
-            derived.push((&**journey, instances, all, ready));
+            derived.push((journey, instances, all, ready));
         }
         let verdicts = self.decide(state, customer_id, &derived);
         for (j, (journey, instances, _, ready)) in derived.iter().enumerate() {
@@ -735,9 +755,7 @@ impl Engine {
         choosing: bool,
     ) -> String {
         let mut sent = Vec::new();
-        for journey in self.journeys.iter() {
-            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
-            let instances = derive_instances(journey, &state.events, retired);
+        for (journey, instances, _) in self.units(state) {
             let memory = state.journeys.get(&journey.name);
             for c in self.protected_candidates(journey, &instances, state, customer_id) {
                 if let Kind::Command { rule, action } = c.kind
@@ -765,11 +783,12 @@ impl Engine {
     /// Compacts every (finished) instance away: counts them, forgets their events and what
     /// they emitted. Only called with nothing active and nothing pending.
     fn retire(&self, state: &mut CustomerState, until: Millis) {
-        for journey in self.journeys.iter() {
-            let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
-            let n = derive_instances(journey, &state.events, retired).len() as u32;
-            if n > 0 || state.journeys.contains_key(&journey.name) {
-                let memory = state.journeys.entry(journey.name.clone()).or_default();
+        for versions in self.journeys.by_name() {
+            let name = &versions[0].name;
+            let retired = state.journeys.get(name).map_or(0, |m| m.retired);
+            let (_, n) = derive_versions(versions, &state.events, retired);
+            if n > 0 || state.journeys.contains_key(name) {
+                let memory = state.journeys.entry(name.clone()).or_default();
                 memory.retired = retired + n;
                 memory.emitted.clear();
             }
@@ -778,10 +797,22 @@ impl Engine {
         state.retired_until = Some(until);
     }
 
-    /// The customer's instances of `journey`, derived from the state (for `state inspect`).
-    pub fn instances(&self, journey: &Journey, state: &CustomerState) -> Vec<Instance> {
-        let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
-        derive_instances(journey, &state.events, retired)
+    /// Every loaded journey version with the customer's instances it runs (see
+    /// [`derive_versions`]), and whether it is the journey's latest version.
+    pub fn units(&self, state: &CustomerState) -> Vec<(&Journey, Vec<Instance>, bool)> {
+        let mut units = Vec::with_capacity(self.journeys.len());
+        for versions in self.journeys.by_name() {
+            let retired = state
+                .journeys
+                .get(&versions[0].name)
+                .map_or(0, |m| m.retired);
+            let (per_version, _) = derive_versions(versions, &state.events, retired);
+            let last = versions.len() - 1;
+            for (v, instances) in per_version.into_iter().enumerate() {
+                units.push((&*versions[v], instances, v == last));
+            }
+        }
+        units
     }
 }
 
@@ -808,7 +839,7 @@ fn materialize(
     blocked: Option<&Blocked>,
     out: &mut Vec<Output>,
 ) {
-    let version = journey.version.to_string();
+    let version = inst.id_version.to_string();
     let number = inst.number.to_string();
     let jev = |event_type: JourneyEventType, step: Option<&str>, extra: &str| {
         let step_or_extra = step.unwrap_or(extra);
@@ -1055,10 +1086,9 @@ impl Engine {
     pub fn explain(&self, customer_id: &str, state: &CustomerState) -> Explanation {
         use crate::model::format_millis;
         let mut journeys = Vec::new();
-        for journey in self.journeys.iter() {
+        for (journey, instances, latest) in self.units(state) {
             let retired = state.journeys.get(&journey.name).map_or(0, |m| m.retired);
-            let instances = derive_instances(journey, &state.events, retired);
-            if instances.is_empty() && retired == 0 {
+            if instances.is_empty() && (retired == 0 || !latest) {
                 continue;
             }
             let memory = state.journeys.get(&journey.name);
@@ -1143,6 +1173,20 @@ impl Engine {
                             (None, Fate::Cancelled(by)) => {
                                 ("cancelled", Some(by.describe(journey)))
                             }
+                            (None, Fate::Due) if due >= inst.span.1 => (
+                                "migrated",
+                                Some(format!(
+                                    "due after the instance moved to a later version at {}",
+                                    format_millis(inst.span.1)
+                                )),
+                            ),
+                            (None, Fate::Due) if due < inst.span.0 => (
+                                "migrated",
+                                Some(format!(
+                                    "due before the instance moved to this version at {}",
+                                    format_millis(inst.span.0)
+                                )),
+                            ),
                             // Quiet hours moved it: the deferred command was cancelled.
                             (None, Fate::Due) => (
                                 "cancelled",
@@ -1163,7 +1207,7 @@ impl Engine {
                             None => reason,
                         };
                         let command_id = matches!(status, "sent" | "suppressed").then(|| {
-                            let version = journey.version.to_string();
+                            let version = inst.id_version.to_string();
                             let number = inst.number.to_string();
                             stable_id(&[
                                 &journey.name,
@@ -1336,33 +1380,100 @@ fn matches(m: &Matcher, events: &[StoredEvent], i: usize) -> bool {
 
 /// Derives the instances of `journey` from a customer's sorted events; `retired` instances
 /// came before them (see [`JourneyMemory::retired`]).
-fn derive_instances(journey: &Journey, events: &[StoredEvent], retired: u32) -> Vec<Instance> {
-    let mut instances: Vec<Instance> = Vec::new();
-    let steps = journey.steps.len();
+/// A customer's instances of one journey, derived from its events: per loaded version (in
+/// `versions`' order) the instances that version runs, and how many instances there are.
+///
+/// Instances follow each other: one enters on an event matching the entry step of the
+/// version effective at that event's time (and the re-entry policy), and runs on that version
+/// until it ends. If a later version's `migrate-from` lists the version it runs on and it has
+/// not ended before that version's `effective-from`, it is derived again from its entry with
+/// the later version, which takes over from `effective-from` on (it appears in both versions'
+/// lists, with complementary spans). Entries before the earliest loaded version's
+/// `effective-from` are instances of an unloaded earlier version: they only exist when that
+/// version migrates them.
+fn derive_versions(
+    versions: &[Arc<Journey>],
+    events: &[StoredEvent],
+    retired: u32,
+) -> (Vec<Vec<Instance>>, u32) {
+    let mut per_version: Vec<Vec<Instance>> = vec![Vec::new(); versions.len()];
+    let mut count = 0u32;
+    // End of the previous instance: `None` before the first, `Some(None)` while it is active.
+    let mut previous: Option<Option<Millis>> = None;
+    // Events up to the previous instance's end belong to it.
+    let mut free_from = 0;
     for i in 0..events.len() {
-        let active = instances.last().is_some_and(|inst| inst.end.is_none());
-        if !active {
-            let may_enter = match instances.last() {
-                None => retired == 0 || journey.re_entry == ReEntry::AfterEnd,
-                Some(prev) => {
-                    journey.re_entry == ReEntry::AfterEnd
-                        && prev.end_at().is_some_and(|end| events[i].at >= end)
+        if i < free_from {
+            continue;
+        }
+        let at = events[i].at;
+        let (v, id_version, from) = match JourneySet::version_at(versions, at) {
+            Some(v) => (v, versions[v].version, Millis::MIN),
+            None => {
+                let first = &versions[0];
+                match (first.migrate_from.iter().max(), first.effective_from) {
+                    (Some(&earlier), Some(from)) => (0, earlier, from),
+                    _ => continue,
                 }
+            }
+        };
+        let journey = &versions[v];
+        let may_enter = match previous {
+            None => retired == 0 || journey.re_entry == ReEntry::AfterEnd,
+            Some(end) => journey.re_entry == ReEntry::AfterEnd && end.is_some_and(|end| at >= end),
+        };
+        if !may_enter || !matches(&journey.steps[0].matcher, events, i) {
+            continue;
+        }
+        count += 1;
+        let number = retired + count;
+        let (mut inst, mut ended) = derive_instance(journey, events, i, number, id_version);
+        inst.span.0 = from;
+        let mut on = v;
+        for (w, later) in versions.iter().enumerate().skip(v + 1) {
+            let Some(from) = later.effective_from else {
+                continue;
             };
-            if !may_enter || !matches(&journey.steps[0].matcher, events, i) {
+            if !later.migrate_from.contains(&versions[on].version) {
                 continue;
             }
-            instances.push(Instance {
-                number: retired + instances.len() as u32 + 1,
-                entered_at: events[i].at,
-                completed: vec![None; steps],
-                end: None,
-            });
+            if inst.end_at().is_some_and(|end| end < from) {
+                break;
+            }
+            let (mut moved, moved_end) = derive_instance(later, events, i, number, id_version);
+            ended = moved_end;
+            inst.span.1 = from;
+            moved.span.0 = from;
+            per_version[on].push(std::mem::replace(&mut inst, moved));
+            on = w;
         }
-        let Some(inst) = instances.last_mut() else {
-            continue;
-        };
-        let at = events[i].at;
+        previous = Some(inst.end_at());
+        free_from = ended.map_or(events.len(), |e| e + 1);
+        per_version[on].push(inst);
+    }
+    (per_version, count)
+}
+
+/// One instance of `journey` entered at `events[entry]`: the earliest completion of each
+/// step from then on, until the goal or an exit ends it; and the index of the event that
+/// ended it.
+fn derive_instance(
+    journey: &Journey,
+    events: &[StoredEvent],
+    entry: usize,
+    number: u32,
+    id_version: u32,
+) -> (Instance, Option<usize>) {
+    let mut inst = Instance {
+        number,
+        entered_at: events[entry].at,
+        completed: vec![None; journey.steps.len()],
+        end: None,
+        id_version,
+        span: (Millis::MIN, Millis::MAX),
+    };
+    for (i, event) in events.iter().enumerate().skip(entry) {
+        let at = event.at;
         for (s, step) in journey.steps.iter().enumerate() {
             if inst.completed[s].is_none() && matches(&step.matcher, events, i) {
                 inst.completed[s] = Some((at, i));
@@ -1377,8 +1488,11 @@ fn derive_instances(journey: &Journey, events: &[StoredEvent], retired: u32) -> 
         {
             inst.end = Some((at, EndKind::Exit(x)));
         }
+        if inst.end.is_some() {
+            return (inst, Some(i));
+        }
     }
-    instances
+    (inst, None)
 }
 
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
@@ -1390,20 +1504,22 @@ fn candidates(
 ) -> Vec<Candidate> {
     let mut out = Vec::new();
     let name = journey.name.as_bytes();
-    let version = journey.version.to_le_bytes();
     for (idx, inst) in instances.iter().enumerate() {
+        let version = inst.id_version.to_le_bytes();
         let number = inst.number.to_le_bytes();
         let key = |tag: &[u8], a: &str, b: &str| {
             fnv(&[name, &version, &number, tag, a.as_bytes(), b.as_bytes()])
         };
         let mut push_in = |due, kind, key, group| {
-            out.push(Candidate {
-                due,
-                instance: idx,
-                kind,
-                key,
-                group,
-            })
+            if inst.covers(due, kind) {
+                out.push(Candidate {
+                    due,
+                    instance: idx,
+                    kind,
+                    key,
+                    group,
+                });
+            }
         };
         let mut push = |due, kind, key| push_in(due, kind, key, None);
         push(inst.entered_at, Kind::Entered, key(b"entered", "", ""));

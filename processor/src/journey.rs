@@ -63,18 +63,32 @@ pub enum JourneyError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The versions of one journey do not fit together.
+    #[error("{path}: journey `{name}` version {version}: {message}")]
+    Versions {
+        /// The file of the offending version.
+        path: PathBuf,
+        /// The journey name.
+        name: String,
+        /// The offending version.
+        version: u32,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// A directory held no `*.yaml`/`*.yml` file.
     #[error(
         "no journey definitions (*.yaml, *.yml) in {0}; point --journeys at a file or a directory holding them"
     )]
     Empty(PathBuf),
-    /// Two files define the same journey name.
+    /// Two files define the same version of a journey.
     #[error(
-        "journey `{name}` is defined twice: in {first} and in {second}; journey names must be unique"
+        "journey `{name}` version {version} is defined twice: in {first} and in {second}; give the newer definition the next version (and an `effective-from`), or remove one file"
     )]
     Duplicate {
         /// The journey name.
         name: String,
+        /// The version.
+        version: u32,
         /// The first file.
         first: PathBuf,
         /// The second file.
@@ -166,6 +180,16 @@ pub struct JourneyDef {
     pub journey: Spanned<String>,
     /// Version of this definition (instances in flight keep the version they entered with).
     pub version: u32,
+    /// Event time from which customers entering get this version (RFC 3339). Needed when an
+    /// earlier version of the journey is loaded too; on the earliest version it is the time
+    /// the journey starts taking entries.
+    #[serde(default)]
+    pub effective_from: Option<Spanned<String>>,
+    /// Earlier versions whose instances still in flight at `effective-from` move to this
+    /// version (their outputs before `effective-from` stay as they were; from then on this
+    /// version's steps and rules apply). Without it they finish on their own version.
+    #[serde(default)]
+    pub migrate_from: Vec<u32>,
     /// What the journey is for.
     #[serde(default)]
     pub description: String,
@@ -666,6 +690,10 @@ pub struct Journey {
     pub name: String,
     /// Version.
     pub version: u32,
+    /// Event time from which entries get this version (`None`: always, for the earliest).
+    pub effective_from: Option<Millis>,
+    /// Earlier versions whose instances in flight at `effective_from` move to this one.
+    pub migrate_from: Vec<u32>,
     /// Description.
     pub description: String,
     /// Re-entry policy.
@@ -708,19 +736,81 @@ impl Journey {
     }
 }
 
-/// Every journey the processor runs, in a stable order (by name).
+/// Every journey the processor runs, every loaded version of each, in a stable order (by
+/// name, then version).
+///
+/// Versions of one journey share its instances: an instance runs on the version whose
+/// `effective-from` was last reached when it entered (see [`JourneySet::version_at`]), and a
+/// later version's `migrate-from` moves instances still in flight at its `effective-from`.
 #[derive(Debug, Clone, Default)]
 pub struct JourneySet {
     journeys: Vec<Arc<Journey>>,
 }
 
 impl JourneySet {
-    /// Builds a set from compiled journeys (sorted by name).
+    /// Builds a set from compiled journeys without checking how versions fit together (tests
+    /// and callers that built them; [`JourneySet::from_journeys`] checks).
     pub fn new(mut journeys: Vec<Journey>) -> Self {
-        journeys.sort_by(|a, b| a.name.cmp(&b.name));
+        journeys.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         JourneySet {
             journeys: journeys.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// Builds a set, checking that each (name, version) is defined once and that the versions
+    /// of a journey take over from each other at increasing `effective-from` times.
+    pub fn from_journeys(journeys: Vec<Journey>) -> Result<Self, JourneyError> {
+        let set = JourneySet::new(journeys);
+        for versions in set.by_name() {
+            for pair in versions.windows(2) {
+                let (earlier, later) = (&pair[0], &pair[1]);
+                let versions_error = |message: String| JourneyError::Versions {
+                    path: later.source.clone(),
+                    name: later.name.clone(),
+                    version: later.version,
+                    message,
+                };
+                if earlier.version == later.version {
+                    return Err(JourneyError::Duplicate {
+                        name: later.name.clone(),
+                        version: later.version,
+                        first: earlier.source.clone(),
+                        second: later.source.clone(),
+                    });
+                }
+                let Some(from) = later.effective_from else {
+                    return Err(versions_error(format!(
+                        "version {} ({}) is loaded too, so this version needs `effective-from:` (customers entering from that event time on get version {}; instances in flight stay on their version unless `migrate-from` lists it)",
+                        earlier.version,
+                        earlier.source.display(),
+                        later.version
+                    )));
+                };
+                if earlier.effective_from.is_some_and(|e| e >= from) {
+                    return Err(versions_error(format!(
+                        "`effective-from` {} must be later than version {}'s ({})",
+                        crate::model::format_millis(from),
+                        earlier.version,
+                        crate::model::format_millis(earlier.effective_from.unwrap_or(from))
+                    )));
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// The versions of each journey, by name, each slice sorted by version.
+    pub fn by_name(&self) -> impl Iterator<Item = &[Arc<Journey>]> {
+        self.journeys.chunk_by(|a, b| a.name == b.name)
+    }
+
+    /// Index in `versions` (one journey's, as from [`JourneySet::by_name`]) of the version a
+    /// customer entering at `at` gets: the last whose `effective-from` is at or before `at`.
+    /// `None` before the earliest version's `effective-from`.
+    pub fn version_at(versions: &[Arc<Journey>], at: Millis) -> Option<usize> {
+        versions
+            .iter()
+            .rposition(|j| j.effective_from.is_none_or(|from| from <= at))
     }
 
     /// Loads a file, or every `*.yaml`/`*.yml` file of a directory (sorted by file name).
@@ -752,22 +842,19 @@ impl JourneySet {
                 path: file.clone(),
                 source,
             })?;
-            let journey = parse_journey(&file, &text)?;
-            if let Some(first) = journeys.iter().find(|j| j.name == journey.name) {
-                return Err(JourneyError::Duplicate {
-                    name: journey.name,
-                    first: first.source.clone(),
-                    second: file,
-                });
-            }
-            journeys.push(journey);
+            journeys.push(parse_journey(&file, &text)?);
         }
-        Ok(JourneySet::new(journeys))
+        JourneySet::from_journeys(journeys)
     }
 
-    /// The journeys, sorted by name.
+    /// Every version of every journey, sorted by name, then version.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Journey>> {
         self.journeys.iter()
+    }
+
+    /// The latest version of each journey, sorted by name.
+    pub fn latest(&self) -> impl Iterator<Item = &Arc<Journey>> {
+        self.by_name().filter_map(<[_]>::last)
     }
 
     /// Number of journeys.
@@ -780,9 +867,9 @@ impl JourneySet {
         self.journeys.is_empty()
     }
 
-    /// The journey with this name.
+    /// The latest version of the journey with this name.
     pub fn get(&self, name: &str) -> Option<&Arc<Journey>> {
-        self.journeys.iter().find(|j| j.name == name)
+        self.journeys.iter().rfind(|j| j.name == name)
     }
 
     /// Every event type any journey reacts to.
@@ -1068,9 +1155,41 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
             actions,
         });
     }
+    let effective_from = match &def.effective_from {
+        None => None,
+        Some(at) => Some(crate::model::parse_millis(at.value.trim()).map_err(|e| {
+            v.err(
+                at,
+                "effective-from",
+                format!(
+                    "`{}` is not an RFC 3339 time ({e}); write e.g. 2026-12-01T00:00:00Z",
+                    at.value
+                ),
+            )
+        })?),
+    };
+    if let Some(from) = def.migrate_from.iter().find(|m| **m >= def.version) {
+        return Err(v.err(
+            &def.journey,
+            "migrate-from",
+            format!(
+                "version {} cannot migrate instances of version {from}: list earlier versions only",
+                def.version
+            ),
+        ));
+    }
+    if !def.migrate_from.is_empty() && effective_from.is_none() {
+        return Err(v.err(
+            &def.journey,
+            "migrate-from",
+            "`migrate-from` needs `effective-from`: the event time at which the instances in flight move to this version",
+        ));
+    }
     Ok(Journey {
         name: def.journey.value,
         version: def.version,
+        effective_from,
+        migrate_from: def.migrate_from,
         description: def.description,
         re_entry: def.re_entry,
         profile,

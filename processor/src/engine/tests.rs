@@ -13,6 +13,7 @@ use crate::model::{Channel, format_millis, parse_millis};
 use crate::simulate::{SimulateOptions, simulate};
 
 mod rules;
+mod versions;
 
 const H: Millis = 3_600_000;
 const D: Millis = 24 * H;
