@@ -68,6 +68,9 @@ const fn default_cache_capacity() -> usize {
 const fn default_max_batch_events() -> usize {
     10_000
 }
+const fn default_journeys_watch_secs() -> u64 {
+    10
+}
 const fn default_shutdown_timeout_secs() -> u64 {
     30
 }
@@ -253,6 +256,11 @@ pub struct Config {
     /// Flag `--journeys`, environment `WAYMARK_JOURNEYS`.
     #[serde(default = "default_journeys")]
     pub journeys: PathBuf,
+    /// How often `waymark run` looks for changed journey files and reloads them (a new
+    /// version loads without a restart; see `POST /admin/journeys/reload`), in seconds; 0
+    /// turns the watch off. Default 10.
+    #[serde(default = "default_journeys_watch_secs")]
+    pub journeys_watch_secs: u64,
     /// Customer protection checked before every command, across journeys (suppression list,
     /// frequency caps): a file like `deploy/examples/protections.yaml`. Default: none.
     /// `waymark simulate --protections` must be given the same file.
@@ -515,6 +523,7 @@ impl Default for Config {
             max_batch_events: default_max_batch_events(),
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            journeys_watch_secs: default_journeys_watch_secs(),
             sinks: SinksConfig::default(),
             analytics: AnalyticsConfig::default(),
             rocksdb: RocksOptions::default(),

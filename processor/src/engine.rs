@@ -381,6 +381,13 @@ impl Engine {
         self
     }
 
+    /// An engine for `journeys` with this one's protections and retention (a live reload).
+    pub fn reloaded(&self, journeys: JourneySet) -> Engine {
+        Engine::new(journeys)
+            .with_retention(self.retention)
+            .with_protections(self.protections.clone())
+    }
+
     /// Checks `protections` before every command: the suppression list's event types are
     /// kept in state (with their `channel` attribute).
     pub fn with_protections(mut self, protections: Protections) -> Self {

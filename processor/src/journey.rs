@@ -20,6 +20,7 @@ use serde_saphyr::Spanned;
 use crate::model::{Channel, Millis};
 
 mod condition;
+pub mod diff;
 
 pub use condition::{
     ChooseDef, Condition, ConditionDef, Metric, SCORE_ATTRIBUTE, SCORED_ACTION_ATTRIBUTE, WindowDef,
@@ -712,6 +713,8 @@ pub struct Journey {
     pub rules: Vec<Rule>,
     /// The file it came from.
     pub source: PathBuf,
+    /// A hash of the file's text: a live reload refuses a loaded version changed in place.
+    pub digest: u64,
 }
 
 impl Journey {
@@ -892,7 +895,11 @@ pub fn parse_journey(path: &Path, text: &str) -> Result<Journey, JourneyError> {
             message,
         }
     })?;
-    compile(path, def)
+    let mut journey = compile(path, def)?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(text, &mut hasher);
+    journey.digest = std::hash::Hasher::finish(&hasher);
+    Ok(journey)
 }
 
 /// A YAML parse error as (1-based line, column, message); 0 where the position is unknown.
@@ -1199,6 +1206,7 @@ fn compile(path: &Path, def: JourneyDef) -> Result<Journey, JourneyError> {
         exits,
         rules,
         source: path.to_owned(),
+        digest: 0,
     })
 }
 

@@ -46,6 +46,7 @@ pub mod loadgen;
 pub mod model;
 pub mod pipeline;
 pub mod protect;
+pub mod reload;
 pub mod runtime;
 pub mod shutdown;
 pub mod simulate;

@@ -409,6 +409,19 @@ enum JourneysCommand {
         #[arg(long)]
         protections: Option<PathBuf>,
     },
+    /// Explain what a change of journey definitions does to the customers in flight: which
+    /// instances keep their version, which migrate, and every step, rule and action that
+    /// changes. Run it before deploying a change (a running `waymark run` reloads the
+    /// journeys directory and refuses a change that is unsafe for customers in flight).
+    ///
+    /// Example: waymark journeys diff deploy/journeys staging/journeys
+    #[command(verbatim_doc_comment)]
+    Diff {
+        /// The journeys running now: a file or a directory of *.yaml.
+        old: PathBuf,
+        /// The journeys to deploy: a file or a directory of *.yaml.
+        new: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -650,8 +663,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
             }
             for j in set.iter() {
+                let effective = j
+                    .effective_from
+                    .map(|at| format!(", effective from {}", waymark::model::format_millis(at)))
+                    .unwrap_or_default();
+                let migrates = if j.migrate_from.is_empty() {
+                    String::new()
+                } else {
+                    format!(", migrates instances of versions {:?}", j.migrate_from)
+                };
                 println!(
-                    "ok: {} v{} ({}): {} steps, goal `{}`, {} rules, {} actions",
+                    "ok: {} v{} ({}): {} steps, goal `{}`, {} rules, {} actions{effective}{migrates}",
                     j.name,
                     j.version,
                     j.source.display(),
@@ -660,6 +682,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     j.rules.len(),
                     j.rules.iter().map(|r| r.actions.len()).sum::<usize>()
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journeys(JourneysCommand::Diff { old, new }) => {
+            let (old, new) = (JourneySet::load(&old)?, JourneySet::load(&new)?);
+            let explained = waymark::journey::diff::explain(&old, &new);
+            if explained.is_empty() {
+                println!("no journey changes");
+            }
+            for paragraph in explained {
+                println!("{paragraph}\n");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -824,15 +857,17 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     let addr = cfg.http_addr;
     let drain_timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let live = waymark::reload::LiveJourneys::new(&cfg.journeys, engine);
+    let watch = (cfg.journeys_watch_secs > 0).then(|| Duration::from_secs(cfg.journeys_watch_secs));
     supervise(
         "pipeline",
         addr,
         drain_timeout,
-        axum::Router::new(),
+        journey_admin_routes(live.clone(), watch),
         move |metrics, health, token| {
             waymark::pipeline::run(
                 cfg.clone(),
-                engine.clone(),
+                live.clone(),
                 metrics.clone(),
                 health.clone(),
                 token.clone(),
@@ -840,6 +875,55 @@ fn run(config: Option<&Path>, args: RunArgs) -> Result<ExitCode> {
             .map(|_| ())
         },
     )
+}
+
+/// `POST /admin/journeys/reload` (load the journeys again; answers what changed, or 409 with
+/// why the reload is not safe) and `GET /admin/journeys` (the versions running); starts the
+/// file watch when `watch` is set.
+fn journey_admin_routes(
+    live: Arc<waymark::reload::LiveJourneys>,
+    watch: Option<Duration>,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    let watching = live.clone();
+    let reload = move || {
+        let live = live.clone();
+        async move {
+            let answer = live.request();
+            match tokio::time::timeout(Duration::from_secs(60), answer).await {
+                Ok(Ok(Ok(report))) => (StatusCode::OK, axum::Json(serde_json::json!(report))),
+                Ok(Ok(Err(error))) => (
+                    StatusCode::CONFLICT,
+                    axum::Json(serde_json::json!({ "error": error })),
+                ),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({
+                        "error": "the pipeline did not take the reload within 60 s (is it running, or restoring?); try again"
+                    })),
+                ),
+            }
+        }
+    };
+    let current = watching.clone();
+    let list = move || {
+        let engine = current.engine();
+        async move {
+            let journeys: Vec<waymark::reload::Loaded> = engine
+                .journeys()
+                .iter()
+                .map(|j| waymark::reload::Loaded::of(j))
+                .collect();
+            axum::Json(serde_json::json!({ "journeys": journeys }))
+        }
+    };
+    if let Some(every) = watch {
+        waymark::reload::watch(watching, every);
+    }
+    axum::Router::new()
+        .route("/admin/journeys/reload", post(reload))
+        .route("/admin/journeys", get(list))
 }
 
 /// `waymark sink <channel>`.

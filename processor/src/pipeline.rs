@@ -43,7 +43,8 @@ use crate::codec;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
 use crate::kafka::{TransactionalContext, client_config, producer_config};
-use crate::model::{Output, now_millis};
+use crate::model::{Millis, Output, now_millis};
+use crate::reload::{self, LiveJourneys};
 use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
 use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
@@ -195,6 +196,22 @@ impl TxnCall<KafkaError> {
             },
         }
     }
+}
+
+/// Makes every customer of the partition due when a loaded version migrates the instances in
+/// flight (if that is still ahead of the partition's watermark); returns how many customers.
+fn wake_for_migrations(engine: &Engine, part: &mut Partition) -> Result<usize, StateError> {
+    let mut woken = 0;
+    for at in reload::pending_migrations(engine, part.runtime.watermark()) {
+        woken = woken.max(part.runtime.wake_all_by(at)?);
+    }
+    if woken > 0 {
+        tracing::info!(
+            customers = woken,
+            "Customers due again when their instances migrate to a new journey version."
+        );
+    }
+    Ok(woken)
 }
 
 /// Why `waymark run` stopped with an error.
@@ -515,20 +532,73 @@ impl Core {
             state_version = version,
             "Partition assigned."
         );
-        self.partitions.insert(
-            partition,
-            Partition {
-                runtime,
-                path,
-                pending_offset: None,
-                committed_offset,
-                version,
-                caught_up: false,
-                outcome_pending: None,
-                outcome_committed: None,
-            },
-        );
+        let mut part = Partition {
+            runtime,
+            path: path.clone(),
+            pending_offset: None,
+            committed_offset,
+            version,
+            caught_up: false,
+            outcome_pending: None,
+            outcome_committed: None,
+        };
+        wake_for_migrations(&self.engine, &mut part).map_err(state_err)?;
+        self.partitions.insert(partition, part);
         Ok(())
+    }
+
+    /// Loads the journeys again and runs them from now on if [`reload::check`] finds that
+    /// safe; answers `reply`. Called between transactions.
+    fn reload(&mut self, live: &LiveJourneys, reply: Option<reload::Reply>) {
+        let result = self.try_reload(live);
+        match &result {
+            Ok(report) => {
+                self.metrics.journey_reload(report.result);
+                if report.result == "applied" {
+                    tracing::info!(
+                        added = ?report.added,
+                        removed = ?report.removed,
+                        customers_to_migrate = report.customers_to_migrate,
+                        "Journeys reloaded."
+                    );
+                }
+            }
+            Err(error) => {
+                self.metrics.journey_reload("refused");
+                tracing::error!(%error, "Journey reload refused; the journeys loaded before keep running.");
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn try_reload(&mut self, live: &LiveJourneys) -> Result<reload::Report, String> {
+        let set = crate::journey::JourneySet::load(live.path()).map_err(|e| e.to_string())?;
+        let lateness = self.cfg.allowed_lateness_ms();
+        // Every event processed here happened at most the allowed lateness after its
+        // partition's watermark.
+        let processed = self
+            .partitions
+            .values()
+            .map(|p| p.runtime.watermark())
+            .filter(|w| *w > Millis::MIN)
+            .max()
+            .map(|w| w.saturating_add(lateness));
+        let changes = reload::check(self.engine.journeys(), &set, processed)?;
+        if changes.is_empty() {
+            return Ok(reload::Report::new(&set, &changes, 0));
+        }
+        let engine = Arc::new(self.engine.reloaded(set));
+        let mut woken = 0;
+        for (partition, part) in self.partitions.iter_mut() {
+            part.runtime.set_engine(engine.clone());
+            woken += wake_for_migrations(&engine, part)
+                .map_err(|e| format!("partition {partition}: {e}"))?;
+        }
+        self.engine = engine.clone();
+        live.set_engine(engine.clone());
+        Ok(reload::Report::new(engine.journeys(), &changes, woken))
     }
 
     /// Ready when connected, assigned and no partition is restoring.
@@ -1361,7 +1431,7 @@ impl Core {
 /// fatal error. Blocks the calling thread: call it from a dedicated thread.
 pub fn run(
     cfg: Config,
-    engine: Arc<Engine>,
+    journeys: Arc<LiveJourneys>,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -1412,7 +1482,7 @@ pub fn run(
     let max_batch = cfg.max_batch_events;
     let core = Arc::new(Mutex::new(Core {
         rocks,
-        engine,
+        engine: journeys.engine(),
         metrics,
         health: health.clone(),
         producer,
@@ -1498,6 +1568,9 @@ pub fn run(
         batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
         if batch >= max_batch || last_commit.elapsed() >= interval {
             core.commit(&consumer)?;
+            while let Some(reply) = journeys.next() {
+                core.reload(&journeys, reply);
+            }
             batch = 0;
             last_commit = Instant::now();
             if shutdown.is_cancelled() {

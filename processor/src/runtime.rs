@@ -314,6 +314,37 @@ impl PartitionRuntime {
     }
 
     /// Records a customer's wake-up moving from `old` to `new` in both index copies.
+    /// Runs `engine` from now on (a live journey reload).
+    pub fn set_engine(&mut self, engine: Arc<Engine>) {
+        self.engine = engine;
+    }
+
+    /// Makes every customer of the partition due at `at` at the latest: a reload whose new
+    /// version migrates the instances in flight at `at` must look at each of them then, also
+    /// those waiting for nothing under their old version. Returns how many were moved.
+    pub fn wake_all_by(&mut self, at: Millis) -> Result<usize, StateError> {
+        let mut ids = Vec::new();
+        self.store.for_each_customer(&mut |id, _| {
+            ids.push(id.to_owned());
+            true
+        })?;
+        let mut moved = 0;
+        for id in ids {
+            let Some(state) = self.cache.get_mut(&*self.store, &id)? else {
+                continue;
+            };
+            let old = state.next_due;
+            if old.is_some_and(|due| due <= at) {
+                continue;
+            }
+            state.next_due = Some(at);
+            self.cache.mark_dirty(&id);
+            self.move_timer(&id, old, Some(at));
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
     fn move_timer(&mut self, customer: &str, old: Option<Millis>, new: Option<Millis>) {
         if old == new {
             return;

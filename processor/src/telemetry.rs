@@ -54,6 +54,8 @@ pub const RESTORING_PARTITIONS: &str = "waymark_state_restoring_partitions";
 /// Times the pipeline or a sink was started again with new Kafka clients after one of them
 /// reported a fatal error.
 pub const CLIENT_RESTARTS_TOTAL: &str = "waymark_kafka_client_restarts_total";
+/// Journey reloads asked of `waymark run`, by result (`applied`, `unchanged`, `refused`).
+pub const JOURNEY_RELOADS_TOTAL: &str = "waymark_journey_reloads_total";
 /// Outcomes read from `intervention-outcomes`, by result (as [`EVENTS_TOTAL`]).
 pub const OUTCOMES_TOTAL: &str = "waymark_pipeline_outcomes_total";
 /// Build information (value 1), by version.
@@ -102,6 +104,7 @@ pub const METRIC_NAMES: &[&str] = &[
     SINK_RETRIES_TOTAL,
     RESTORING_PARTITIONS,
     CLIENT_RESTARTS_TOTAL,
+    JOURNEY_RELOADS_TOTAL,
     OUTCOMES_TOTAL,
     BUILD_INFO,
     CONSUMER_LAG,
@@ -184,6 +187,7 @@ pub struct Metrics {
     sink_retries: IntCounterVec,
     sink_seconds: HistogramVec,
     client_restarts: IntCounter,
+    journey_reloads: IntCounterVec,
     outcomes: IntCounterVec,
     consumer_lag: IntGaugeVec,
     processing_latency: Histogram,
@@ -333,6 +337,11 @@ impl Metrics {
                 CLIENT_RESTARTS_TOTAL,
                 "Restarts with new Kafka clients after a fatal client error.",
             ),
+            journey_reloads: r.counters(
+                JOURNEY_RELOADS_TOTAL,
+                "Journey reloads asked of the processor, by result (applied, unchanged, refused).",
+                &["result"],
+            ),
             outcomes: r.counters(
                 OUTCOMES_TOTAL,
                 "Outcomes of commands read from intervention-outcomes, by result.",
@@ -404,6 +413,11 @@ impl Metrics {
     /// Counts a restart with new Kafka clients.
     pub fn client_restart(&self) {
         self.client_restarts.inc();
+    }
+
+    /// Counts a journey reload by result (`applied`, `unchanged`, `refused`).
+    pub fn journey_reload(&self, result: &str) {
+        self.journey_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a command a sink handled.
