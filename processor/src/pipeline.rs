@@ -575,16 +575,17 @@ impl Core {
 
     fn try_reload(&mut self, live: &LiveJourneys) -> Result<reload::Report, String> {
         let set = crate::journey::JourneySet::load(live.path()).map_err(|e| e.to_string())?;
-        let lateness = self.cfg.allowed_lateness_ms();
-        // Every event processed here happened at most the allowed lateness after its
-        // partition's watermark.
-        let processed = self
-            .partitions
-            .values()
-            .map(|p| p.runtime.watermark())
-            .filter(|w| *w > Millis::MIN)
-            .max()
-            .map(|w| w.saturating_add(lateness));
+        let newest = |of: fn(&PartitionRuntime) -> Millis| {
+            self.partitions
+                .values()
+                .map(|p| of(&p.runtime))
+                .filter(|t| *t > Millis::MIN)
+                .max()
+        };
+        let processed = reload::Processed {
+            newest_event: newest(PartitionRuntime::newest_event),
+            watermark: newest(PartitionRuntime::watermark),
+        };
         let changes = reload::check(self.engine.journeys(), &set, processed)?;
         if changes.is_empty() {
             return Ok(reload::Report::new(&set, &changes, 0));
@@ -1284,7 +1285,7 @@ impl Core {
         // The state changes of this batch go to the changelog in the same transaction, so the
         // changelog always holds exactly the state the committed offsets produced.
         let mut prepared = Vec::with_capacity(self.partitions.len());
-        for (partition, part) in &self.partitions {
+        for (partition, part) in self.partitions.iter_mut() {
             let batch = part
                 .runtime
                 .prepare()

@@ -37,14 +37,22 @@ impl Changes {
     }
 }
 
-/// Checks that running `new` instead of `old` is safe for the customers in flight, given that
-/// every event processed so far happened at or before `processed_until` (`None`: nothing was
-/// processed here). Says what is wrong and what to do otherwise.
-pub fn check(
-    old: &JourneySet,
-    new: &JourneySet,
-    processed_until: Option<Millis>,
-) -> Result<Changes, String> {
+/// How far a processor got, over its partitions (`None`: nothing processed here).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Processed {
+    /// The newest customer event time processed.
+    pub newest_event: Option<Millis>,
+    /// The furthest watermark: outputs due up to it may have gone out.
+    pub watermark: Option<Millis>,
+}
+
+/// Checks that running `new` instead of `old` is safe for the customers in flight, given how
+/// far the processor got. A new version must take effect after every event processed (no
+/// customer entered at or after it yet), and one that migrates instances after the watermark
+/// too (nothing of the old version due after it went out). Says what is wrong and what to do
+/// otherwise.
+pub fn check(old: &JourneySet, new: &JourneySet, processed: Processed) -> Result<Changes, String> {
+    let processed_until = processed.newest_event;
     let find = |set: &JourneySet, j: &Journey| {
         set.iter()
             .find(|n| n.name == j.name && n.version == j.version)
@@ -110,6 +118,20 @@ pub fn check(
                 format_millis(from),
                 format_millis(processed),
                 format_millis(processed)
+            ));
+        }
+        if let Some(watermark) = processed.watermark
+            && !now.migrate_from.is_empty()
+            && from <= watermark
+        {
+            return Err(format!(
+                "{}: journey `{}` version {}: it migrates instances in flight at {}, but the watermark is already at {}: actions of the versions it migrates due since then may have gone out. Set `effective-from` later than {}",
+                now.source.display(),
+                now.name,
+                now.version,
+                format_millis(from),
+                format_millis(watermark),
+                format_millis(watermark)
             ));
         }
         changes.added.push(now.clone());
@@ -325,6 +347,14 @@ mod tests {
         )
     }
 
+    /// Events processed up to `t`, the watermark just behind.
+    fn seen(t: Millis) -> Processed {
+        Processed {
+            newest_event: Some(t),
+            watermark: Some(t - 1000),
+        }
+    }
+
     fn set(texts: &[&str]) -> JourneySet {
         JourneySet::from_journeys(
             texts
@@ -338,52 +368,71 @@ mod tests {
 
     #[test]
     fn a_new_version_after_the_processed_events_is_added() {
-        let changes = check(&set(&[V1]), &set(&[V1, &v2(T + 1, false)]), Some(T)).unwrap();
+        let changes = check(&set(&[V1]), &set(&[V1, &v2(T + 1, false)]), seen(T)).unwrap();
         assert_eq!(changes.added.len(), 1);
         assert_eq!(changes.added[0].version, 2);
         assert!(changes.removed.is_empty());
-        assert!(check(&set(&[V1]), &set(&[V1]), Some(T)).unwrap().is_empty());
+        assert!(check(&set(&[V1]), &set(&[V1]), seen(T)).unwrap().is_empty());
     }
 
     #[test]
     fn a_new_version_effective_before_a_processed_event_is_refused() {
-        let err = check(&set(&[V1]), &set(&[V1, &v2(T, false)]), Some(T)).unwrap_err();
+        let err = check(&set(&[V1]), &set(&[V1, &v2(T, false)]), seen(T)).unwrap_err();
         assert!(
             err.contains("is not after the events already processed"),
             "{err}"
         );
         // Nothing processed here yet: nothing to contradict.
-        assert!(check(&set(&[V1]), &set(&[V1, &v2(T, false)]), None).is_ok());
+        assert!(
+            check(
+                &set(&[V1]),
+                &set(&[V1, &v2(T, false)]),
+                Processed::default()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_migrating_version_must_take_effect_after_the_watermark() {
+        let ahead = Processed {
+            newest_event: Some(T),
+            watermark: Some(T + 10),
+        };
+        let err = check(&set(&[V1]), &set(&[V1, &v2(T + 5, true)]), ahead).unwrap_err();
+        assert!(err.contains("the watermark is already at"), "{err}");
+        // Not migrating: the instances in flight stay on version 1 whatever went out.
+        assert!(check(&set(&[V1]), &set(&[V1, &v2(T + 5, false)]), ahead).is_ok());
     }
 
     #[test]
     fn a_version_changed_in_place_is_refused() {
         let changed = V1.replace("goal: paid", "goal: paid\nre-entry: after-end");
-        let err = check(&set(&[V1]), &set(&[&changed]), Some(T)).unwrap_err();
+        let err = check(&set(&[V1]), &set(&[&changed]), seen(T)).unwrap_err();
         assert!(err.contains("version 1 changed in place"), "{err}");
         assert!(err.contains("put the change in version 2"), "{err}");
     }
 
     #[test]
     fn a_version_removed_needs_a_later_version_migrating_it() {
-        let err = check(&set(&[V1]), &set(&[&v2(T + 1, false)]), Some(T)).unwrap_err();
+        let err = check(&set(&[V1]), &set(&[&v2(T + 1, false)]), seen(T)).unwrap_err();
         assert!(
             err.contains("add `migrate-from: [1]` to version 2"),
             "{err}"
         );
-        let changes = check(&set(&[V1]), &set(&[&v2(T + 1, true)]), Some(T)).unwrap();
+        let changes = check(&set(&[V1]), &set(&[&v2(T + 1, true)]), seen(T)).unwrap();
         assert_eq!((changes.added.len(), changes.removed.len()), (1, 1));
     }
 
     #[test]
     fn a_new_journey_needs_effective_from_and_a_removed_one_is_allowed() {
         let other = V1.replace("journey: trial", "journey: other");
-        let err = check(&set(&[V1]), &set(&[V1, &other]), Some(T)).unwrap_err();
+        let err = check(&set(&[V1]), &set(&[V1, &other]), seen(T)).unwrap_err();
         assert!(
             err.contains("journey `other` is new: give it `effective-from:`"),
             "{err}"
         );
-        let removed = check(&set(&[V1, &other]), &set(&[V1]), Some(T)).unwrap();
+        let removed = check(&set(&[V1, &other]), &set(&[V1]), seen(T)).unwrap();
         assert_eq!(removed.removed[0].name, "other");
     }
 

@@ -20,6 +20,9 @@ pub const FORGET_EVENT_TYPE: &str = "waymark.forget";
 /// Meta key under which the runtime keeps its watermark.
 pub const META_WATERMARK: &str = "watermark";
 
+/// Meta key under which the runtime keeps the newest customer event time it processed.
+pub const META_NEWEST_EVENT: &str = "newest-event";
+
 /// Why an input record was refused (it goes to the dead-letter topic with this code).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -145,6 +148,10 @@ pub struct PartitionRuntime {
     /// `(due, customer id)` for every customer with something due later.
     timers: BTreeSet<(Millis, String)>,
     watermark: Millis,
+    /// The newest customer event time processed (a live reload's `effective-from` must be
+    /// later), and whether it changed since the last flush.
+    newest_event: Millis,
+    newest_event_changed: bool,
     allowed_lateness: Millis,
     stats: RuntimeStats,
 }
@@ -167,12 +174,22 @@ impl PartitionRuntime {
             }
             _ => Millis::MIN,
         };
+        let newest_event = match store.get_meta(META_NEWEST_EVENT)? {
+            Some(bytes) if bytes.len() == 8 => {
+                Millis::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))
+            }
+            // State written before it was kept: every event processed was at most the allowed
+            // lateness past the watermark.
+            _ => watermark.saturating_add(allowed_lateness),
+        };
         Ok(PartitionRuntime {
             engine,
             store,
             cache: StateCache::new(cache_capacity),
             timers,
             watermark,
+            newest_event,
+            newest_event_changed: false,
             allowed_lateness,
             stats: RuntimeStats::default(),
         })
@@ -181,6 +198,11 @@ impl PartitionRuntime {
     /// The current watermark (`Millis::MIN` before the first event).
     pub fn watermark(&self) -> Millis {
         self.watermark
+    }
+
+    /// The newest customer event time processed (`Millis::MIN` before the first).
+    pub fn newest_event(&self) -> Millis {
+        self.newest_event
     }
 
     /// Counters since start.
@@ -247,6 +269,10 @@ impl PartitionRuntime {
         }
         self.count(&out[before..]);
         if !ev.event_type.starts_with(OUTCOME_EVENT_PREFIX) {
+            if ev.occurred_at > self.newest_event {
+                self.newest_event = ev.occurred_at;
+                self.newest_event_changed = true;
+            }
             self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
         }
         Ok(applied)
@@ -379,7 +405,11 @@ impl PartitionRuntime {
 
     /// Encodes every change since the last flush without writing it (see
     /// [`StateCache::prepare`]); nothing may change before [`PartitionRuntime::write_prepared`].
-    pub fn prepare(&self) -> Result<PreparedBatch, StateError> {
+    pub fn prepare(&mut self) -> Result<PreparedBatch, StateError> {
+        if std::mem::take(&mut self.newest_event_changed) {
+            self.cache
+                .put_meta(META_NEWEST_EVENT, self.newest_event.to_be_bytes().to_vec());
+        }
         self.cache.prepare()
     }
 
