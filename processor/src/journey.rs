@@ -884,6 +884,19 @@ impl JourneySet {
     }
 }
 
+/// Journeys parsed from texts named `j0.yaml`, `j1.yaml`, … (tests).
+#[cfg(test)]
+pub(crate) fn parsed(texts: &[&str]) -> JourneySet {
+    JourneySet::from_journeys(
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| parse_journey(Path::new(&format!("j{i}.yaml")), t).unwrap())
+            .collect(),
+    )
+    .unwrap()
+}
+
 /// Parses and validates one journey file's text.
 pub fn parse_journey(path: &Path, text: &str) -> Result<Journey, JourneyError> {
     let def: JourneyDef = serde_saphyr::from_str(text).map_err(|e| {

@@ -331,7 +331,7 @@ pub fn watch(live: Arc<LiveJourneys>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::parse_journey;
+    use crate::journey::parsed as set;
 
     const V1: &str = "journey: trial\nversion: 1\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\n";
     const T: Millis = 1_772_400_000_000;
@@ -353,17 +353,6 @@ mod tests {
             newest_event: Some(t),
             watermark: Some(t - 1000),
         }
-    }
-
-    fn set(texts: &[&str]) -> JourneySet {
-        JourneySet::from_journeys(
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| parse_journey(Path::new(&format!("j{i}.yaml")), t).unwrap())
-                .collect(),
-        )
-        .unwrap()
     }
 
     #[test]

@@ -236,21 +236,9 @@ fn changes(was: &Journey, now: &Journey) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::parse_journey;
-    use std::path::Path;
+    use crate::journey::parsed as set;
 
     const V1: &str = "journey: trial\nversion: 1\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n      - id: call\n        delay: 7d\n        channel: contact-center\n";
-
-    fn set(texts: &[&str]) -> JourneySet {
-        JourneySet::from_journeys(
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| parse_journey(Path::new(&format!("j{i}.yaml")), t).unwrap())
-                .collect(),
-        )
-        .unwrap()
-    }
 
     fn v2(extra: &str) -> String {
         V1.replace(

@@ -17,12 +17,7 @@ fn v2(effective_from: Millis, migrate: bool) -> String {
 }
 
 fn engine(texts: &[&str]) -> Arc<Engine> {
-    let journeys = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| parse_journey(Path::new(&format!("trial-{i}.yaml")), t).unwrap())
-        .collect();
-    Arc::new(Engine::new(JourneySet::from_journeys(journeys).unwrap()))
+    Arc::new(Engine::new(crate::journey::parsed(texts)))
 }
 
 /// `(customer, action, journey version, due)` of every command.
