@@ -505,7 +505,8 @@ impl Engine {
         // Per journey: its instances, all its candidates, and the ones due now (not handled).
         let mut derived = Vec::new();
         // A migrated instance's versions share its ids (its entry, and its steps that both
-        // define, are derived by both): the earlier version's output goes out.
+        // define, are derived by both): the earlier version's output goes out. Only migrated
+        // instances (a span narrower than all time) can collide.
         let mut claimed: HashSet<(&str, u64)> = HashSet::new();
         for (journey, instances, _) in self.units(state) {
             if instances.is_empty() {
@@ -525,7 +526,8 @@ impl Engine {
                     continue;
                 }
                 if c.due <= watermark {
-                    if claimed.insert((journey.name.as_str(), c.key)) {
+                    let migrated = instances[c.instance].span != (Millis::MIN, Millis::MAX);
+                    if !migrated || claimed.insert((journey.name.as_str(), c.key)) {
                         ready.push(*c);
                     }
                 } else {

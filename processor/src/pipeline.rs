@@ -169,23 +169,34 @@ fn retry_call<E: std::fmt::Display>(
 /// left open, and whose reconciliation puts the local state back in line with the offsets the
 /// group committed.
 fn retry_transaction_call(
-    what: &str,
+    action: &'static str,
     call: impl FnMut() -> KafkaResult<()>,
-) -> Result<(), TxnCall<KafkaError>> {
+) -> Result<(), TxnFailure> {
     retry_call(
-        what,
+        action,
         TRANSACTION_RETRY_BUDGET,
         TRANSACTION_RETRY_PAUSE,
         |e| matches!(e, KafkaError::Transaction(t) if t.is_retriable()),
         call,
     )
+    .map_err(|call| TxnFailure { action, call })
 }
 
-impl TxnCall<KafkaError> {
+/// A transaction call (or, at least once, the offset commit) that failed, and what it was.
+#[derive(Debug)]
+struct TxnFailure {
+    /// What was attempted, e.g. `commit the transaction`.
+    action: &'static str,
+    /// How it failed.
+    call: TxnCall<KafkaError>,
+}
+
+impl TxnFailure {
     /// The error a transaction call that was given up on stops the pipeline with: a stuck
     /// client is restartable, another failure is not.
-    fn into_error(self, action: &'static str) -> PipelineError {
-        match self {
+    fn into_error(self) -> PipelineError {
+        let action = self.action;
+        match self.call {
             TxnCall::Failed(source) => PipelineError::Kafka { action, source },
             TxnCall::Stuck { error, attempts } => PipelineError::ClientFatal {
                 client: "producer",
@@ -198,13 +209,15 @@ impl TxnCall<KafkaError> {
     }
 }
 
-/// Makes every customer of the partition due when a loaded version migrates the instances in
-/// flight (if that is still ahead of the partition's watermark); returns how many customers.
+/// Makes every customer of the partition due when a loaded version next migrates the instances
+/// in flight (if that is still ahead of the partition's watermark); returns how many customers.
+/// One look by the engine with every version loaded is enough: its next wake-up then counts the
+/// later migrations too.
 fn wake_for_migrations(engine: &Engine, part: &mut Partition) -> Result<usize, StateError> {
-    let mut woken = 0;
-    for at in reload::pending_migrations(engine, part.runtime.watermark()) {
-        woken = woken.max(part.runtime.wake_all_by(at)?);
-    }
+    let Some(at) = reload::next_migration(engine, part.runtime.watermark()) else {
+        return Ok(0);
+    };
+    let woken = part.runtime.wake_all_by(at)?;
     if woken > 0 {
         tracing::info!(
             customers = woken,
@@ -1314,13 +1327,11 @@ impl Core {
                     retry_transaction_call("send offsets to the transaction", || {
                         self.producer
                             .send_offsets_to_transaction(&offsets, group, timeout)
-                    })
-                    .map_err(|e| (e, "send offsets to the transaction"))?;
+                    })?;
                 }
                 retry_transaction_call("commit the transaction", || {
                     self.producer.commit_transaction(timeout)
                 })
-                .map_err(|e| (e, "commit the transaction"))
             })()
         } else {
             // At least once: every output is acknowledged before the offsets move on.
@@ -1333,17 +1344,23 @@ impl Core {
                         Ok(())
                     }
                 })
-                .map_err(|e| (TxnCall::Failed(e), "commit the consumed offsets"))
+                .map_err(|e| TxnFailure {
+                    action: "commit the consumed offsets",
+                    call: TxnCall::Failed(e),
+                })
         };
         self.in_transaction = false;
-        if let Err((e, action)) = result {
+        if let Err(failure) = result {
             self.metrics
                 .transaction(false, started.elapsed().as_secs_f64());
-            return match e {
-                TxnCall::Failed(e) => self.abort_and_rewind(consumer, e),
+            return match failure {
+                TxnFailure {
+                    call: TxnCall::Failed(e),
+                    ..
+                } => self.abort_and_rewind(consumer, e),
                 // No abort: it would wait on the same stuck client. The next producer's
                 // `init_transactions` aborts the open transaction.
-                stuck @ TxnCall::Stuck { .. } => Err(stuck.into_error(action)),
+                stuck => Err(stuck.into_error()),
             };
         }
         self.summary.transactions += 1;
@@ -1390,7 +1407,7 @@ impl Core {
                 self.producer.abort_transaction(Duration::from_secs(30))
             })
         {
-            return Err(abort.into_error("abort the transaction"));
+            return Err(abort.into_error());
         }
         self.outputs.clear();
         self.latencies.clear();
@@ -1773,18 +1790,25 @@ mod tests {
     #[test]
     fn a_stuck_transaction_call_restarts_the_pipeline_and_another_failure_stops_it() {
         use crate::shutdown::Restartable;
-        let stuck = TxnCall::Stuck {
-            error: KafkaError::Canceled,
-            attempts: 4,
+        let stuck = TxnFailure {
+            action: "commit the transaction",
+            call: TxnCall::Stuck {
+                error: KafkaError::Canceled,
+                attempts: 4,
+            },
         }
-        .into_error("commit the transaction");
+        .into_error();
         assert!(stuck.restartable());
         let message = stuck.to_string();
         assert!(
             message.contains("could not commit the transaction for 90 s (4 attempts"),
             "{message}"
         );
-        let failed = TxnCall::Failed(KafkaError::Canceled).into_error("commit the transaction");
+        let failed = TxnFailure {
+            action: "commit the transaction",
+            call: TxnCall::Failed(KafkaError::Canceled),
+        }
+        .into_error();
         assert!(!failed.restartable());
     }
 }

@@ -139,19 +139,16 @@ pub fn check(old: &JourneySet, new: &JourneySet, processed: Processed) -> Result
     Ok(changes)
 }
 
-/// The times at which versions of `engine` migrate instances in flight, later than
-/// `watermark`: every customer must be looked at then.
-pub fn pending_migrations(engine: &Engine, watermark: Millis) -> Vec<Millis> {
-    let mut at: Vec<Millis> = engine
+/// The earliest time, later than `watermark`, at which a version of `engine` migrates the
+/// instances in flight: every customer must be looked at then.
+pub fn next_migration(engine: &Engine, watermark: Millis) -> Option<Millis> {
+    engine
         .journeys()
         .iter()
         .filter(|j| !j.migrate_from.is_empty())
         .filter_map(|j| j.effective_from)
         .filter(|from| *from > watermark)
-        .collect();
-    at.sort_unstable();
-    at.dedup();
-    at
+        .min()
 }
 
 /// One loaded journey version, as a reload reports it.

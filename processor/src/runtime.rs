@@ -168,20 +168,16 @@ impl PartitionRuntime {
         for (due, id) in store.due_timers(Millis::MAX, usize::MAX)? {
             timers.insert((due, id));
         }
-        let watermark = match store.get_meta(META_WATERMARK)? {
-            Some(bytes) if bytes.len() == 8 => {
-                Millis::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))
-            }
-            _ => Millis::MIN,
+        let time_meta = |key| -> Result<Option<Millis>, StateError> {
+            Ok(store
+                .get_meta(key)?
+                .and_then(|bytes| bytes.try_into().ok().map(Millis::from_be_bytes)))
         };
-        let newest_event = match store.get_meta(META_NEWEST_EVENT)? {
-            Some(bytes) if bytes.len() == 8 => {
-                Millis::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))
-            }
-            // State written before it was kept: every event processed was at most the allowed
-            // lateness past the watermark.
-            _ => watermark.saturating_add(allowed_lateness),
-        };
+        let watermark = time_meta(META_WATERMARK)?.unwrap_or(Millis::MIN);
+        // State written before it was kept: every event processed was at most the allowed
+        // lateness past the watermark.
+        let newest_event = time_meta(META_NEWEST_EVENT)?
+            .unwrap_or_else(|| watermark.saturating_add(allowed_lateness));
         Ok(PartitionRuntime {
             engine,
             store,
@@ -339,7 +335,6 @@ impl PartitionRuntime {
         Ok(true)
     }
 
-    /// Records a customer's wake-up moving from `old` to `new` in both index copies.
     /// Runs `engine` from now on (a live journey reload).
     pub fn set_engine(&mut self, engine: Arc<Engine>) {
         self.engine = engine;
@@ -371,6 +366,7 @@ impl PartitionRuntime {
         Ok(moved)
     }
 
+    /// Records a customer's wake-up moving from `old` to `new` in both index copies.
     fn move_timer(&mut self, customer: &str, old: Option<Millis>, new: Option<Millis>) {
         if old == new {
             return;
