@@ -206,13 +206,7 @@ fn migrate_from_moves_instances_in_flight_and_keeps_what_was_sent() {
     );
     // The migrated instance keeps its ids: version 2's SMS is numbered as instance 1 of
     // version 1, and the step new in version 2 is reported once, at its real time.
-    let text = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Command(c) if c.action == "text" => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let text = the_command(&out, "text");
     assert_eq!(
         text.command_id,
         stable_id(&["trial", "1", "flight", "1", "nudge", "text"])
@@ -265,13 +259,7 @@ fn a_migrating_version_alone_takes_over_the_instances_of_the_removed_one() {
         vec![("flight".into(), "text".into(), 2, T0 + 6 * D)],
         "nothing due before effective-from is sent again"
     );
-    let Output::Command(c) = out
-        .iter()
-        .find(|o| matches!(o, Output::Command(_)))
-        .unwrap()
-    else {
-        unreachable!()
-    };
+    let c = the_command(&out, "text");
     assert_eq!(
         c.command_id,
         stable_id(&["trial", "1", "flight", "1", "nudge", "text"])
