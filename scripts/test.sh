@@ -45,7 +45,13 @@ step "start the test broker on $WAYMARK_TEST_BROKERS (fresh storage)"
 # Every scenario creates its own topics; a fresh broker keeps restarts (the chaos tests) fast.
 bash scripts/kafka.sh reset
 bash scripts/kafka.sh start
-trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
+trap 'bash scripts/kafka.sh stop >/dev/null 2>&1 || true; bash scripts/registry.sh stop >/dev/null 2>&1 || true' EXIT
+
+step "start the test schema registry (Apicurio, Confluent-compatible API, in-memory)"
+export REGISTRY_PORT=${WAYMARK_TEST_REGISTRY_PORT:-18081}
+bash scripts/registry.sh start
+WAYMARK_TEST_REGISTRY=$(bash scripts/registry.sh url)
+export WAYMARK_TEST_REGISTRY
 
 step "end-to-end scenarios against the real broker"
 e2e=0

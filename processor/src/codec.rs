@@ -153,6 +153,9 @@ pub enum LookupError {
     /// The registry answered: no schema has this id. The record cannot be read.
     #[error("no schema is registered under this id")]
     Unknown,
+    /// The registry answered with a schema that is not Avro, or that does not parse.
+    #[error("{0}")]
+    Unusable(String),
     /// The registry could not be asked (network, HTTP 5xx, ...). The record may be fine.
     #[error("{0}")]
     Unavailable(String),
@@ -216,14 +219,14 @@ pub enum CodecError {
     },
     /// The datum ended before the record was complete.
     #[error(
-        "{record} v{version} datum ends early ({reason}): the value was cut off or written with \
+        "{record}{version} datum ends early ({reason}): the value was cut off or written with \
          another schema{hint}; check the producer's serializer"
     )]
     Truncated {
         /// Record type expected.
         record: &'static str,
-        /// Current schema version of that record.
-        version: u32,
+        /// Current schema version of that record (none for an upstream record).
+        version: SchemaVersion,
         /// What the Avro decoder was reading when the bytes ran out.
         reason: String,
         /// A guess at what the bytes are instead, or empty.
@@ -237,13 +240,13 @@ pub enum CodecError {
     },
     /// The bytes do not decode as an Avro datum of the writer schema.
     #[error(
-        "record is not Avro {record} v{version}: {reason}{hint}; check the producer's serializer"
+        "record is not Avro {record}{version}: {reason}{hint}; check the producer's serializer"
     )]
     NotAvro {
         /// Record type expected.
         record: &'static str,
-        /// Current schema version of that record.
-        version: u32,
+        /// Current schema version of that record (none for an upstream record).
+        version: SchemaVersion,
         /// What the Avro decoder found wrong.
         reason: String,
         /// A guess at what the bytes are instead, or empty.
@@ -251,15 +254,15 @@ pub enum CodecError {
     },
     /// A complete datum was followed by more bytes.
     #[error(
-        "{extra} bytes left over after a complete {record} v{version}: the producer wrote with \
+        "{extra} bytes left over after a complete {record}{version}: the producer wrote with \
          another (newer?) schema{hint}; frame values with a schema registry (Confluent wire \
          format) so the writer schema is known, or check the producer's serializer"
     )]
     TrailingBytes {
         /// Record type expected.
         record: &'static str,
-        /// Current schema version of that record.
-        version: u32,
+        /// Current schema version of that record (none for an upstream record).
+        version: SchemaVersion,
         /// Number of bytes after the datum.
         extra: usize,
         /// A guess at what the bytes are instead, or empty.
@@ -273,6 +276,17 @@ pub enum CodecError {
     UnknownSchema {
         /// The id the value carries.
         id: u32,
+    },
+    /// The registry's schema under the value's id is not an Avro schema Waymark can read.
+    #[error(
+        "schema id {id} cannot be used: {reason}; upstream values read through input-mapping \
+         must be Avro written with a schema-registry serializer"
+    )]
+    UnusableSchema {
+        /// The id the value carries.
+        id: u32,
+        /// Why the schema cannot be used.
+        reason: String,
     },
     /// The schema registry could not be asked; the value itself may be fine.
     #[error(
@@ -359,13 +373,14 @@ pub enum CodecError {
 
 impl CodecError {
     /// Every value [`CodecError::kind`] can return, for pre-registering metric label values.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "empty",
         "truncated",
         "bad_magic",
         "not_avro",
         "trailing_bytes",
         "unknown_schema",
+        "unusable_schema",
         "registry_unavailable",
         "incompatible_schema",
         "missing_field",
@@ -384,6 +399,7 @@ impl CodecError {
             CodecError::NotAvro { .. } => "not_avro",
             CodecError::TrailingBytes { .. } => "trailing_bytes",
             CodecError::UnknownSchema { .. } => "unknown_schema",
+            CodecError::UnusableSchema { .. } => "unusable_schema",
             CodecError::RegistryUnavailable { .. } => "registry_unavailable",
             CodecError::IncompatibleSchema { .. } => "incompatible_schema",
             CodecError::MissingField { .. } => "missing_field",
@@ -490,19 +506,63 @@ pub fn decode<T: AvroRecord>(
     if bytes.is_empty() {
         return Err(CodecError::Empty { record: T::NAME });
     }
+    let expected = (T::NAME, SchemaVersion(Some(T::VERSION)));
     let value = match framing {
-        Framing::Raw => read_datum::<T>(bytes, T::schema(), bytes, framing)?,
+        Framing::Raw => read_datum(bytes, T::schema(), bytes, framing, expected)?,
         Framing::Confluent { .. } => {
-            let (id, datum) = split_confluent(bytes)?;
-            let writer = schemas.writer_schema(id).map_err(|e| match e {
-                LookupError::Unknown => CodecError::UnknownSchema { id },
-                LookupError::Unavailable(reason) => CodecError::RegistryUnavailable { id, reason },
-            })?;
-            let value = read_datum::<T>(datum, &writer, bytes, framing)?;
+            let (id, datum, writer) = writer_schema_of(bytes, schemas)?;
+            let value = read_datum(datum, &writer, bytes, framing, expected)?;
             resolve::<T>(value, &writer, id)?
         }
     };
     T::from_avro(value)
+}
+
+/// A Confluent-framed value's schema id, datum and writer schema (looked up in `schemas`).
+fn writer_schema_of<'a>(
+    bytes: &'a [u8],
+    schemas: &dyn SchemaLookup,
+) -> Result<(u32, &'a [u8], Arc<Schema>), CodecError> {
+    let (id, datum) = split_confluent(bytes)?;
+    let writer = schemas.writer_schema(id).map_err(|e| match e {
+        LookupError::Unknown => CodecError::UnknownSchema { id },
+        LookupError::Unusable(reason) => CodecError::UnusableSchema { id, reason },
+        LookupError::Unavailable(reason) => CodecError::RegistryUnavailable { id, reason },
+    })?;
+    Ok((id, datum, writer))
+}
+
+/// Reads a Confluent-framed value with its own writer schema, not resolved to any of
+/// Waymark's: for upstream records of other shapes (an input mapping picks the fields).
+/// `record` names what was expected in errors.
+pub(crate) fn decode_with_writer_schema(
+    bytes: &[u8],
+    schemas: &dyn SchemaLookup,
+    record: &'static str,
+) -> Result<Value, CodecError> {
+    let framing = Framing::Confluent { schema_id: 0 };
+    let (_, datum, writer) = writer_schema_of(bytes, schemas)?;
+    read_datum(
+        datum,
+        &writer,
+        bytes,
+        framing,
+        (record, SchemaVersion(None)),
+    )
+}
+
+/// The version of the schema a record was expected in, for messages: ` v3` for Waymark's
+/// own records, nothing for upstream records read with their writer schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion(pub Option<u32>);
+
+impl std::fmt::Display for SchemaVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, " v{v}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Decodes a customer event in the configured input format; `framing` and `schemas` apply to
@@ -519,16 +579,50 @@ pub fn decode_customer_event_with(
     }
 }
 
-/// Decodes a value of the input topic: through `mapping` when upstream sends its own JSON
-/// shape (config `input-mapping`), else as a customer event in `format`.
-pub fn decode_input(
-    bytes: &[u8],
-    format: InputFormat,
-    mapping: Option<&InputMapping>,
-) -> Result<CustomerEvent, CodecError> {
-    match mapping {
-        Some(m) => m.decode(bytes),
-        None => decode_customer_event(bytes, format),
+/// How the values of the input topic are read: their format, the mapping of upstream shapes
+/// (config `input-mapping`) and the schema registry of Confluent-framed Avro values.
+#[derive(Clone, Default)]
+pub struct InputDecoder {
+    /// Encoding of the values.
+    pub format: InputFormat,
+    /// Where a customer event's fields are in an upstream value, when it is not one.
+    pub mapping: Option<InputMapping>,
+    /// Writer schemas of Avro values in the Confluent wire format; `None`: Avro values are
+    /// bare `CustomerEvent` datums ([`Framing::Raw`]).
+    pub registry: Option<Arc<dyn SchemaLookup>>,
+}
+
+impl std::fmt::Debug for InputDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputDecoder")
+            .field("format", &self.format)
+            .field("mapping", &self.mapping)
+            .field("registry", &self.registry.is_some())
+            .finish()
+    }
+}
+
+impl InputDecoder {
+    /// Reads values in `format`, with no mapping and no registry.
+    pub fn plain(format: InputFormat) -> InputDecoder {
+        InputDecoder {
+            format,
+            ..InputDecoder::default()
+        }
+    }
+
+    /// One value of the input topic as a customer event.
+    pub fn decode(&self, bytes: &[u8]) -> Result<CustomerEvent, CodecError> {
+        let registry = self.registry.as_deref().unwrap_or(&NoRegistry);
+        match (&self.mapping, self.format) {
+            (Some(m), InputFormat::Json) => m.decode(bytes),
+            (Some(m), InputFormat::Avro) => m.decode_avro(bytes, registry),
+            (None, InputFormat::Json) => decode_customer_event_json(bytes),
+            (None, InputFormat::Avro) => match self.registry {
+                Some(_) => decode(bytes, Framing::Confluent { schema_id: 0 }, registry),
+                None => decode(bytes, Framing::Raw, registry),
+            },
+        }
     }
 }
 
@@ -642,23 +736,24 @@ fn split_confluent(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
 /// (a 10-byte value claiming a map of 400 million entries aborts the process on allocation) and
 /// reads some truncated values as null instead of failing. After the walk every length is known
 /// to fit the bytes, so decoding allocates at most in proportion to the value's size.
-fn read_datum<T: AvroRecord>(
+fn read_datum(
     datum: &[u8],
     writer: &Schema,
     whole_value: &[u8],
     framing: Framing,
+    (record, version): (&'static str, SchemaVersion),
 ) -> Result<Value, CodecError> {
     let hint = avro_hint(whole_value, framing);
     let not_avro = |reason: String| CodecError::NotAvro {
-        record: T::NAME,
-        version: T::VERSION,
+        record,
+        version,
         reason,
         hint,
     };
     let used = DatumCheck::new(writer, datum).run().map_err(|e| match e {
         DatumError::Truncated { reading } => CodecError::Truncated {
-            record: T::NAME,
-            version: T::VERSION,
+            record,
+            version,
             reason: format!("the bytes end inside {reading}"),
             hint,
         },
@@ -666,8 +761,8 @@ fn read_datum<T: AvroRecord>(
     })?;
     if used < datum.len() {
         return Err(CodecError::TrailingBytes {
-            record: T::NAME,
-            version: T::VERSION,
+            record,
+            version,
             extra: datum.len() - used,
             hint,
         });

@@ -240,9 +240,16 @@ pub struct Config {
     #[serde(default)]
     pub input_format: InputFormat,
     /// Upstream events that are not `CustomerEvent`s: JSON pointers to their customer id,
-    /// type, time, id and attributes (see `codec::InputMapping`). Needs `input-format: json`.
+    /// type, time, id and attributes (see `codec::InputMapping`). With `input-format: json`
+    /// the values are JSON; with `input-format: avro` they are Avro in the Confluent wire
+    /// format, read with their writer schema from `schema-registry`.
     #[serde(default)]
     pub input_mapping: Option<crate::codec::InputMapping>,
+    /// A Confluent-compatible schema registry (`url`, `timeout-secs`, `retry-secs`). When set,
+    /// Avro input values are in the Confluent wire format and read with the writer schema
+    /// their id names. Default: none (bare Avro `CustomerEvent` datums).
+    #[serde(default)]
+    pub schema_registry: Option<crate::registry::RegistryConfig>,
     /// `exactly-once` (default) or `at-least-once`. Flag `--processing-guarantee`,
     /// environment `WAYMARK_PROCESSING_GUARANTEE`.
     #[serde(default)]
@@ -510,6 +517,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             input_format: InputFormat::default(),
             input_mapping: None,
+            schema_registry: None,
             processing_guarantee: ProcessingGuarantee::default(),
             read_outcomes: true,
             journeys: default_journeys(),
@@ -636,11 +644,21 @@ impl Config {
         if self.commit_interval_ms == 0 {
             return Err(invalid("commit-interval-ms", "must be at least 1"));
         }
+        if let Some(r) = &self.schema_registry {
+            r.validate().map_err(|e| invalid("schema-registry", &e))?;
+            if self.input_format == InputFormat::Json {
+                return Err(invalid(
+                    "schema-registry",
+                    "is for Avro input; with `input-format: json` leave it out",
+                ));
+            }
+        }
         if let Some(m) = &self.input_mapping {
-            if self.input_format != InputFormat::Json {
+            if self.input_format == InputFormat::Avro && self.schema_registry.is_none() {
                 return Err(invalid(
                     "input-mapping",
-                    "maps JSON values; set `input-format: json` too",
+                    "maps JSON values (`input-format: json`), or Avro values written with a \
+                     schema registry's serializer (set `schema-registry.url` too)",
                 ));
             }
             m.validate().map_err(|e| invalid("input-mapping", &e))?;
@@ -789,7 +807,25 @@ mod tests {
             Config::load(Some(&path), &Overrides::default())
         };
         let e = load(mapping).unwrap_err().to_string();
-        assert!(e.contains("input-format: json"), "{e}");
+        assert!(
+            e.contains("input-format: json") && e.contains("schema-registry.url"),
+            "{e}"
+        );
+        // Avro values through a schema registry.
+        let registry = "schema-registry:\n  url: http://registry:8081\n";
+        let cfg = load(&format!("{registry}{mapping}")).unwrap();
+        assert_eq!(cfg.schema_registry.unwrap().retry_secs, 30);
+        let e = load(&format!("input-format: json\n{registry}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("schema-registry") && e.contains("Avro input"),
+            "{e}"
+        );
+        let e = load("schema-registry:\n  url: registry:8081\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schema-registry.url"), "{e}");
         let cfg = load(&format!("input-format: json\n{mapping}")).unwrap();
         assert_eq!(cfg.input_mapping.unwrap().fixed_type.as_deref(), Some("t"));
         let e = load(&format!(

@@ -570,7 +570,7 @@ pub struct HistoryStats {
 pub fn read_history(
     brokers: &str,
     topic: &str,
-    format: InputFormat,
+    input: &codec::InputDecoder,
     since: Option<i64>,
     to: Option<i64>,
     out: &mut impl Write,
@@ -646,7 +646,7 @@ pub fn read_history(
                     open.remove(&p);
                     continue;
                 }
-                match codec::decode_customer_event(msg.payload().unwrap_or_default(), format) {
+                match input.decode(msg.payload().unwrap_or_default()) {
                     Ok(ev) => per_partition[p as usize].push(ev),
                     Err(e) => {
                         stats.undecodable += 1;

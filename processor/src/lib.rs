@@ -8,7 +8,9 @@
 //! # Layout
 //!
 //! - [`model`]: the records of the data contract (events, commands, journey events, outcomes).
-//! - [`codec`]: their Avro wire form (and the JSON form upstream teams may produce).
+//! - [`codec`]: their Avro wire form (and the JSON form upstream teams may produce), and the
+//!   input mapping of upstream records that are not `CustomerEvent`s.
+//! - [`registry`]: the schema registry client behind Confluent-framed Avro values.
 //! - [`journey`]: journey definitions: YAML, validation, compiled form.
 //! - [`engine`]: the journey semantics. **Pure: no I/O, no clock**; shared by live and offline.
 //! - [`state`]: per-partition state behind the `StateStore` seam (RocksDB, memory) and the
@@ -46,6 +48,7 @@ pub mod loadgen;
 pub mod model;
 pub mod pipeline;
 pub mod protect;
+pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod shutdown;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use waymark::codec::InputDecoder;
 use waymark::config::{Config, InputFormat, Overrides, TopicsConfig};
 
 /// mimalloc instead of glibc's malloc: Waymark allocates per event and per output record, and
@@ -270,9 +271,11 @@ struct HistoryArgs {
     /// With --from-topic: read records before this time (RFC 3339); default: the end.
     #[arg(long, requires = "from_topic")]
     to: Option<String>,
-    /// With --from-topic: the encoding of the topic's values.
-    #[arg(long, value_enum, default_value_t = InputFormat::Avro)]
-    format: InputFormat,
+    /// With --from-topic: the encoding of the topic's values. Default: `input-format` of
+    /// --config, whose `input-mapping` and `schema-registry` apply too (the topic is read as
+    /// `waymark run` reads it); else avro.
+    #[arg(long, value_enum)]
+    format: Option<InputFormat>,
 }
 
 impl HistoryArgs {
@@ -285,18 +288,19 @@ impl HistoryArgs {
         }
     }
 
-    /// The events as JSON lines, streamed from the file or read from the topic range.
-    fn open(&self) -> Result<Box<dyn BufRead>> {
+    /// The events as JSON lines, streamed from the file or read from the topic range (whose
+    /// values are read as `config` says, when given).
+    fn open(&self, config: Option<&Path>) -> Result<Box<dyn BufRead>> {
         match &self.events {
             Some(path) => open_input(path),
-            None => Ok(Box::new(std::io::Cursor::new(self.read_topic()?))),
+            None => Ok(Box::new(std::io::Cursor::new(self.read_topic(config)?))),
         }
     }
 
     /// The events as JSON lines, all in memory (a backtest reads them twice).
-    fn read_all(&self) -> Result<Vec<u8>> {
+    fn read_all(&self, config: Option<&Path>) -> Result<Vec<u8>> {
         let Some(path) = &self.events else {
-            return self.read_topic();
+            return self.read_topic(config);
         };
         let mut bytes = Vec::new();
         open_input(path)?
@@ -306,16 +310,28 @@ impl HistoryArgs {
     }
 
     /// The `--from-topic` range as JSON lines.
-    fn read_topic(&self) -> Result<Vec<u8>> {
+    fn read_topic(&self, config: Option<&Path>) -> Result<Vec<u8>> {
         let topic = self
             .from_topic
             .as_deref()
             .context("give --events or --from-topic")?;
         let since = time_flag("since", self.since.as_deref())?;
         let to = time_flag("to", self.to.as_deref())?;
+        let input = match config {
+            Some(path) => {
+                let cfg = Config::load(Some(path), &Overrides::default())?;
+                waymark::registry::input_decoder(
+                    self.format.unwrap_or(cfg.input_format),
+                    cfg.input_mapping.as_ref(),
+                    cfg.schema_registry.as_ref(),
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => InputDecoder::plain(self.format.unwrap_or_default()),
+        };
         let mut buf = Vec::new();
         let stats =
-            waymark::kafka::read_history(&self.brokers, topic, self.format, since, to, &mut buf)?;
+            waymark::kafka::read_history(&self.brokers, topic, &input, since, to, &mut buf)?;
         for e in &stats.examples {
             eprintln!("{topic} {e}: skipped");
         }
@@ -591,7 +607,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 costs.set(spec).map_err(|e| anyhow::anyhow!("--cost {e}"))?;
             }
             let opts = args.offline.options()?;
-            let history = args.history.read_all()?;
+            let history = args.history.read_all(config.as_deref())?;
             let mut sides = Vec::new();
             for journeys in [&args.journey, &args.against] {
                 let engine = args.offline.engine(journeys)?;
@@ -627,7 +643,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = args.offline.options()?;
             let stdout = std::io::stdout();
             let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-            let report = simulate(engine, args.history.open()?, &mut out, &opts)?;
+            let report = simulate(
+                engine,
+                args.history.open(config.as_deref())?,
+                &mut out,
+                &opts,
+            )?;
             for (line, why) in &report.rejected {
                 eprintln!("{}:{line}: refused: {why}", args.history.name());
             }

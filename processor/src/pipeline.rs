@@ -257,6 +257,10 @@ pub enum PipelineError {
     /// The topics or settings do not fit together.
     #[error("{0}")]
     Setup(String),
+    /// The schema registry stayed unreachable for `schema-registry.retry-secs`; the pipeline
+    /// restarts from its last commit and reads the record again.
+    #[error("{0}")]
+    Registry(String),
     /// Local state failed.
     #[error("state of partition {partition} at {path}: {source}")]
     State {
@@ -279,7 +283,10 @@ pub enum PipelineError {
 
 impl crate::shutdown::Restartable for PipelineError {
     fn restartable(&self) -> bool {
-        matches!(self, PipelineError::ClientFatal { .. })
+        matches!(
+            self,
+            PipelineError::ClientFatal { .. } | PipelineError::Registry(_)
+        )
     }
 }
 
@@ -387,6 +394,8 @@ impl OutcomeInput {
 /// inside `poll`, on the same thread, while the loop holds no lock).
 struct Core {
     cfg: Config,
+    /// Reads `customer-events` values: format, input mapping, schema registry.
+    input: codec::InputDecoder,
     /// Block cache and memtable budget shared by every partition's database.
     rocks: RocksEnv,
     engine: Arc<Engine>,
@@ -1165,6 +1174,16 @@ impl Core {
             // Fetched just before the pause; read again after the restore (which seeks back).
             return Ok(());
         }
+        let payload = msg.payload().unwrap_or_default();
+        let decoded = self.input.decode(payload);
+        if let Err(e) = &decoded
+            && e.is_retryable()
+        {
+            // The record may be fine: do not dead-letter it, and do not count it as read (the
+            // revocation that follows commits what was read before it). The pipeline restarts
+            // from there and reads this record again.
+            return Err(PipelineError::Registry(e.to_string()));
+        }
         self.open_partition(partition)?;
         self.begin()?;
         self.summary.records += 1;
@@ -1173,12 +1192,6 @@ impl Core {
             p.caught_up = false;
             p.pending_offset = Some(msg.offset() + 1);
         }
-        let payload = msg.payload().unwrap_or_default();
-        let decoded = codec::decode_input(
-            payload,
-            self.cfg.input_format,
-            self.cfg.input_mapping.as_ref(),
-        );
         let Some(ev) = self.admit(msg, decoded)? else {
             self.metrics
                 .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
@@ -1495,10 +1508,17 @@ pub fn run(
     } else {
         None
     };
+    let input = crate::registry::input_decoder(
+        cfg.input_format,
+        cfg.input_mapping.as_ref(),
+        cfg.schema_registry.as_ref(),
+    )
+    .map_err(PipelineError::Setup)?;
     let input_topic = cfg.topics.customer_events.clone();
     let interval = Duration::from_millis(cfg.commit_interval_ms);
     let max_batch = cfg.max_batch_events;
     let core = Arc::new(Mutex::new(Core {
+        input,
         rocks,
         engine: journeys.engine(),
         metrics,

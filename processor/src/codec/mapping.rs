@@ -14,11 +14,16 @@
 //!     product_line: /order/line
 //! ```
 //!
+//! Upstream Avro is mapped the same way (`input-format: avro` with a `schema-registry`): each
+//! value is read with its own writer schema and the pointers walk the record as they would
+//! its JSON form ([`InputMapping::decode_avro`]).
+//!
 //! A record the mapping cannot read (a missing customer id, a time that is not a time) is
 //! refused with an error naming the pointer and the setting, and goes to the dead-letter topic.
 
 use std::collections::BTreeMap;
 
+use apache_avro::types::Value as AvroValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -89,10 +94,38 @@ impl InputMapping {
             reason: e.to_string(),
             hint: "",
         })?;
+        self.map(&value, bytes, "JSON")
+    }
+
+    /// Maps one Avro value in the Confluent wire format (magic byte, schema id, datum) to a
+    /// customer event: the writer schema comes from `schemas` (the schema registry), the
+    /// datum is read with it, and the pointers walk the record as they would its JSON form
+    /// (`/order/customer/id`; a union is its branch's value; an enum its symbol; timestamps
+    /// in milliseconds, micro- and nanosecond ones converted).
+    pub fn decode_avro(
+        &self,
+        bytes: &[u8],
+        schemas: &dyn super::SchemaLookup,
+    ) -> Result<CustomerEvent, CodecError> {
+        if bytes.is_empty() {
+            return Err(CodecError::Empty { record: RECORD });
+        }
+        let value = super::decode_with_writer_schema(bytes, schemas, RECORD)?;
+        self.map(&avro_to_json(value), bytes, "Avro")
+    }
+
+    /// The customer event the pointers find in `value`; `whole` (the record's bytes) seeds
+    /// the event id when no `event-id` pointer is set.
+    fn map(
+        &self,
+        value: &Value,
+        whole: &[u8],
+        format: &'static str,
+    ) -> Result<CustomerEvent, CodecError> {
         let text = |setting: &str, pointer: &str| -> Result<String, CodecError> {
             match value.pointer(pointer) {
                 None | Some(Value::Null) => Err(CodecError::MissingField {
-                    format: "JSON",
+                    format,
                     record: RECORD,
                     field: format!("{pointer} (input-mapping.{setting})"),
                 }),
@@ -131,7 +164,7 @@ impl InputMapping {
         };
         let event_id = match &self.event_id {
             Some(p) => text("event-id", p)?,
-            None => uuid::Uuid::new_v5(&MAPPED_ID_NAMESPACE, bytes).to_string(),
+            None => uuid::Uuid::new_v5(&MAPPED_ID_NAMESPACE, whole).to_string(),
         };
         let attributes = self
             .attributes
@@ -145,6 +178,36 @@ impl InputMapping {
             occurred_at,
             attributes,
         })
+    }
+}
+
+/// An Avro value as the JSON value the pointers walk: records and maps are objects, unions
+/// their branch, enums their symbol, every timestamp milliseconds since the epoch (so
+/// `occurred-at` reads a `timestamp-micros` field right), bytes and fixed arrays of numbers.
+/// A float that JSON cannot hold (NaN, infinity) is null.
+fn avro_to_json(value: AvroValue) -> Value {
+    match value {
+        AvroValue::Union(_, inner) => avro_to_json(*inner),
+        AvroValue::Record(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, avro_to_json(v)))
+                .collect(),
+        ),
+        AvroValue::Map(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, avro_to_json(v)))
+                .collect(),
+        ),
+        AvroValue::Array(items) => Value::Array(items.into_iter().map(avro_to_json).collect()),
+        AvroValue::TimestampMicros(t) | AvroValue::LocalTimestampMicros(t) => {
+            Value::from(t.div_euclid(1_000))
+        }
+        AvroValue::TimestampNanos(t) | AvroValue::LocalTimestampNanos(t) => {
+            Value::from(t.div_euclid(1_000_000))
+        }
+        leaf => Value::try_from(leaf).unwrap_or(Value::Null),
     }
 }
 
@@ -254,6 +317,108 @@ mod tests {
         );
         assert_eq!(m.decode(b"not json").unwrap_err().kind(), "not_json");
         assert_eq!(m.decode(b"").unwrap_err().kind(), "empty");
+    }
+
+    /// An upstream Avro record with a union, an enum, a nested record and a microsecond time.
+    const SHIPMENT: &str = r#"{"type":"record","name":"Shipment","namespace":"com.acme","fields":[
+        {"name":"id","type":"string"},
+        {"name":"kind","type":{"type":"enum","name":"Kind","symbols":["SHIPPED","RETURNED"]}},
+        {"name":"ts","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"account","type":{"type":"record","name":"Account","fields":[
+            {"name":"id","type":["null","long"]},
+            {"name":"email","type":["null","string"],"default":null},
+            {"name":"vip","type":"boolean"}]}},
+        {"name":"order","type":{"type":"map","values":"double"}}]}"#;
+
+    fn shipment(account_id: Option<i64>) -> Vec<u8> {
+        use apache_avro::types::Value as A;
+        let schema = apache_avro::Schema::parse_str(SHIPMENT).unwrap();
+        let id = match account_id {
+            Some(n) => A::Union(1, Box::new(A::Long(n))),
+            None => A::Union(0, Box::new(A::Null)),
+        };
+        let record = A::Record(vec![
+            ("id".into(), A::String("s-1".into())),
+            ("kind".into(), A::Enum(1, "RETURNED".into())),
+            ("ts".into(), A::TimestampMicros(1_772_359_200_000_123)),
+            (
+                "account".into(),
+                A::Record(vec![
+                    ("id".into(), id),
+                    (
+                        "email".into(),
+                        A::Union(1, Box::new(A::String("a@example.com".into()))),
+                    ),
+                    ("vip".into(), A::Boolean(true)),
+                ]),
+            ),
+            (
+                "order".into(),
+                A::Map([("amount".to_owned(), A::Double(19.5))].into()),
+            ),
+        ]);
+        let mut bytes = vec![0, 0, 0, 0, 42];
+        bytes.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
+        bytes
+    }
+
+    fn shipments() -> super::super::InMemorySchemas {
+        let mut schemas = super::super::InMemorySchemas::new();
+        schemas.insert(42, apache_avro::Schema::parse_str(SHIPMENT).unwrap());
+        schemas
+    }
+
+    #[test]
+    fn a_foreign_avro_record_maps_with_its_writer_schema_like_its_json_form() {
+        let ev = mapping()
+            .decode_avro(&shipment(Some(7)), &shipments())
+            .unwrap();
+        assert_eq!(ev.event_id, "s-1");
+        assert_eq!(ev.customer_id, "7", "a union's branch, a long as text");
+        assert_eq!(ev.event_type, "RETURNED", "an enum's symbol");
+        assert_eq!(
+            ev.occurred_at, 1_772_359_200_000,
+            "microseconds → milliseconds"
+        );
+        assert_eq!(ev.attributes["email"], "a@example.com");
+        assert_eq!(ev.attributes["vip"], "true");
+        assert_eq!(ev.attributes["amount"], "19.5", "a map value");
+    }
+
+    #[test]
+    fn an_avro_record_the_mapping_cannot_read_is_refused_like_json() {
+        let m = mapping();
+        let missing = m.decode_avro(&shipment(None), &shipments()).unwrap_err();
+        assert_eq!(missing.kind(), "missing_field");
+        assert!(
+            missing.to_string().starts_with(
+                "Avro mapped event has no field `/account/id (input-mapping.customer-id)`"
+            ),
+            "{missing}"
+        );
+        let mut unknown = shipment(Some(7));
+        unknown[4] = 43;
+        assert_eq!(
+            m.decode_avro(&unknown, &shipments()).unwrap_err().kind(),
+            "unknown_schema"
+        );
+        let json = br#"{"id":"s-1"}"#;
+        assert_eq!(
+            m.decode_avro(json, &shipments()).unwrap_err().kind(),
+            "bad_magic"
+        );
+        let mut cut = shipment(Some(7));
+        cut.truncate(cut.len() - 3);
+        let err = m.decode_avro(&cut, &shipments()).unwrap_err();
+        assert_eq!(err.kind(), "truncated");
+        assert!(
+            err.to_string().starts_with("mapped event datum ends early"),
+            "no schema version for an upstream record: {err}"
+        );
+        assert_eq!(
+            m.decode_avro(b"", &shipments()).unwrap_err().kind(),
+            "empty"
+        );
     }
 
     #[test]

@@ -656,6 +656,10 @@ fn error_kinds_are_short_and_listed() {
         CodecError::TruncatedHeader { len: 2 },
         CodecError::BadMagic { byte: 1 },
         CodecError::UnknownSchema { id: 1 },
+        CodecError::UnusableSchema {
+            id: 1,
+            reason: "r".into(),
+        },
         CodecError::Encode {
             record: "X",
             reason: "r".into(),

@@ -1,0 +1,293 @@
+//! A client of a Confluent-compatible schema registry: the writer schemas of Avro values in
+//! the Confluent wire format (magic byte, 4-byte schema id, datum), looked up by id.
+//!
+//! Speaks the documented REST API (`GET /schemas/ids/{id}`, media type
+//! `application/vnd.schemaregistry.v1+json`), which Confluent Schema Registry, Karapace,
+//! Redpanda and Apicurio (`/apis/ccompat/v7`) serve. Ids are immutable in a registry, so every
+//! schema is fetched once and kept for the life of the process.
+//!
+//! A registry that cannot be asked (connection refused, timeout, 5xx, 429) is retried with
+//! backoff for `schema-registry.retry-secs`; after that the lookup says
+//! [`LookupError::Unavailable`] and `waymark run` restarts its pipeline from the last commit
+//! instead of dead-lettering records that may be fine. A registry that answers "no such id"
+//! (404) or with a schema Waymark cannot use sends the record to the dead-letter topic.
+//!
+//! Must not know records, topics or journeys: it hands out [`Schema`]s through
+//! [`SchemaLookup`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::codec::{InputDecoder, InputFormat, InputMapping, LookupError, SchemaLookup};
+
+/// The media type of the registry's API, version 1.
+const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Where the registry is and how long to wait for it (config `schema-registry`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// Base URL of the API, e.g. `http://schema-registry:8081` or, for Apicurio,
+    /// `http://apicurio:8080/apis/ccompat/v7`. Credentials for HTTP basic authentication go
+    /// in the URL (`https://user:password@host`); they are never logged.
+    pub url: String,
+    /// Seconds to wait for one answer. Default 10.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Seconds to keep retrying an unreachable registry before the pipeline restarts from
+    /// its last commit. Default 30.
+    #[serde(default = "default_retry_secs")]
+    pub retry_secs: u64,
+}
+
+const fn default_timeout_secs() -> u64 {
+    10
+}
+const fn default_retry_secs() -> u64 {
+    30
+}
+
+impl RegistryConfig {
+    /// A registry at `url` with the default timeouts.
+    pub fn at(url: &str) -> RegistryConfig {
+        RegistryConfig {
+            url: url.to_owned(),
+            timeout_secs: default_timeout_secs(),
+            retry_secs: default_retry_secs(),
+        }
+    }
+
+    /// What is wrong with the settings, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        Endpoint::parse(&self.url).map(|_| ())?;
+        if self.timeout_secs == 0 {
+            return Err("schema-registry.timeout-secs: must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The registry's base URL without credentials, and the `Authorization` header they make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    base: String,
+    authorization: Option<String>,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, String> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!(
+                "schema-registry.url: `{}` is not an http:// or https:// URL",
+                redact(url)
+            ));
+        };
+        if scheme != "http" && scheme != "https" {
+            return Err(format!(
+                "schema-registry.url: scheme `{scheme}` is not supported; use http:// or https://"
+            ));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (userinfo, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        if host.is_empty() {
+            return Err("schema-registry.url: the URL names no host".to_owned());
+        }
+        let authorization = userinfo.map(|u| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            )
+        });
+        Ok(Endpoint {
+            base: format!("{scheme}://{host}{}", path.trim_end_matches('/')),
+            authorization,
+        })
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = url[s + 3..at].split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The body of `GET /schemas/ids/{id}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SchemaById {
+    schema: String,
+    /// `AVRO` when absent (registries older than schema types leave it out).
+    #[serde(default)]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<serde_json::Value>,
+}
+
+/// A schema registry client with a cache of every schema it fetched.
+pub struct SchemaRegistry {
+    endpoint: Endpoint,
+    agent: ureq::Agent,
+    retry_for: Duration,
+    cache: RwLock<HashMap<u32, Arc<Schema>>>,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("url", &self.endpoint.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchemaRegistry {
+    /// A client of the registry `config` names; no request is made until a lookup.
+    pub fn new(config: &RegistryConfig) -> Result<SchemaRegistry, String> {
+        config.validate()?;
+        let agent = crate::sink::http::agent(Duration::from_secs(config.timeout_secs))
+            .map_err(|e| format!("schema-registry: cannot set up TLS: {e}"))?;
+        Ok(SchemaRegistry {
+            endpoint: Endpoint::parse(&config.url)?,
+            agent,
+            retry_for: Duration::from_secs(config.retry_secs),
+            cache: RwLock::default(),
+        })
+    }
+
+    /// The base URL requests go to (without credentials).
+    pub fn url(&self) -> &str {
+        &self.endpoint.base
+    }
+
+    /// One request for schema `id`.
+    fn fetch(&self, id: u32) -> Result<Schema, LookupError> {
+        let url = format!("{}/schemas/ids/{id}", self.endpoint.base);
+        let mut request = self.agent.get(&url).set("Accept", MEDIA_TYPE);
+        if let Some(auth) = &self.endpoint.authorization {
+            request = request.set("Authorization", auth);
+        }
+        let body = match request.call() {
+            Ok(response) => response
+                .into_string()
+                .map_err(|e| LookupError::Unavailable(format!("reading {url}: {e}")))?,
+            Err(ureq::Error::Status(404, _)) => return Err(LookupError::Unknown),
+            Err(ureq::Error::Status(code, response)) => {
+                let message = format!(
+                    "{url} answered {code}: {}",
+                    response.into_string().unwrap_or_default()
+                );
+                return Err(if code == 429 || code >= 500 {
+                    LookupError::Unavailable(message)
+                } else {
+                    // 401/403: credentials; other 4xx: a registry that does not speak this
+                    // API. Retrying cannot help, and neither can dead-lettering (the record is
+                    // fine): stop the pipeline until someone fixes the settings.
+                    LookupError::Unavailable(format!(
+                        "{message}; check schema-registry.url and its credentials"
+                    ))
+                });
+            }
+            Err(ureq::Error::Transport(t)) => {
+                return Err(LookupError::Unavailable(format!("cannot reach {url}: {t}")));
+            }
+        };
+        let answer: SchemaById = serde_json::from_str(&body).map_err(|e| {
+            LookupError::Unavailable(format!(
+                "{url} did not answer with a schema ({e}); is schema-registry.url the registry's API?"
+            ))
+        })?;
+        match answer.schema_type.as_deref() {
+            None | Some("AVRO") => {}
+            Some(other) => {
+                return Err(LookupError::Unusable(format!(
+                    "it is a {other} schema, not Avro"
+                )));
+            }
+        }
+        if !answer.references.is_empty() {
+            return Err(LookupError::Unusable(
+                "it refers to other schemas (schema references), which Waymark does not resolve; \
+                 register the schema with its named types inlined"
+                    .to_owned(),
+            ));
+        }
+        Schema::parse_str(&answer.schema).map_err(|e| {
+            LookupError::Unusable(format!("the registry's schema does not parse: {e}"))
+        })
+    }
+}
+
+impl SchemaLookup for SchemaRegistry {
+    fn writer_schema(&self, id: u32) -> Result<Arc<Schema>, LookupError> {
+        if let Some(schema) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(schema.clone());
+        }
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        let schema = loop {
+            match self.fetch(id) {
+                Ok(schema) => break Arc::new(schema),
+                Err(LookupError::Unavailable(reason)) if started.elapsed() < self.retry_for => {
+                    tracing::warn!(
+                        id,
+                        registry = %self.endpoint.base,
+                        %reason,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "Schema registry unavailable; retrying."
+                    );
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(id, registry = %self.endpoint.base, "Fetched a writer schema.");
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, schema.clone());
+        Ok(schema)
+    }
+}
+
+/// The decoder of `customer-events` values for these settings: `format`, the optional
+/// upstream `mapping`, and a client of the schema registry when one is configured.
+pub fn input_decoder(
+    format: InputFormat,
+    mapping: Option<&InputMapping>,
+    registry: Option<&RegistryConfig>,
+) -> Result<InputDecoder, String> {
+    let registry = match registry {
+        Some(cfg) => {
+            let client = SchemaRegistry::new(cfg)?;
+            tracing::info!(registry = %client.url(), "Avro input is read through the schema registry.");
+            Some(Arc::new(client) as Arc<dyn SchemaLookup>)
+        }
+        None => None,
+    };
+    Ok(InputDecoder {
+        format,
+        mapping: mapping.cloned(),
+        registry,
+    })
+}
+
+#[cfg(test)]
+mod tests;
