@@ -337,15 +337,8 @@ cmd_start() {
   fi
   rm -f "$PID_FILE"
 
-  # Refuse to start on a port that something else holds; the broker would die at bind time
-  # with a less obvious error, or worse, clients would talk to the other process.
-  local port owner
-  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    if port_open "$port"; then
-      owner=$(port_owner "$port")
-      die "port $port on 127.0.0.1 is already in use${owner:+ by $owner}; stop that process or pick other ports (KAFKA_PORT=... KAFKA_CONTROLLER_PORT=...)"
-    fi
-  done
+  require_free_ports "pick other ports (KAFKA_PORT=... KAFKA_CONTROLLER_PORT=...)" \
+    "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
 
   write_broker_configs
 

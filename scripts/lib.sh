@@ -26,3 +26,17 @@ port_owner() {
   have ss || return 0
   ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n1
 }
+
+# require_free_ports HINT PORT...: die, naming the holder, when something already listens on
+# one of the loopback PORTs (a server would fail at bind time with a less obvious error, or
+# clients would talk to the other process). HINT says how to pick other ports.
+require_free_ports() {
+  local hint=$1 port owner
+  shift
+  for port in "$@"; do
+    if port_open "$port"; then
+      owner=$(port_owner "$port")
+      die "port $port on 127.0.0.1 is already in use${owner:+ by $owner}; stop that process or $hint"
+    fi
+  done
+}

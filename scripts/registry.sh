@@ -97,13 +97,7 @@ cmd_start() {
     echo "$API"
     return 0
   fi
-  local port owner
-  for port in "$REGISTRY_PORT" "$REGISTRY_MANAGEMENT_PORT"; do
-    if port_open "$port"; then
-      owner=$(port_owner "$port")
-      die "port $port on 127.0.0.1 is already in use${owner:+ by $owner}; stop that process or set REGISTRY_PORT"
-    fi
-  done
+  require_free_ports "set REGISTRY_PORT" "$REGISTRY_PORT" "$REGISTRY_MANAGEMENT_PORT"
   local started=$SECONDS
   info "starting Apicurio Registry $APICURIO_VERSION on 127.0.0.1:$REGISTRY_PORT (in-memory storage, log $LOG_FILE)"
   # Its own session, so a Ctrl-C in the calling shell leaves it running; `stop` ends it.

@@ -483,6 +483,16 @@ impl Scenario {
         )
     }
 
+    /// Starts `waymark run`, waits for `want` outputs (at most 120 s), reads the dead-letter
+    /// topic and stops the processor: the outputs and the dead letters.
+    pub fn run_to_outputs(&self, want: usize) -> Result<(Vec<Value>, Vec<Value>)> {
+        let processor = self.start()?;
+        let outputs = self.await_outputs(want, Duration::from_secs(120))?;
+        let dead_letters = self.read(&[&self.topics.dead_letters], Duration::from_secs(2))?;
+        processor.stop();
+        Ok((outputs, dead_letters))
+    }
+
     /// Reads outputs until at least `want` arrived (or `timeout`), then once more after a
     /// pause, so that extra (duplicate) records would be seen too.
     pub fn await_outputs(&self, want: usize, timeout: Duration) -> Result<Vec<Value>> {

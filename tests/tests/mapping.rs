@@ -3,8 +3,6 @@
 //! mapping, a value sent twice is a duplicate (its id is a hash of the value), and a value the
 //! mapping cannot read goes to the dead-letter topic with the pointer and the setting to fix.
 
-use std::time::Duration;
-
 use waymark::codec::InputMapping;
 use waymark_e2e::*;
 
@@ -69,14 +67,7 @@ fn foreign_json_events_are_mapped_by_configuration_and_equal_simulate() {
     let simulated = simulate_journeys(&reference_journey(), None, &file, now, 1_000).unwrap();
     assert!(simulated.iter().any(|v| v["kind"] == "command"));
 
-    let processor = scenario.start().unwrap();
-    let kafka = scenario
-        .await_outputs(simulated.len(), Duration::from_secs(120))
-        .unwrap();
-    let dlq = scenario
-        .read(&[&scenario.topics.dead_letters], Duration::from_secs(2))
-        .unwrap();
-    processor.stop();
+    let (kafka, dlq) = scenario.run_to_outputs(simulated.len()).unwrap();
     assert_same_outputs(&kafka, &simulated);
     let sales_rep_calls = kafka
         .iter()

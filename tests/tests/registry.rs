@@ -206,14 +206,7 @@ fn avro_records_with_a_registry_are_mapped_and_equal_simulate_and_an_outage_lose
 
     // 2. The registry is back: everything is read, as simulate says.
     std::fs::write(&scenario.config, &good).unwrap();
-    let processor = scenario.start().unwrap();
-    let kafka = scenario
-        .await_outputs(simulated.len(), Duration::from_secs(120))
-        .unwrap();
-    let dlq = scenario
-        .read(&[&scenario.topics.dead_letters], Duration::from_secs(2))
-        .unwrap();
-    processor.stop();
+    let (kafka, dlq) = scenario.run_to_outputs(simulated.len()).unwrap();
     assert_same_outputs(&kafka, &simulated);
     assert!(
         kafka
