@@ -246,8 +246,10 @@ pub struct Config {
     #[serde(default)]
     pub input_mapping: Option<crate::codec::InputMapping>,
     /// A Confluent-compatible schema registry (`url`, `timeout-secs`, `retry-secs`). When set,
-    /// Avro input values are in the Confluent wire format and read with the writer schema
-    /// their id names. Default: none (bare Avro `CustomerEvent` datums).
+    /// Avro values on every topic are in the Confluent wire format: input values are read with
+    /// the writer schema their id names, and Waymark registers the schemas of what it writes
+    /// (commands, journey events, outcomes) under `<topic>-value`. Default: none (bare Avro
+    /// datums).
     #[serde(default)]
     pub schema_registry: Option<crate::registry::RegistryConfig>,
     /// `exactly-once` (default) or `at-least-once`. Flag `--processing-guarantee`,
@@ -646,12 +648,6 @@ impl Config {
         }
         if let Some(r) = &self.schema_registry {
             r.validate().map_err(|e| invalid("schema-registry", &e))?;
-            if self.input_format == InputFormat::Json {
-                return Err(invalid(
-                    "schema-registry",
-                    "is for Avro input; with `input-format: json` leave it out",
-                ));
-            }
         }
         if let Some(m) = &self.input_mapping {
             if self.input_format == InputFormat::Avro && self.schema_registry.is_none() {
@@ -815,13 +811,9 @@ mod tests {
         let registry = "schema-registry:\n  url: http://registry:8081\n";
         let cfg = load(&format!("{registry}{mapping}")).unwrap();
         assert_eq!(cfg.schema_registry.unwrap().retry_secs, 30);
-        let e = load(&format!("input-format: json\n{registry}"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("schema-registry") && e.contains("Avro input"),
-            "{e}"
-        );
+        // JSON input with framed outputs.
+        let cfg = load(&format!("input-format: json\n{registry}")).unwrap();
+        assert!(cfg.schema_registry.is_some());
         let e = load("schema-registry:\n  url: registry:8081\n")
             .unwrap_err()
             .to_string();

@@ -401,11 +401,14 @@ pub struct TailOptions {
     pub idle_exit: Option<Duration>,
     /// Stop after this many records.
     pub max_records: Option<u64>,
+    /// How Waymark's records are framed (bare Avro, or with the schema registry).
+    pub wire: crate::registry::Wire,
 }
 
 /// Decodes one record of a Waymark topic into its JSON-lines form.
 pub fn decode_output_record(
     topics: &TopicsConfig,
+    wire: &crate::registry::Wire,
     topic: &str,
     payload: &[u8],
 ) -> serde_json::Value {
@@ -413,13 +416,14 @@ pub fn decode_output_record(
         .iter()
         .any(|c| topics.commands(*c) == topic);
     let decoded = if is_command {
-        codec::decode_command(payload)
+        wire.decode(payload)
             .map(|c: InterventionCommand| serde_json::to_value(Output::Command(c)))
     } else if topic == topics.journey_events {
-        codec::decode_journey_event(payload)
+        wire.decode(payload)
             .map(|e: JourneyEvent| serde_json::to_value(Output::JourneyEvent(e)))
     } else {
-        codec::decode_customer_event(payload, InputFormat::Avro)
+        wire.decode::<CustomerEvent>(payload)
+            .or_else(|_| codec::decode_customer_event(payload, InputFormat::Avro))
             .or_else(|_| codec::decode_customer_event(payload, InputFormat::Json))
             .map(|e| {
                 serde_json::to_value(e).map(|mut v| {
@@ -504,8 +508,12 @@ pub fn tail(
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(msg)) => {
-                let mut v =
-                    decode_output_record(topics, msg.topic(), msg.payload().unwrap_or_default());
+                let mut v = decode_output_record(
+                    topics,
+                    &opts.wire,
+                    msg.topic(),
+                    msg.payload().unwrap_or_default(),
+                );
                 if let Some(headers) = msg.headers()
                     && headers.count() > 0
                     && v.get("kind").and_then(|k| k.as_str()) != Some("command")

@@ -320,12 +320,13 @@ impl HistoryArgs {
         let input = match config {
             Some(path) => {
                 let cfg = Config::load(Some(path), &Overrides::default())?;
+                let registry = waymark::registry::connect(cfg.schema_registry.as_ref())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 waymark::registry::input_decoder(
                     self.format.unwrap_or(cfg.input_format),
                     cfg.input_mapping.as_ref(),
-                    cfg.schema_registry.as_ref(),
+                    registry.as_ref(),
                 )
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
             None => InputDecoder::plain(self.format.unwrap_or_default()),
         };
@@ -742,10 +743,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 args.topics
             };
+            let registry = match config.as_deref() {
+                Some(path) => Config::load(Some(path), &Overrides::default())?.schema_registry,
+                None => None,
+            };
             let opts = waymark::kafka::TailOptions {
                 from_beginning: args.from_beginning,
                 idle_exit: args.idle_exit,
                 max_records: args.max_records,
+                wire: waymark::registry::Wire::new(
+                    waymark::registry::connect(registry.as_ref()).map_err(anyhow::Error::msg)?,
+                ),
             };
             let stdout = std::io::stdout();
             let mut out = BufWriter::new(stdout.lock());
@@ -980,7 +988,10 @@ fn sink(config: Option<&Path>, command: SinkCommand) -> Result<ExitCode> {
     if channel == waymark::model::Channel::ContactCenter {
         let provider =
             waymark::sink::contact_center::ContactCenterProvider::new(&cfg.sinks.contact_center)?;
-        let routes = waymark::sink::contact_center::callback_routes(&cfg)?;
+        let routes = waymark::sink::contact_center::callback_routes(
+            &cfg,
+            waymark::sink::outcome_wire(&cfg)?,
+        )?;
         tracing::info!(
             url = %cfg.sinks.contact_center.url,
             callback = "POST /callbacks/contact-center/tasks",

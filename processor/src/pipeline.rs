@@ -44,6 +44,7 @@ use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
 use crate::kafka::{TransactionalContext, client_config, producer_config};
 use crate::model::{Millis, Output, now_millis};
+use crate::registry::Wire;
 use crate::reload::{self, LiveJourneys};
 use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
 use crate::shutdown::CancellationToken;
@@ -281,6 +282,19 @@ pub enum PipelineError {
     },
 }
 
+/// A registry that cannot be asked restarts the pipeline; one that refuses Waymark's schemas
+/// (incompatible with what the subject holds) is a setup to fix.
+fn registry_error(e: crate::codec::LookupError) -> PipelineError {
+    match e {
+        crate::codec::LookupError::Unavailable(reason) => {
+            PipelineError::Registry(format!("schema registry unavailable: {reason}"))
+        }
+        refused => PipelineError::Setup(format!(
+            "schema registry: cannot register Waymark's output schemas: {refused}"
+        )),
+    }
+}
+
 impl crate::shutdown::Restartable for PipelineError {
     fn restartable(&self) -> bool {
         matches!(
@@ -396,6 +410,8 @@ struct Core {
     cfg: Config,
     /// Reads `customer-events` values: format, input mapping, schema registry.
     input: codec::InputDecoder,
+    /// Frames the outputs and reads the outcomes: bare Avro, or with the schema registry.
+    wire: Wire,
     /// Block cache and memtable budget shared by every partition's database.
     rocks: RocksEnv,
     engine: Arc<Engine>,
@@ -922,12 +938,20 @@ impl Core {
             // Fetched just before its event partition was revoked; its next owner reads it.
             return Ok(());
         }
+        let decoded = self
+            .wire
+            .decode::<crate::model::InterventionOutcome>(msg.payload().unwrap_or_default())
+            .map(|o| o.to_event());
+        if let Err(e) = &decoded
+            && e.is_retryable()
+        {
+            // As for an input record: not dead-lettered, not counted as read.
+            return Err(PipelineError::Registry(e.to_string()));
+        }
         self.begin()?;
         if let Some(p) = self.partitions.get_mut(&partition) {
             p.outcome_pending = Some(msg.offset() + 1);
         }
-        let decoded =
-            codec::decode_outcome(msg.payload().unwrap_or_default()).map(|o| o.to_event());
         let Some(ev) = self.admit(msg, decoded)? else {
             self.metrics.outcome(EventResult::Rejected);
             return Ok(());
@@ -1039,10 +1063,8 @@ impl Core {
                     self.metrics
                         .command(&c.journey, &c.action, c.channel.as_str());
                     self.summary.commands += 1;
-                    (
-                        self.cfg.topics.commands(c.channel).to_owned(),
-                        codec::encode_command(c),
-                    )
+                    let topic = self.cfg.topics.commands(c.channel);
+                    (topic.to_owned(), self.wire.encode(topic, c))
                 }
                 Output::JourneyEvent(e) => {
                     self.metrics
@@ -1058,10 +1080,8 @@ impl Core {
                         );
                     }
                     self.summary.journey_events += 1;
-                    (
-                        self.cfg.topics.journey_events.clone(),
-                        codec::encode_journey_event(e),
-                    )
+                    let topic = &self.cfg.topics.journey_events;
+                    (topic.clone(), self.wire.encode(topic, e))
                 }
             };
             let bytes = bytes.map_err(|e| PipelineError::Encode {
@@ -1508,17 +1528,26 @@ pub fn run(
     } else {
         None
     };
+    let registry =
+        crate::registry::connect(cfg.schema_registry.as_ref()).map_err(PipelineError::Setup)?;
     let input = crate::registry::input_decoder(
         cfg.input_format,
         cfg.input_mapping.as_ref(),
-        cfg.schema_registry.as_ref(),
-    )
-    .map_err(PipelineError::Setup)?;
+        registry.as_ref(),
+    );
+    let mut wire = Wire::new(registry);
+    for channel in crate::model::Channel::ALL {
+        wire.register::<crate::model::InterventionCommand>(cfg.topics.commands(channel))
+            .map_err(registry_error)?;
+    }
+    wire.register::<crate::model::JourneyEvent>(&cfg.topics.journey_events)
+        .map_err(registry_error)?;
     let input_topic = cfg.topics.customer_events.clone();
     let interval = Duration::from_millis(cfg.commit_interval_ms);
     let max_batch = cfg.max_batch_events;
     let core = Arc::new(Mutex::new(Core {
         input,
+        wire,
         rocks,
         engine: journeys.engine(),
         metrics,

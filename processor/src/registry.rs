@@ -23,7 +23,10 @@ use apache_avro::Schema;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::codec::{InputDecoder, InputFormat, InputMapping, LookupError, SchemaLookup};
+use crate::codec::{
+    self, AvroRecord, CodecError, Framing, InputDecoder, InputFormat, InputMapping, LookupError,
+    SchemaLookup,
+};
 
 /// The media type of the registry's API, version 1.
 const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -171,37 +174,24 @@ impl SchemaRegistry {
         &self.endpoint.base
     }
 
+    /// A request to the registry's API, with its media type and the credentials.
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url).set("Accept", MEDIA_TYPE);
+        match &self.endpoint.authorization {
+            Some(auth) => request.set("Authorization", auth),
+            None => request,
+        }
+    }
+
     /// One request for schema `id`.
     fn fetch(&self, id: u32) -> Result<Schema, LookupError> {
         let url = format!("{}/schemas/ids/{id}", self.endpoint.base);
-        let mut request = self.agent.get(&url).set("Accept", MEDIA_TYPE);
-        if let Some(auth) = &self.endpoint.authorization {
-            request = request.set("Authorization", auth);
-        }
-        let body = match request.call() {
+        let body = match self.request("GET", &url).call() {
             Ok(response) => response
                 .into_string()
                 .map_err(|e| LookupError::Unavailable(format!("reading {url}: {e}")))?,
             Err(ureq::Error::Status(404, _)) => return Err(LookupError::Unknown),
-            Err(ureq::Error::Status(code, response)) => {
-                let message = format!(
-                    "{url} answered {code}: {}",
-                    response.into_string().unwrap_or_default()
-                );
-                return Err(if code == 429 || code >= 500 {
-                    LookupError::Unavailable(message)
-                } else {
-                    // 401/403: credentials; other 4xx: a registry that does not speak this
-                    // API. Retrying cannot help, and neither can dead-lettering (the record is
-                    // fine): stop the pipeline until someone fixes the settings.
-                    LookupError::Unavailable(format!(
-                        "{message}; check schema-registry.url and its credentials"
-                    ))
-                });
-            }
-            Err(ureq::Error::Transport(t)) => {
-                return Err(LookupError::Unavailable(format!("cannot reach {url}: {t}")));
-            }
+            Err(e) => return Err(unavailable(&url, e)),
         };
         let answer: SchemaById = serde_json::from_str(&body).map_err(|e| {
             LookupError::Unavailable(format!(
@@ -227,6 +217,99 @@ impl SchemaRegistry {
             LookupError::Unusable(format!("the registry's schema does not parse: {e}"))
         })
     }
+
+    /// Registers `schema` (Avro text) under `subject` (`POST /subjects/{subject}/versions`)
+    /// and returns its id; registering a schema the subject already has returns the same id.
+    /// The parsed schema goes into the cache, so records written with it decode without a
+    /// lookup. An unreachable registry is retried for `retry-secs`
+    /// ([`LookupError::Unavailable`]); a refusal (409: incompatible with the subject's
+    /// compatibility rule, 422: invalid) is [`LookupError::Unusable`] with the registry's
+    /// message.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, LookupError> {
+        let parsed = Schema::parse_str(schema)
+            .map_err(|e| LookupError::Unusable(format!("the schema does not parse: {e}")))?;
+        let url = format!("{}/subjects/{subject}/versions", self.endpoint.base);
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let id = self.retrying(&url, || {
+            let request = self.request("POST", &url).set("Content-Type", MEDIA_TYPE);
+            let answer = match request.send_string(&body) {
+                Ok(response) => response
+                    .into_string()
+                    .map_err(|e| LookupError::Unavailable(format!("reading {url}: {e}")))?,
+                Err(ureq::Error::Status(code @ (409 | 422), response)) => {
+                    return Err(LookupError::Unusable(format!(
+                        "the registry refused it under subject `{subject}` ({code}): {}",
+                        response.into_string().unwrap_or_default()
+                    )));
+                }
+                Err(e) => return Err(unavailable(&url, e)),
+            };
+            #[derive(Deserialize)]
+            struct Registered {
+                id: u32,
+            }
+            serde_json::from_str::<Registered>(&answer)
+                .map(|r| r.id)
+                .map_err(|e| {
+                    LookupError::Unavailable(format!(
+                        "{url} did not answer with an id ({e}): {answer}"
+                    ))
+                })
+        })?;
+        tracing::info!(subject, id, registry = %self.endpoint.base, "Schema registered.");
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(parsed));
+        Ok(id)
+    }
+
+    /// `call` until it succeeds or fails for a reason other than an unavailable registry,
+    /// retrying that with backoff for `retry-secs`.
+    fn retrying<T>(
+        &self,
+        url: &str,
+        mut call: impl FnMut() -> Result<T, LookupError>,
+    ) -> Result<T, LookupError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match call() {
+                Err(LookupError::Unavailable(reason)) if started.elapsed() < self.retry_for => {
+                    tracing::warn!(
+                        %url,
+                        %reason,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "Schema registry unavailable; retrying."
+                    );
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A failed request as [`LookupError::Unavailable`]: 429, 5xx and transport failures are
+/// the registry's trouble; other statuses (401/403: credentials; other 4xx: a URL that is
+/// not the registry's API) are settings to fix, which retrying until the pipeline gives up
+/// makes visible without dead-lettering records that are fine.
+fn unavailable(url: &str, e: ureq::Error) -> LookupError {
+    match e {
+        ureq::Error::Status(code, response) => {
+            let message = format!(
+                "{url} answered {code}: {}",
+                response.into_string().unwrap_or_default()
+            );
+            LookupError::Unavailable(if code == 429 || code >= 500 {
+                message
+            } else {
+                format!("{message}; check schema-registry.url and its credentials")
+            })
+        }
+        ureq::Error::Transport(t) => LookupError::Unavailable(format!("cannot reach {url}: {t}")),
+    }
 }
 
 impl SchemaLookup for SchemaRegistry {
@@ -239,25 +322,8 @@ impl SchemaLookup for SchemaRegistry {
         {
             return Ok(schema.clone());
         }
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(200);
-        let schema = loop {
-            match self.fetch(id) {
-                Ok(schema) => break Arc::new(schema),
-                Err(LookupError::Unavailable(reason)) if started.elapsed() < self.retry_for => {
-                    tracing::warn!(
-                        id,
-                        registry = %self.endpoint.base,
-                        %reason,
-                        retry_in_ms = pause.as_millis() as u64,
-                        "Schema registry unavailable; retrying."
-                    );
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let url = format!("{}/schemas/ids/{id}", self.endpoint.base);
+        let schema = Arc::new(self.retrying(&url, || self.fetch(id))?);
         tracing::info!(id, registry = %self.endpoint.base, "Fetched a writer schema.");
         self.cache
             .write()
@@ -267,26 +333,99 @@ impl SchemaLookup for SchemaRegistry {
     }
 }
 
+/// A client of the registry `config` names, when one is configured.
+pub fn connect(config: Option<&RegistryConfig>) -> Result<Option<Arc<SchemaRegistry>>, String> {
+    config
+        .map(|cfg| SchemaRegistry::new(cfg).map(Arc::new))
+        .transpose()
+}
+
 /// The decoder of `customer-events` values for these settings: `format`, the optional
-/// upstream `mapping`, and a client of the schema registry when one is configured.
+/// upstream `mapping`, and the schema registry when one is configured.
 pub fn input_decoder(
     format: InputFormat,
     mapping: Option<&InputMapping>,
-    registry: Option<&RegistryConfig>,
-) -> Result<InputDecoder, String> {
-    let registry = match registry {
-        Some(cfg) => {
-            let client = SchemaRegistry::new(cfg)?;
-            tracing::info!(registry = %client.url(), "Avro input is read through the schema registry.");
-            Some(Arc::new(client) as Arc<dyn SchemaLookup>)
-        }
-        None => None,
-    };
-    Ok(InputDecoder {
+    registry: Option<&Arc<SchemaRegistry>>,
+) -> InputDecoder {
+    if let Some(r) = registry {
+        tracing::info!(registry = %r.url(), "Avro input is read through the schema registry.");
+    }
+    InputDecoder {
         format,
         mapping: mapping.cloned(),
-        registry,
-    })
+        registry: registry.map(|r| r.clone() as Arc<dyn SchemaLookup>),
+    }
+}
+
+/// How Waymark's own records (commands, journey events, outcomes) are framed on its topics:
+/// bare Avro datums, or, with a schema registry, the Confluent wire format with the current
+/// schema registered under the topic's subject (`<topic>-value`, the default subject name
+/// strategy of Confluent's serializers), so any registry-aware consumer reads them.
+#[derive(Clone, Default)]
+pub struct Wire {
+    registry: Option<Arc<SchemaRegistry>>,
+    /// Registry id of the current schema, per topic written.
+    ids: HashMap<String, u32>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("registry", &self.registry.as_ref().map(|r| r.url()))
+            .field("ids", &self.ids)
+            .finish()
+    }
+}
+
+impl Wire {
+    /// Bare Avro datums when `registry` is `None`, else the Confluent wire format.
+    pub fn new(registry: Option<Arc<SchemaRegistry>>) -> Wire {
+        Wire {
+            registry,
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Registers the current schema of `T` under `<topic>-value`, once per topic, before
+    /// [`Wire::encode`] writes to `topic`; nothing without a registry.
+    pub fn register<T: AvroRecord>(&mut self, topic: &str) -> Result<(), LookupError> {
+        if let Some(registry) = &self.registry
+            && !self.ids.contains_key(topic)
+        {
+            let id = registry.register(&format!("{topic}-value"), T::SCHEMA_TEXT)?;
+            self.ids.insert(topic.to_owned(), id);
+        }
+        Ok(())
+    }
+
+    /// `record` as the value of a record of `topic`.
+    pub fn encode<T: AvroRecord>(&self, topic: &str, record: &T) -> Result<Vec<u8>, CodecError> {
+        let framing = match (&self.registry, self.ids.get(topic)) {
+            (None, _) => Framing::Raw,
+            (Some(_), Some(&schema_id)) => Framing::Confluent { schema_id },
+            (Some(_), None) => {
+                return Err(CodecError::Encode {
+                    record: T::NAME,
+                    reason: format!(
+                        "no schema registered for topic {topic} (a bug: Wire::register first)"
+                    ),
+                });
+            }
+        };
+        codec::encode(record, framing)
+    }
+
+    /// A value of one of Waymark's topics.
+    pub fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        match &self.registry {
+            Some(registry) => codec::decode(
+                bytes,
+                Framing::Confluent { schema_id: 0 },
+                registry.as_ref(),
+            ),
+            None => codec::decode(bytes, Framing::Raw, &codec::InMemorySchemas::new()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -393,10 +393,18 @@ impl Scenario {
     pub fn read(&self, topics: &[&str], idle: Duration) -> Result<Vec<Value>> {
         let names: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
         let mut buf = Vec::new();
+        // Framed as this scenario's `waymark run` frames them (with its schema registry).
+        let cfg = waymark::config::Config::load(
+            Some(&self.config),
+            &waymark::config::Overrides::default(),
+        )?;
+        let registry =
+            waymark::registry::connect(cfg.schema_registry.as_ref()).map_err(anyhow::Error::msg)?;
         let opts = waymark::kafka::TailOptions {
             from_beginning: true,
             idle_exit: Some(idle),
             max_records: None,
+            wire: waymark::registry::Wire::new(registry),
         };
         waymark::kafka::tail(&brokers(), &self.topics, &names, &opts, &mut buf)?;
         Ok(buf

@@ -7,6 +7,9 @@
 //!   same mapping, with two schema versions in one topic;
 //! - a record whose schema id the registry does not know, and one that is not framed, go to
 //!   the dead-letter topic with the reason;
+//! - Waymark's own records (commands, journey events, the email sink's outcomes) are in the
+//!   Confluent wire format, their schemas registered under `<topic>-value`, and the email
+//!   sink reads the commands through the registry;
 //! - `waymark simulate --from-topic` with the same config reads the topic as `run` does.
 
 use std::time::{Duration, Instant};
@@ -42,6 +45,61 @@ fn register(subject: &str, schema: &str) -> Result<u32> {
     id["id"].as_u64().map(|i| i as u32).context("no id")
 }
 
+/// A registry whose schema lookups fail (503) while everything else is passed on to the real
+/// one: Waymark registers its output schemas and starts, then cannot read an input record.
+/// Returns the base URL to configure.
+fn registry_with_failing_lookups() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let real = registry_url();
+    let rest = real.strip_prefix("http://").unwrap().to_owned();
+    let (upstream, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (upstream, base) = (upstream.to_owned(), base.to_owned());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut client) = stream else { return };
+            let mut reader = BufReader::new(client.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if !line.to_ascii_lowercase().starts_with("connection:") {
+                    head.push_str(&line);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            if head.contains("/schemas/ids/") {
+                let _ = client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 11\r\nConnection: close\r\n\r\nmaintenance",
+                );
+                continue;
+            }
+            let head = head.replacen(" /", &format!(" {base}/"), 1);
+            let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let _ = up.write_all(head.as_bytes());
+            let _ = up.write_all(b"Connection: close\r\n\r\n");
+            let _ = up.write_all(&body);
+            let mut answer = Vec::new();
+            let _ = up.read_to_end(&mut answer);
+            let _ = client.write_all(&answer);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
 /// An upstream CRM's account activity, version 1.
 const ACTIVITY_V1: &str = r#"{"type":"record","name":"AccountActivity","namespace":"com.acme.crm","fields":[
   {"name":"activity_id","type":"string"},
@@ -62,10 +120,27 @@ fn activity_v2() -> String {
 
 const MAPPING: &str = "  customer-id: /account/id\n  event-type: /kind\n  occurred-at: /at\n  event-id: /activity_id\n  attributes:\n    email: /account/email\n    sales_rep: /account/owner\n";
 
-fn config(registry: &str) -> String {
+fn config(registry: &str, smtp_port: u16) -> String {
     format!(
-        "allowed-lateness-secs: 1\nschema-registry:\n  url: {registry}\n  retry-secs: 1\ninput-mapping:\n{MAPPING}"
+        "allowed-lateness-secs: 1\nschema-registry:\n  url: {registry}\n  retry-secs: 1\ninput-mapping:\n{MAPPING}sinks:\n  email:\n    smtp-port: {smtp_port}\n    templates: {}\n",
+        root().join("deploy/templates/email").display()
     )
+}
+
+/// The id the registry holds for the latest version of `subject`.
+fn latest_id(subject: &str) -> Result<u32> {
+    let url = registry_url();
+    let rest = url.strip_prefix("http://").context("http:// registry")?;
+    let (addr, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let body = http_get(addr, &format!("{base}/subjects/{subject}/versions/latest"))?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    v["id"].as_u64().map(|i| i as u32).context("no id")
+}
+
+/// The schema id of a Confluent-framed value.
+fn framed_id(value: &[u8]) -> u32 {
+    assert_eq!(value[0], 0, "magic byte");
+    u32::from_be_bytes(value[1..5].try_into().unwrap())
 }
 
 /// One activity in the Confluent wire format of schema `id`.
@@ -161,7 +236,8 @@ fn avro_records_with_a_registry_are_mapped_and_equal_simulate_and_an_outage_lose
     assert_eq!(mapped[0].occurred_at, now - 10 * 86_400_000, "micros → ms");
     assert_eq!(mapped[0].attributes["sales_rep"], "rep-7");
 
-    let scenario = Scenario::new("registry", 2, &config(&registry_url())).unwrap();
+    let smtp_port = free_port();
+    let scenario = Scenario::new("registry", 2, &config(&registry_url(), smtp_port)).unwrap();
     let mut raw: Vec<(Option<&str>, Vec<u8>)> = records
         .iter()
         .map(|(k, v)| (Some(k.as_str()), v.clone()))
@@ -177,10 +253,11 @@ fn avro_records_with_a_registry_are_mapped_and_equal_simulate_and_an_outage_lose
     let simulated = simulate_journeys(&reference_journey(), None, &file, now, 1_000).unwrap();
     assert!(simulated.iter().any(|v| v["kind"] == "command"));
 
-    // 1. The registry is unreachable: the pipeline restarts and dead-letters nothing.
+    // 1. The registry cannot be asked for schemas: the pipeline restarts and dead-letters
+    //    nothing, and the record it could not read is read again later.
     let good = std::fs::read_to_string(&scenario.config).unwrap();
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    std::fs::write(&scenario.config, good.replace(&registry_url(), &closed)).unwrap();
+    let failing = registry_with_failing_lookups();
+    std::fs::write(&scenario.config, good.replace(&registry_url(), &failing)).unwrap();
     let processor = scenario.start().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !processor.log_text().contains("Restarting the") {
@@ -192,7 +269,10 @@ fn avro_records_with_a_registry_are_mapped_and_equal_simulate_and_an_outage_lose
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = processor.stop();
-    assert!(log.contains("cannot reach"), "{log}");
+    assert!(
+        log.contains("Schema registered.") && log.contains("answered 503: maintenance"),
+        "{log}"
+    );
     let nothing = scenario
         .read(
             &[
@@ -233,6 +313,50 @@ fn avro_records_with_a_registry_are_mapped_and_equal_simulate_and_an_outage_lose
         messages.iter().any(|m| m.contains("magic byte 0x7b")),
         "{messages:?}"
     );
+
+    // Waymark's own records are in the Confluent wire format too, their schemas registered
+    // under `<topic>-value` (so the reads above decoded them through the registry).
+    for (topic, record) in [
+        (&scenario.topics.commands_email, "InterventionCommand"),
+        (&scenario.topics.journey_events, "JourneyEvent"),
+    ] {
+        let id = latest_id(&format!("{topic}-value")).unwrap();
+        assert_eq!(
+            client.writer_schema(id).unwrap().name().unwrap().name,
+            record
+        );
+        let raw = scenario.read_raw(topic).unwrap();
+        assert!(!raw.is_empty());
+        assert!(raw.iter().all(|r| framed_id(&r.value) == id), "{topic}");
+    }
+
+    // The email sink reads the framed commands and writes framed outcomes.
+    let emails = kafka
+        .iter()
+        .filter(|v| v["kind"] == "command" && v["channel"] == "email")
+        .count();
+    assert!(emails > 0);
+    let smtp = SmtpServer::start(smtp_port, &scenario.dir.path().join("mail")).unwrap();
+    let sink = scenario.start_sink("email").unwrap();
+    smtp.await_messages(emails, Duration::from_secs(60))
+        .unwrap();
+    sink.stop();
+    let outcomes = scenario
+        .read_raw(&scenario.topics.intervention_outcomes)
+        .unwrap();
+    let outcome_id =
+        latest_id(&format!("{}-value", scenario.topics.intervention_outcomes)).unwrap();
+    assert_eq!(outcomes.len(), emails);
+    for o in &outcomes {
+        assert_eq!(framed_id(&o.value), outcome_id);
+        let outcome: waymark::model::InterventionOutcome = waymark::codec::decode(
+            &o.value,
+            waymark::codec::Framing::Confluent { schema_id: 0 },
+            &client,
+        )
+        .unwrap();
+        assert_eq!(outcome.status, "delivered");
+    }
 
     // 3. `simulate --from-topic` with the same config reads the topic as `run` does.
     let until = waymark::model::format_millis(now);

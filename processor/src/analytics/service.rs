@@ -61,11 +61,15 @@ pub enum ViewError {
     /// The view's database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The schema registry could not be asked for a journey event's schema; the view starts
+    /// again from its last write and reads the record again.
+    #[error("analytics: {0}")]
+    Registry(String),
 }
 
 impl crate::shutdown::Restartable for ViewError {
     fn restartable(&self) -> bool {
-        matches!(self, ViewError::ClientFatal { .. })
+        matches!(self, ViewError::ClientFatal { .. } | ViewError::Registry(_))
     }
 }
 
@@ -117,6 +121,8 @@ impl Live {
 /// The consumer side's state, shared with the rebalance callbacks (which run inside `poll`
 /// on the loop's thread while the loop holds no lock).
 struct Core {
+    /// Reads journey events: bare Avro, or with the schema registry.
+    wire: crate::registry::Wire,
     live: Arc<Live>,
     metrics: Metrics,
     topic: String,
@@ -133,8 +139,14 @@ struct Core {
 
 impl Core {
     fn apply(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<(), ViewError> {
+        let decoded = self.wire.decode::<crate::model::JourneyEvent>(payload);
+        if let Err(e) = &decoded
+            && e.is_retryable()
+        {
+            return Err(ViewError::Registry(e.to_string()));
+        }
         self.next.insert(partition, offset + 1);
-        let ev = match crate::codec::decode_journey_event(payload) {
+        let ev = match decoded {
             Ok(ev) => ev,
             Err(error) => {
                 // Written by Waymark itself, so a newer writer's schema: the record stays in
@@ -320,7 +332,10 @@ pub fn run(
 ) -> Result<(), ViewError> {
     let _analytics = tracing::info_span!("analytics", group = %cfg.analytics.group_id).entered();
     let topic = cfg.topics.journey_events.clone();
+    let registry = crate::registry::connect(cfg.schema_registry.as_ref())
+        .map_err(|e| ViewError::Registry(format!("schema-registry: {e}")))?;
     let core = Arc::new(Mutex::new(Core {
+        wire: crate::registry::Wire::new(registry),
         live: live.clone(),
         metrics: metrics.clone(),
         topic: topic.clone(),

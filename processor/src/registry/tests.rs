@@ -6,11 +6,13 @@ use std::sync::Mutex;
 
 use super::*;
 
-/// One request the server saw: the request line and its headers, lower-cased names.
+/// One request the server saw: method, path, headers (lower-cased names) and body.
 #[derive(Debug, Clone)]
 struct Seen {
+    method: String,
     path: String,
     headers: Vec<(String, String)>,
+    body: String,
 }
 
 impl Seen {
@@ -35,7 +37,9 @@ fn registry(answers: Vec<(u16, String)>) -> (String, Arc<Mutex<Vec<Seen>>>) {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
-            let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+            let mut parts = line.split(' ');
+            let method = parts.next().unwrap_or_default().to_owned();
+            let path = parts.next().unwrap_or_default().to_owned();
             let mut headers = Vec::new();
             loop {
                 let mut h = String::new();
@@ -47,7 +51,19 @@ fn registry(answers: Vec<(u16, String)>) -> (String, Arc<Mutex<Vec<Seen>>>) {
                 let (name, value) = h.split_once(':').unwrap();
                 headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
             }
-            log.lock().unwrap().push(Seen { path, headers });
+            let length = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; length];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            log.lock().unwrap().push(Seen {
+                method,
+                path,
+                headers,
+                body,
+            });
             let (status, body) = answers[n.min(answers.len() - 1)].clone();
             write!(
                 stream,
@@ -211,5 +227,99 @@ fn a_url_that_is_not_a_registry_url_is_refused_naming_the_setting() {
     assert_eq!(
         Endpoint::parse("https://registry:8081/").unwrap().base,
         "https://registry:8081"
+    );
+}
+
+#[test]
+fn a_schema_is_registered_under_its_subject_and_kept_for_reading() {
+    let (url, seen) = registry(vec![(200, r#"{"id":12}"#.to_owned())]);
+    let registry = client(&url, 0);
+    assert_eq!(registry.register("orders-value", ORDER_SCHEMA).unwrap(), 12);
+    // What was registered is read back without asking.
+    let schema = registry.writer_schema(12).unwrap();
+    assert_eq!(schema.name().unwrap().name, "Order");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].path, "/subjects/orders-value/versions");
+    assert_eq!(seen[0].header("content-type"), Some(MEDIA_TYPE));
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["schema"], ORDER_SCHEMA);
+}
+
+#[test]
+fn a_schema_the_registry_refuses_is_unusable_with_the_registry_s_reason() {
+    let refusal = r#"{"error_code":409,"message":"Schema being registered is incompatible"}"#;
+    let (url, seen) = registry(vec![(409, refusal.to_owned())]);
+    match client(&url, 30).register("orders-value", ORDER_SCHEMA) {
+        Err(LookupError::Unusable(reason)) => assert!(
+            reason.contains("orders-value") && reason.contains("incompatible"),
+            "{reason}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "a refusal is not retried");
+    let (url, _) = registry(vec![(503, "down".to_owned())]);
+    assert!(matches!(
+        client(&url, 0).register("orders-value", ORDER_SCHEMA),
+        Err(LookupError::Unavailable(_))
+    ));
+}
+
+fn command() -> crate::model::InterventionCommand {
+    crate::model::InterventionCommand {
+        command_id: "c-1".into(),
+        journey: "j".into(),
+        journey_version: 1,
+        customer_id: "c".into(),
+        instance: 1,
+        rule: "r".into(),
+        action: "a".into(),
+        channel: crate::model::Channel::Email,
+        due_at: 1,
+        template: None,
+        variant: None,
+        params: Default::default(),
+        attributes: Default::default(),
+    }
+}
+
+#[test]
+fn the_wire_frames_waymark_s_records_with_the_id_registered_for_their_topic() {
+    use crate::model::InterventionCommand;
+    // Without a registry: bare datums.
+    let raw = Wire::default();
+    let bytes = raw.encode("commands.email", &command()).unwrap();
+    assert_eq!(bytes, codec::encode_command(&command()).unwrap());
+    assert_eq!(
+        raw.decode::<InterventionCommand>(&bytes).unwrap(),
+        command()
+    );
+
+    let (url, seen) = registry(vec![(200, r#"{"id":5}"#.to_owned())]);
+    let mut wire = Wire::new(Some(Arc::new(client(&url, 0))));
+    wire.register::<InterventionCommand>("commands.email")
+        .unwrap();
+    // Once per topic.
+    wire.register::<InterventionCommand>("commands.email")
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        seen.lock().unwrap()[0].path,
+        "/subjects/commands.email-value/versions"
+    );
+    let framed = wire.encode("commands.email", &command()).unwrap();
+    assert_eq!(framed[..5], [0, 0, 0, 0, 5]);
+    assert_eq!(framed[5..], bytes[..]);
+    assert_eq!(
+        wire.decode::<InterventionCommand>(&framed).unwrap(),
+        command()
+    );
+    // A topic nothing was registered for is a bug, reported as such.
+    let err = wire.encode("commands.sms", &command()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no schema registered for topic commands.sms"),
+        "{err}"
     );
 }

@@ -185,6 +185,7 @@ impl TaskUpdate {
 /// reachable (the contact center should retry).
 pub fn callback_routes(
     cfg: &crate::config::Config,
+    wire: crate::registry::Wire,
 ) -> Result<axum::Router, rdkafka::error::KafkaError> {
     use axum::Json;
     use axum::extract::State;
@@ -196,6 +197,7 @@ pub fn callback_routes(
     struct Callback {
         producer: FutureProducer,
         topic: String,
+        wire: std::sync::Arc<crate::registry::Wire>,
     }
     async fn task_update(
         State(cb): State<Callback>,
@@ -209,7 +211,7 @@ pub fn callback_routes(
             Ok(o) => o,
             Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
-        let bytes = match crate::codec::encode_outcome(&outcome) {
+        let bytes = match cb.wire.encode(&cb.topic, &outcome) {
             Ok(b) => b,
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         };
@@ -237,6 +239,7 @@ pub fn callback_routes(
         .with_state(Callback {
             producer,
             topic: cfg.topics.intervention_outcomes.clone(),
+            wire: std::sync::Arc::new(wire),
         }))
 }
 

@@ -147,10 +147,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use crate::codec;
 use crate::config::Config;
 use crate::kafka::{ToolContext, client_config, producer_config};
 use crate::model::{Channel, InterventionCommand, InterventionOutcome, now_millis};
+use crate::registry::Wire;
 use crate::shutdown::CancellationToken;
 use crate::state::{RocksEnv, RocksStore, StateBatch, StateError, StateStore};
 use crate::telemetry::Metrics;
@@ -224,6 +224,15 @@ pub enum SinkError {
     /// An outcome could not be encoded (a bug: the model and schemas disagree).
     #[error("cannot encode an outcome: {0}")]
     Encode(String),
+    /// The schema registry could not be asked (the sink starts again, from its last commit),
+    /// or refused the outcome schema.
+    #[error("schema registry: {message}")]
+    Registry {
+        /// What the registry client reported.
+        message: String,
+        /// The registry was unreachable (not a refusal): starting again may succeed.
+        unavailable: bool,
+    },
     /// The log of handled commands failed.
     #[error("sink state at {path}: {source}")]
     State {
@@ -234,9 +243,39 @@ pub enum SinkError {
     },
 }
 
+impl From<crate::codec::LookupError> for SinkError {
+    fn from(e: crate::codec::LookupError) -> SinkError {
+        SinkError::Registry {
+            unavailable: matches!(e, crate::codec::LookupError::Unavailable(_)),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How a sink frames what it reads and writes: commands in, outcomes out (bare Avro, or the
+/// Confluent wire format with the schema registry, the outcome schema registered).
+pub fn outcome_wire(cfg: &Config) -> Result<Wire, SinkError> {
+    let registry = crate::registry::connect(cfg.schema_registry.as_ref()).map_err(|message| {
+        SinkError::Registry {
+            message,
+            unavailable: false,
+        }
+    })?;
+    let mut wire = Wire::new(registry);
+    wire.register::<InterventionOutcome>(&cfg.topics.intervention_outcomes)?;
+    Ok(wire)
+}
+
 impl crate::shutdown::Restartable for SinkError {
     fn restartable(&self) -> bool {
-        matches!(self, SinkError::ClientFatal { .. })
+        matches!(
+            self,
+            SinkError::ClientFatal { .. }
+                | SinkError::Registry {
+                    unavailable: true,
+                    ..
+                }
+        )
     }
 }
 
@@ -280,6 +319,7 @@ impl HandledLog {
 
 struct Runner<'a, P> {
     cfg: &'a Config,
+    wire: Wire,
     provider: &'a P,
     metrics: &'a Metrics,
     log: HandledLog,
@@ -340,14 +380,12 @@ impl<P: Provider> Runner<'_, P> {
             at: now_millis(),
             detail: Some(detail),
         };
-        let bytes =
-            codec::encode_outcome(&outcome).map_err(|e| SinkError::Encode(e.to_string()))?;
-        self.produce(
-            &self.cfg.topics.intervention_outcomes,
-            command.customer_id.as_bytes(),
-            &bytes,
-            None,
-        )
+        let topic = &self.cfg.topics.intervention_outcomes;
+        let bytes = self
+            .wire
+            .encode(topic, &outcome)
+            .map_err(|e| SinkError::Encode(e.to_string()))?;
+        self.produce(topic, command.customer_id.as_bytes(), &bytes, None)
     }
 
     fn dead_letter(
@@ -382,8 +420,19 @@ impl<P: Provider> Runner<'_, P> {
     /// Handles one command record; the caller commits its offset afterwards.
     fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), SinkError> {
         let channel = self.provider.channel().as_str();
-        let command = match codec::decode_command(msg.payload().unwrap_or_default()) {
+        let command = match self
+            .wire
+            .decode::<InterventionCommand>(msg.payload().unwrap_or_default())
+        {
             Ok(c) => c,
+            Err(e) if e.is_retryable() => {
+                // The command may be fine: stop before its offset is stored; the sink starts
+                // again from its last commit.
+                return Err(SinkError::Registry {
+                    message: e.to_string(),
+                    unavailable: true,
+                });
+            }
             Err(e) => {
                 tracing::warn!(offset = msg.offset(), error = %e, "Undecodable command dead-lettered.");
                 self.metrics.sink_delivery(channel, "undecodable");
@@ -492,6 +541,7 @@ pub fn run<P: Provider>(
         .subscribe(&[&topic])
         .map_err(Runner::<P>::kafka("subscribe"))?;
     let mut runner = Runner {
+        wire: outcome_wire(cfg)?,
         cfg,
         provider,
         metrics,
