@@ -254,10 +254,21 @@ pub async fn create_topics(
     Ok(created)
 }
 
-/// Encodes an event for `customer-events` in the configured input format.
+/// Encodes an event for `customer-events` in the configured input format (Avro: a bare datum).
 pub fn encode_event(ev: &CustomerEvent, format: InputFormat) -> Result<Vec<u8>, codec::CodecError> {
+    encode_event_for(ev, format, &crate::registry::Wire::default(), "")
+}
+
+/// Encodes an event for `topic` in `format`; Avro framed as `wire` frames it (the Confluent
+/// wire format when it has a schema registry, the schema registered for `topic`).
+fn encode_event_for(
+    ev: &CustomerEvent,
+    format: InputFormat,
+    wire: &crate::registry::Wire,
+    topic: &str,
+) -> Result<Vec<u8>, codec::CodecError> {
     match format {
-        InputFormat::Avro => codec::encode_customer_event(ev),
+        InputFormat::Avro => wire.encode(topic, ev),
         InputFormat::Json => Ok(serde_json::to_vec(ev).unwrap_or_default()),
     }
 }
@@ -270,6 +281,7 @@ pub async fn produce_file(
     path: &str,
     input: impl BufRead,
     format: InputFormat,
+    wire: &crate::registry::Wire,
 ) -> Result<u64, KafkaToolError> {
     let mut bad: Option<KafkaToolError> = None;
     let events = input
@@ -297,7 +309,7 @@ pub async fn produce_file(
             }
         })
         .flatten();
-    let sent = produce_events(brokers, topic, events, format, 0.0).await?;
+    let sent = produce_events(brokers, topic, events, format, wire, 0.0).await?;
     match bad {
         Some(e) => Err(e),
         None => Ok(sent),
@@ -305,12 +317,14 @@ pub async fn produce_file(
 }
 
 /// Publishes events to `topic`, keyed by customer id, in iteration order, at most `rate`
-/// events per second (0 = as fast as the broker takes them). Returns the number acknowledged.
+/// events per second (0 = as fast as the broker takes them), encoded in `format` (Avro
+/// framed by `wire`). Returns the number acknowledged.
 pub async fn produce_events(
     brokers: &str,
     topic: &str,
     events: impl Iterator<Item = CustomerEvent>,
     format: InputFormat,
+    wire: &crate::registry::Wire,
     rate: f64,
 ) -> Result<u64, KafkaToolError> {
     let producer: FutureProducer = producer_config(brokers, &BTreeMap::new())
@@ -322,11 +336,12 @@ pub async fn produce_events(
     let started = Instant::now();
     let mut last_log = Instant::now();
     for ev in events {
-        let value = encode_event(&ev, format).map_err(|e| KafkaToolError::BadLine {
-            path: topic.to_owned(),
-            line: offered + 1,
-            message: e.to_string(),
-        })?;
+        let value =
+            encode_event_for(&ev, format, wire, topic).map_err(|e| KafkaToolError::BadLine {
+                path: topic.to_owned(),
+                line: offered + 1,
+                message: e.to_string(),
+            })?;
         // No record timestamp: event time lives in the value; the broker's CreateTime keeps
         // retention working for traces whose event times lie in the past.
         let record = FutureRecord::to(topic).key(&ev.customer_id).payload(&value);

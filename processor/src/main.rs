@@ -449,7 +449,8 @@ struct ProduceArgs {
     /// Target topic.
     #[arg(long, default_value = "customer-events")]
     topic: String,
-    /// Encoding of the values.
+    /// Encoding of the values. Avro values are bare datums, or in the Confluent wire format
+    /// when --config has a `schema-registry` (the schema registered under `<topic>-value`).
     #[arg(long, value_enum, default_value_t = InputFormat::Avro)]
     format: InputFormat,
     /// Events, one JSON object per line (`-` for stdin).
@@ -582,6 +583,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// How events written to the input topic `topic` are framed: with the schema registry of
+/// `--config` (the `CustomerEvent` schema registered under `<topic>-value`), else bare Avro.
+fn input_wire(config: Option<&Path>, topic: &str) -> Result<waymark::registry::Wire> {
+    let registry = match config {
+        Some(path) => Config::load(Some(path), &Overrides::default())?.schema_registry,
+        None => None,
+    };
+    let mut wire = waymark::registry::Wire::new(
+        waymark::registry::connect(registry.as_ref()).map_err(anyhow::Error::msg)?,
+    );
+    wire.register::<waymark::model::CustomerEvent>(topic)
+        .map_err(|e| anyhow::anyhow!("schema registry: {e}"))?;
+    Ok(wire)
 }
 
 /// Topic names from `--config` when given, else the defaults.
@@ -721,12 +737,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Produce(args) => {
             let rt = runtime()?;
             let input = open_input(&args.file)?;
+            let wire = input_wire(config.as_deref(), &args.topic)?;
             let n = rt.block_on(waymark::kafka::produce_file(
                 &args.brokers,
                 &args.topic,
                 &args.file.display().to_string(),
                 input,
                 args.format,
+                &wire,
             ))?;
             eprintln!("produced {n} events to {}", args.topic);
             Ok(ExitCode::SUCCESS)
@@ -762,7 +780,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             eprintln!("tail: {n} records");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Loadgen(cmd) => loadgen(cmd),
+        Command::Loadgen(cmd) => loadgen(config.as_deref(), cmd),
         Command::Forget(args) => {
             if args.customer_id.trim().is_empty() {
                 bail!("give the id of the customer to forget");
@@ -776,11 +794,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 attributes: Default::default(),
             };
             let rt = runtime()?;
+            let wire = input_wire(config.as_deref(), &args.topic)?;
             rt.block_on(waymark::kafka::produce_events(
                 &args.brokers,
                 &args.topic,
                 std::iter::once(request),
                 InputFormat::Avro,
+                &wire,
                 0.0,
             ))?;
             eprintln!(
@@ -819,7 +839,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn loadgen(cmd: LoadgenCmd) -> Result<ExitCode> {
+fn loadgen(config: Option<&Path>, cmd: LoadgenCmd) -> Result<ExitCode> {
     let events = waymark::loadgen::generate(&cmd.gen_args)?;
     match (&cmd.output, &cmd.brokers) {
         (Some(path), None) => {
@@ -838,11 +858,13 @@ fn loadgen(cmd: LoadgenCmd) -> Result<ExitCode> {
         }
         (None, Some(brokers)) => {
             let rt = runtime()?;
+            let wire = input_wire(config, &cmd.topic)?;
             let n = rt.block_on(waymark::kafka::produce_events(
                 brokers,
                 &cmd.topic,
                 events,
                 InputFormat::Avro,
+                &wire,
                 cmd.gen_args.rate,
             ))?;
             eprintln!("loadgen: produced {n} events to {}", cmd.topic);

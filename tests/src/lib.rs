@@ -194,6 +194,7 @@ impl Scenario {
             &path.display().to_string(),
             file,
             InputFormat::Avro,
+            &waymark::registry::Wire::default(),
         ))?)
     }
 
@@ -211,7 +212,9 @@ impl Scenario {
             self.topics.customer_events.as_str(),
         ];
         for target in [&file[..], &kafka[..]] {
+            // With the scenario's config: framed as its `waymark run` reads them.
             let out = Command::new(waymark_bin())
+                .args(["--config", self.config.to_str().unwrap_or_default()])
                 .args(["loadgen", "--customers", customers, "--seed", seed])
                 .args(target)
                 .output()

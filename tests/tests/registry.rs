@@ -10,7 +10,9 @@
 //! - Waymark's own records (commands, journey events, the email sink's outcomes) are in the
 //!   Confluent wire format, their schemas registered under `<topic>-value`, and the email
 //!   sink reads the commands through the registry;
-//! - `waymark simulate --from-topic` with the same config reads the topic as `run` does.
+//! - `waymark simulate --from-topic` with the same config reads the topic as `run` does;
+//! - `waymark loadgen --config` frames `CustomerEvent`s with the registry, `run` reads them,
+//!   and the analytics view reads the framed journey events.
 
 use std::time::{Duration, Instant};
 
@@ -394,4 +396,28 @@ fn parse_mapping(yaml: &str) -> Result<InputMapping> {
     std::fs::write(&path, cfg_text)?;
     let cfg = waymark::config::Config::load(Some(&path), &waymark::config::Overrides::default())?;
     cfg.input_mapping.context("no mapping")
+}
+
+#[test]
+fn customer_events_framed_by_loadgen_are_read_by_run_and_the_view_reads_framed_journey_events() {
+    let config = format!("schema-registry:\n  url: {}\n", registry_url());
+    let scenario = Scenario::new("registry-events", 2, &config).unwrap();
+    let events = scenario.loadgen("300", "7");
+    let id = latest_id(&format!("{}-value", scenario.topics.customer_events)).unwrap();
+    let raw = scenario.read_raw(&scenario.topics.customer_events).unwrap();
+    assert!(raw.len() > 300);
+    assert!(raw.iter().all(|r| framed_id(&r.value) == id));
+
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    let (kafka, dlq) = scenario.run_to_outputs(simulated.len()).unwrap();
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_same_outputs(&kafka, &simulated);
+
+    let journey_events = simulated
+        .iter()
+        .filter(|v| v["kind"] == "journey_event")
+        .count() as u64;
+    let view = scenario.start_analytics("a").unwrap();
+    await_view(view.http_addr(), journey_events, Duration::from_secs(60));
+    view.stop();
 }
