@@ -73,12 +73,25 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-/// A free loopback port.
+/// A free loopback port, a new one on every call, below the kernel's ephemeral range
+/// (32768 and up). A port the kernel hands out (`bind` to port 0) may be taken by any outgoing
+/// connection, a Kafka client's for instance, between this call and the server's own bind;
+/// nothing takes a port below that range unless asked for it by number.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another; each starts at its own place in the range.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// One test's world: its topics, group, transactional id, state directory and config file.
