@@ -1,19 +1,22 @@
 //! A client of a Confluent-compatible schema registry: the writer schemas of Avro values in
 //! the Confluent wire format (magic byte, 4-byte schema id, datum), looked up by id.
 //!
-//! Speaks the documented REST API (`GET /schemas/ids/{id}`, media type
-//! `application/vnd.schemaregistry.v1+json`), which Confluent Schema Registry, Karapace,
-//! Redpanda and Apicurio (`/apis/ccompat/v7`) serve. Ids are immutable in a registry, so every
-//! schema is fetched once and kept for the life of the process.
+//! Speaks the documented REST API (`GET /schemas/ids/{id}`, `POST
+//! /subjects/{subject}/versions`, media type `application/vnd.schemaregistry.v1+json`), which
+//! Confluent Schema Registry, Karapace, Redpanda and Apicurio (`/apis/ccompat/v7`) serve. Ids
+//! are immutable in a registry, so every schema is fetched once and kept for the life of the
+//! process.
 //!
 //! A registry that cannot be asked (connection refused, timeout, 5xx, 429) is retried with
 //! backoff for `schema-registry.retry-secs`; after that the lookup says
-//! [`LookupError::Unavailable`] and `waymark run` restarts its pipeline from the last commit
-//! instead of dead-lettering records that may be fine. A registry that answers "no such id"
-//! (404) or with a schema Waymark cannot use sends the record to the dead-letter topic.
+//! [`LookupError::Unavailable`] and the reader (`waymark run`'s pipeline, a sink, the analytics
+//! view) restarts from its last commit instead of dead-lettering records that may be fine. A
+//! registry that answers "no such id" (404) or with a schema Waymark cannot use sends the
+//! record to the dead-letter topic.
 //!
-//! Must not know records, topics or journeys: it hands out [`Schema`]s through
-//! [`SchemaLookup`].
+//! [`Wire`] frames Waymark's own records with the ids of their schemas, registered under
+//! `<topic>-value`; [`input_decoder`] reads the input topic. Must not know journeys or Kafka
+//! clients: callers hand in topic names and bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
