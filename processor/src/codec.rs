@@ -617,11 +617,13 @@ impl InputDecoder {
         match (&self.mapping, self.format) {
             (Some(m), InputFormat::Json) => m.decode(bytes),
             (Some(m), InputFormat::Avro) => m.decode_avro(bytes, registry),
-            (None, InputFormat::Json) => decode_customer_event_json(bytes),
-            (None, InputFormat::Avro) => match self.registry {
-                Some(_) => decode(bytes, Framing::Confluent { schema_id: 0 }, registry),
-                None => decode(bytes, Framing::Raw, registry),
-            },
+            (None, format) => {
+                let framing = match self.registry {
+                    Some(_) => Framing::Confluent { schema_id: 0 },
+                    None => Framing::Raw,
+                };
+                decode_customer_event_with(bytes, format, framing, registry)
+            }
         }
     }
 }

@@ -588,16 +588,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// How events written to the input topic `topic` are framed: with the schema registry of
 /// `--config` (the `CustomerEvent` schema registered under `<topic>-value`), else bare Avro.
 fn input_wire(config: Option<&Path>, topic: &str) -> Result<waymark::registry::Wire> {
-    let registry = match config {
-        Some(path) => Config::load(Some(path), &Overrides::default())?.schema_registry,
-        None => None,
-    };
-    let mut wire = waymark::registry::Wire::new(
-        waymark::registry::connect(registry.as_ref()).map_err(anyhow::Error::msg)?,
-    );
+    let mut wire = waymark::registry::Wire::new(registry_of(config)?);
     wire.register::<waymark::model::CustomerEvent>(topic)
         .map_err(|e| anyhow::anyhow!("schema registry: {e}"))?;
     Ok(wire)
+}
+
+/// A client of the schema registry `--config` names, if it names one.
+fn registry_of(config: Option<&Path>) -> Result<Option<Arc<waymark::registry::SchemaRegistry>>> {
+    let Some(path) = config else {
+        return Ok(None);
+    };
+    let cfg = Config::load(Some(path), &Overrides::default())?;
+    waymark::registry::connect(cfg.schema_registry.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Topic names from `--config` when given, else the defaults.
@@ -761,17 +765,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 args.topics
             };
-            let registry = match config.as_deref() {
-                Some(path) => Config::load(Some(path), &Overrides::default())?.schema_registry,
-                None => None,
-            };
             let opts = waymark::kafka::TailOptions {
                 from_beginning: args.from_beginning,
                 idle_exit: args.idle_exit,
                 max_records: args.max_records,
-                wire: waymark::registry::Wire::new(
-                    waymark::registry::connect(registry.as_ref()).map_err(anyhow::Error::msg)?,
-                ),
+                wire: waymark::registry::Wire::new(registry_of(config.as_deref())?),
             };
             let stdout = std::io::stdout();
             let mut out = BufWriter::new(stdout.lock());
