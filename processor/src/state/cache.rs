@@ -16,7 +16,13 @@ use super::{Millis, StateBatch, StateError, StateStore};
 ///
 /// Bump it when the state type changes incompatibly, and teach [`decode_value`] to read the
 /// previous version (or to say clearly that it cannot).
-pub const STATE_FORMAT_VERSION: u8 = 2;
+///
+/// Version 3 added a last field, an `Option` (`CustomerState::identity`); a version 2 record
+/// is read as a version 3 record whose last field is `None`.
+pub const STATE_FORMAT_VERSION: u8 = 3;
+
+/// The previous format version, still read (see [`STATE_FORMAT_VERSION`]).
+const PREVIOUS_FORMAT_VERSION: u8 = 2;
 
 /// Default [`StateCache`] capacity, in entries (customers).
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
@@ -48,13 +54,22 @@ pub fn decode_value<V: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<V, St
             "the record is empty (no format version byte)".to_owned(),
         ));
     };
-    if version != STATE_FORMAT_VERSION {
-        return Err(StateError::UnknownFormat {
-            key: id.to_owned(),
-            found: version,
-            supported: STATE_FORMAT_VERSION,
-        });
-    }
+    let upgraded;
+    let body = match version {
+        STATE_FORMAT_VERSION => body,
+        PREVIOUS_FORMAT_VERSION => {
+            // Postcard writes `None` as one zero byte.
+            upgraded = [body, &[0]].concat();
+            &upgraded[..]
+        }
+        _ => {
+            return Err(StateError::UnknownFormat {
+                key: id.to_owned(),
+                found: version,
+                supported: STATE_FORMAT_VERSION,
+            });
+        }
+    };
     let (value, rest) = postcard::take_from_bytes(body).map_err(|e| decode_error(e.to_string()))?;
     if !rest.is_empty() {
         return Err(decode_error(format!(

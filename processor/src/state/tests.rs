@@ -895,6 +895,49 @@ mod cache {
     }
 
     #[test]
+    fn a_version_2_record_reads_with_the_field_version_3_added_as_none() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct V2 {
+            a: u32,
+            b: Vec<String>,
+        }
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct V3 {
+            a: u32,
+            b: Vec<String>,
+            c: Option<String>,
+        }
+        let mut bytes = encode_value(
+            "c-1",
+            &V2 {
+                a: 7,
+                b: vec!["x".into()],
+            },
+        )
+        .unwrap();
+        bytes[0] = 2;
+        let read: V3 = decode_value("c-1", &bytes).unwrap();
+        assert_eq!(
+            read,
+            V3 {
+                a: 7,
+                b: vec!["x".into()],
+                c: None
+            }
+        );
+        // A version 3 record keeps its value.
+        let v3 = V3 {
+            a: 1,
+            b: vec![],
+            c: Some("y".into()),
+        };
+        assert_eq!(
+            decode_value::<V3>("c-1", &encode_value("c-1", &v3).unwrap()).unwrap(),
+            v3
+        );
+    }
+
+    #[test]
     fn malformed_records_are_decode_errors() {
         assert!(matches!(
             decode_value::<Rec>("a", &[]),
