@@ -92,7 +92,39 @@ pub struct CustomerState {
     /// Set by retention: the time of the newest event compacted away. Events at or before it
     /// belong to retired instances; arriving now, they are late and change nothing.
     pub retired_until: Option<Millis>,
+    /// Identity merges this customer took part in (`identity.alias`); `None` for almost every
+    /// customer. Last, so that a record written before it existed reads as `None` (see
+    /// `state::decode_value`).
+    pub identity: Option<Box<Identity>>,
 }
+
+/// One end of an identity merge: the other customer, and the alias event that merged them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityLink {
+    /// The other customer id.
+    pub customer_id: String,
+    /// Event time of the alias event.
+    pub at: Millis,
+    /// Id of the alias event.
+    pub event_id: String,
+}
+
+/// A customer's identity merges: an alias's history moves to its canonical customer once, and
+/// everything published for the alias later follows it there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Set once this id is an alias: where its history went.
+    pub merged_into: Option<IdentityLink>,
+    /// The aliases whose history was merged into this customer, in the order they arrived.
+    pub merged_from: Vec<IdentityLink>,
+    /// An alias event waiting for the watermark to reach its time: the merge happens then, so
+    /// what the alias is sent up to that time does not depend on when the event arrived.
+    pub pending: Option<IdentityLink>,
+}
+
+/// The exit reason of an alias's instances when its history moves to the canonical customer
+/// (their journey goes on there).
+pub const MERGED_EXIT_REASON: &str = "merged";
 
 /// Values kept per profile attribute; the oldest is dropped beyond this.
 pub const PROFILE_HISTORY: usize = 8;
@@ -109,7 +141,24 @@ impl CustomerState {
     /// Whether nothing worth keeping is left (no events, and no instance was ever retired):
     /// the caller may delete the customer.
     pub fn is_disposable(&self) -> bool {
-        self.events.is_empty() && self.journeys.values().all(|m| m.retired == 0)
+        self.events.is_empty()
+            && self.journeys.values().all(|m| m.retired == 0)
+            && self.identity.is_none()
+    }
+
+    /// The canonical customer this id is an alias of, once merged.
+    pub fn merged_into(&self) -> Option<&IdentityLink> {
+        self.identity.as_ref()?.merged_into.as_ref()
+    }
+
+    /// The aliases merged into this customer.
+    pub fn merged_from(&self) -> &[IdentityLink] {
+        self.identity.as_ref().map_or(&[], |i| &i.merged_from)
+    }
+
+    /// The alias event waiting for the watermark (see [`Identity::pending`]).
+    pub fn pending_merge(&self) -> Option<&IdentityLink> {
+        self.identity.as_ref()?.pending.as_ref()
     }
 
     /// The latest value of every profile attribute.
@@ -122,7 +171,7 @@ impl CustomerState {
 }
 
 /// What happened to an applied event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The event was new and is part of the customer's state.
     Accepted {
@@ -136,6 +185,14 @@ pub enum Applied {
     /// A `waymark.forget` request: the caller (the runtime, not the engine) erased the
     /// customer's state.
     Forgotten,
+    /// The customer is an alias: the event goes on to the canonical customer.
+    Forwarded,
+    /// An identity merge: an `identity.alias` event made the customer an alias, or an alias's
+    /// history was folded into the customer.
+    Merged,
+    /// An identity record that cannot be applied (a second canonical id for an alias, a
+    /// cycle): why, for the dead-letter topic.
+    Refused(String),
 }
 
 /// How an instance ended.
@@ -152,6 +209,8 @@ pub enum EndKind {
 pub struct Instance {
     /// 1-based instance number.
     pub number: u32,
+    /// Index (into `CustomerState::events`) of the event it entered on.
+    pub entry: usize,
     /// Event time of entry.
     pub entered_at: Millis,
     /// Per step: event time and index (into `CustomerState::events`) of the earliest event
@@ -575,6 +634,9 @@ impl Engine {
                     }
                 }
             }
+        }
+        if let Some(link) = state.pending_merge() {
+            next_due = Some(next_due.map_or(link.at, |n| n.min(link.at)));
         }
         if let Some(retention) = self.retention
             && next_due.is_none()
@@ -1475,6 +1537,7 @@ fn derive_instance(
 ) -> (Instance, Option<usize>) {
     let mut inst = Instance {
         number,
+        entry,
         entered_at: events[entry].at,
         completed: vec![None; journey.steps.len()],
         end: None,
@@ -1504,6 +1567,20 @@ fn derive_instance(
     (inst, None)
 }
 
+/// The emitted-set key of an instance's output: what it is (`tag`, and a step, exit, rule or
+/// action id), of which instance. The customer id is not part of it (the memory is the
+/// customer's own), so a merge can carry keys to the canonical customer's numbering.
+fn output_key(journey: &[u8], id_version: u32, number: u32, tag: &[u8], a: &str, b: &str) -> u64 {
+    fnv(&[
+        journey,
+        &id_version.to_le_bytes(),
+        &number.to_le_bytes(),
+        tag,
+        a.as_bytes(),
+        b.as_bytes(),
+    ])
+}
+
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
 fn candidates(
     journey: &Journey,
@@ -1514,10 +1591,8 @@ fn candidates(
     let mut out = Vec::new();
     let name = journey.name.as_bytes();
     for (idx, inst) in instances.iter().enumerate() {
-        let version = inst.id_version.to_le_bytes();
-        let number = inst.number.to_le_bytes();
         let key = |tag: &[u8], a: &str, b: &str| {
-            fnv(&[name, &version, &number, tag, a.as_bytes(), b.as_bytes()])
+            output_key(name, inst.id_version, inst.number, tag, a, b)
         };
         let mut push_in = |due, kind, key, group| {
             if inst.covers(due, kind) {
@@ -1659,5 +1734,6 @@ fn plan_rule(
 }
 
 mod conditions;
+mod identity;
 #[cfg(test)]
 mod tests;

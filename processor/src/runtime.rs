@@ -17,6 +17,12 @@ use crate::state::{PreparedBatch, StateCache, StateError, StateStore};
 /// erased, locally and (through the state changelog) everywhere the partition is restored.
 pub const FORGET_EVENT_TYPE: &str = "waymark.forget";
 
+pub use identity::{
+    ALIAS_CANONICAL_ATTRIBUTE, ALIAS_EVENT_TYPE, Forward, Forwarded, MAX_FORWARD_HOPS,
+};
+
+mod identity;
+
 /// Meta key under which the runtime keeps its watermark.
 pub const META_WATERMARK: &str = "watermark";
 
@@ -65,6 +71,10 @@ pub enum Rejection {
         /// The customer id in the value.
         customer_id: String,
     },
+    /// An `identity.alias` event, or a record forwarded between identities, that cannot be
+    /// applied.
+    #[error("{0}")]
+    Identity(String),
 }
 
 impl Rejection {
@@ -77,6 +87,7 @@ impl Rejection {
             Rejection::MissingType => "missing_type",
             Rejection::FutureTimestamp { .. } => "future_timestamp",
             Rejection::KeyMismatch { .. } => "key_mismatch",
+            Rejection::Identity(_) => "identity",
         }
     }
 }
@@ -105,6 +116,9 @@ pub fn validate(
             key: String::from_utf8_lossy(key).into_owned(),
             customer_id: ev.customer_id.clone(),
         });
+    }
+    if ev.event_type == ALIAS_EVENT_TYPE {
+        identity::check_alias(ev)?;
     }
     if let Some(now) = now
         && ev.occurred_at > now.saturating_add(max_future_skew)
@@ -138,6 +152,10 @@ pub struct RuntimeStats {
     pub commands: u64,
     /// Journey events emitted.
     pub journey_events: u64,
+    /// Identity merges: aliases merged away, and alias histories folded in.
+    pub merges: u64,
+    /// Events of aliases handed on to their canonical customer.
+    pub forwarded: u64,
 }
 
 /// One partition: engine + cached state + timer index + watermark.
@@ -154,6 +172,8 @@ pub struct PartitionRuntime {
     newest_event_changed: bool,
     allowed_lateness: Millis,
     stats: RuntimeStats,
+    /// Records for other customers (identity merges), in the order they were made.
+    forwards: Vec<Forward>,
 }
 
 impl PartitionRuntime {
@@ -188,6 +208,7 @@ impl PartitionRuntime {
             newest_event_changed: false,
             allowed_lateness,
             stats: RuntimeStats::default(),
+            forwards: Vec::new(),
         })
     }
 
@@ -221,15 +242,37 @@ impl PartitionRuntime {
     /// Outcomes of commands (`intervention.*`) are observations of the sinks' wall clock, not
     /// customer event time: they are applied but never move the watermark (a fresh outcome
     /// read beside a backlog of older events must not fire the backlog's timers early).
+    ///
+    /// An alias's events go on to its canonical customer (see [`PartitionRuntime::take_forwards`]),
+    /// and an `identity.alias` event makes its customer an alias.
     pub fn on_event(
         &mut self,
         ev: &CustomerEvent,
         out: &mut Vec<Output>,
     ) -> Result<Applied, StateError> {
+        self.on_event_after(ev, 0, out)
+    }
+
+    /// [`PartitionRuntime::on_event`] for an event that was forwarded `hops` times already.
+    fn on_event_after(
+        &mut self,
+        ev: &CustomerEvent,
+        hops: u8,
+        out: &mut Vec<Output>,
+    ) -> Result<Applied, StateError> {
         if ev.event_type == FORGET_EVENT_TYPE {
+            // The person behind an alias is its canonical customer: forget them too.
+            self.forward_if_alias(ev, hops)?;
             self.forget(&ev.customer_id)?;
             self.stats.forgotten += 1;
             return Ok(Applied::Forgotten);
+        }
+        if ev.event_type == ALIAS_EVENT_TYPE {
+            let applied = self.alias(ev, out)?;
+            if applied != Applied::Duplicate {
+                self.observe(ev, out)?;
+            }
+            return Ok(applied);
         }
         if !self.engine.is_relevant(&ev.event_type) {
             self.stats.ignored += 1;
@@ -240,6 +283,12 @@ impl PartitionRuntime {
         let state =
             self.cache
                 .get_or_insert_with(&*self.store, &ev.customer_id, CustomerState::default)?;
+        if let Some(link) = state.merged_into() {
+            let to = link.customer_id.clone();
+            self.forward_event(ev, to, hops);
+            self.observe(ev, out)?;
+            return Ok(Applied::Forwarded);
+        }
         let old_due = state.next_due;
         let applied = self
             .engine
@@ -261,9 +310,16 @@ impl PartitionRuntime {
                 self.cache.mark_dirty(&ev.customer_id);
             }
             Applied::Ignored => self.stats.ignored += 1,
-            Applied::Forgotten => {}
+            Applied::Forgotten | Applied::Forwarded | Applied::Merged | Applied::Refused(_) => {}
         }
         self.count(&out[before..]);
+        self.observe(ev, out)?;
+        Ok(applied)
+    }
+
+    /// Takes the event's time into account: the newest event time, and the watermark it lets
+    /// through (outcomes excepted, see [`PartitionRuntime::on_event`]).
+    fn observe(&mut self, ev: &CustomerEvent, out: &mut Vec<Output>) -> Result<(), StateError> {
         if !ev.event_type.starts_with(OUTCOME_EVENT_PREFIX) {
             if ev.occurred_at > self.newest_event {
                 self.newest_event = ev.occurred_at;
@@ -271,7 +327,15 @@ impl PartitionRuntime {
             }
             self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
         }
-        Ok(applied)
+        Ok(())
+    }
+
+    /// Takes the records made for other customers since the last call (an alias's history for
+    /// its canonical customer, an alias's events): live they are produced to the input topic,
+    /// keyed by [`Forward::to`]; offline `simulate` applies them with
+    /// [`PartitionRuntime::on_forwarded`].
+    pub fn take_forwards(&mut self) -> Vec<Forward> {
+        std::mem::take(&mut self.forwards)
     }
 
     /// Moves the watermark forward to `watermark` (never back) and fires every customer whose
@@ -297,10 +361,17 @@ impl PartitionRuntime {
             };
             let before = out.len();
             let (new_due, disposable) = match self.cache.get_mut(&*self.store, &customer)? {
-                Some(state) => {
-                    self.engine.advance(state, &customer, watermark, out);
-                    (state.next_due, state.is_disposable())
-                }
+                Some(state) => match state.pending_merge().filter(|l| l.at <= watermark) {
+                    Some(link) => {
+                        let (link, at) = (link.clone(), link.at);
+                        self.merge_away(&customer, link, at, out)?;
+                        (None, false)
+                    }
+                    None => {
+                        self.engine.advance(state, &customer, watermark, out);
+                        (state.next_due, state.is_disposable())
+                    }
+                },
                 None => (None, false),
             };
             self.cache.mark_dirty(&customer);

@@ -6,6 +6,7 @@
 //! journeys and events give the same bytes. Must not read the wall clock for anything that
 //! changes the output.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,10 +123,20 @@ pub fn simulate_into(
         debug_assert!(
             !matches!(applied, Applied::Accepted { .. }) || buf.iter().all(|o| !o.id().is_empty())
         );
+        if let Applied::Refused(why) = applied {
+            reject(&mut report, n, why);
+        }
+        for why in apply_forwards(&mut runtime, &mut buf)? {
+            reject(&mut report, n, why);
+        }
         hand_over(&mut on_output, &mut buf)?;
     }
     if let Some(until) = opts.until {
         runtime.advance_to(until, &mut buf)?;
+        let last = report.lines;
+        for why in apply_forwards(&mut runtime, &mut buf)? {
+            reject(&mut report, last, why);
+        }
         hand_over(&mut on_output, &mut buf)?;
     }
     report.stats = runtime.stats();
@@ -135,6 +146,23 @@ pub fn simulate_into(
     // store holds nothing durable, so leave it to the process exit.
     std::mem::forget(runtime);
     Ok(report)
+}
+
+/// Identity merges: what one customer hands to another is applied at once (live, it goes
+/// through the input topic to that customer's partition). Returns why records were refused.
+fn apply_forwards(
+    runtime: &mut PartitionRuntime,
+    buf: &mut Vec<Output>,
+) -> Result<Vec<String>, SimulateError> {
+    let mut refused = Vec::new();
+    let mut forwards = VecDeque::from(runtime.take_forwards());
+    while let Some(f) = forwards.pop_front() {
+        if let Applied::Refused(why) = runtime.on_forwarded(&f, buf)? {
+            refused.push(why);
+        }
+        forwards.extend(runtime.take_forwards());
+    }
+    Ok(refused)
 }
 
 fn hand_over(
