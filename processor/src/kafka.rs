@@ -579,6 +579,9 @@ pub struct HistoryStats {
     pub undecodable: u64,
     /// See `undecodable`.
     pub examples: Vec<String>,
+    /// Records Waymark wrote for identity merges (skipped: the engine makes them again from
+    /// the `identity.alias` events).
+    pub forwards: u64,
     /// Partitions read.
     pub partitions: usize,
 }
@@ -669,9 +672,16 @@ pub fn read_history(
                     open.remove(&p);
                     continue;
                 }
-                match input.decode(msg.payload().unwrap_or_default()) {
-                    Ok(ev) => per_partition[p as usize].push(ev),
-                    Err(e) => {
+                let decoded = if crate::pipeline::is_forward(&msg) {
+                    stats.forwards += 1;
+                    None
+                } else {
+                    Some(input.decode(msg.payload().unwrap_or_default()))
+                };
+                match decoded {
+                    None => {}
+                    Some(Ok(ev)) => per_partition[p as usize].push(ev),
+                    Some(Err(e)) => {
                         stats.undecodable += 1;
                         if stats.examples.len() < 10 {
                             stats.examples.push(format!("{p}/{offset}: {e}"));

@@ -340,6 +340,12 @@ impl HistoryArgs {
             "history: {} events from {} partitions of {topic} ({} records skipped as undecodable)",
             stats.events, stats.partitions, stats.undecodable
         );
+        if stats.forwards > 0 {
+            eprintln!(
+                "history: {} identity-merge records skipped (Waymark wrote them; the identity.alias events make them again)",
+                stats.forwards
+            );
+        }
         Ok(buf)
     }
 }

@@ -46,7 +46,9 @@ use crate::kafka::{TransactionalContext, client_config, producer_config};
 use crate::model::{Millis, Output, now_millis};
 use crate::registry::Wire;
 use crate::reload::{self, LiveJourneys};
-use crate::runtime::{META_WATERMARK, PartitionRuntime, Rejection, validate};
+use crate::runtime::{
+    ALIAS_EVENT_TYPE, Forward, Forwarded, META_WATERMARK, PartitionRuntime, Rejection, validate,
+};
 use crate::shutdown::CancellationToken;
 use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
 use crate::telemetry::{BatchLatencies, EventResult, Health, Metrics};
@@ -92,6 +94,15 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "waymark.source.offset";
     /// For late events: the partition's watermark when it arrived (RFC 3339).
     pub const WATERMARK: &str = "waymark.watermark";
+    /// On a record Waymark wrote to the input topic for an identity merge (a
+    /// [`crate::runtime::Forward`] in JSON); any value.
+    pub const FORWARD: &str = "waymark.forward";
+}
+
+/// Whether the record is a [`crate::runtime::Forward`] (see [`headers::FORWARD`]).
+pub fn is_forward(msg: &impl Message) -> bool {
+    msg.headers()
+        .is_some_and(|h| rdkafka::message::Headers::iter(h).any(|h| h.key == headers::FORWARD))
 }
 
 /// The `waymark.source.*` headers naming where a record was read (on dead letters and late
@@ -963,9 +974,13 @@ impl Core {
             Applied::Accepted { late: false } => EventResult::Accepted,
             Applied::Accepted { late: true } => EventResult::Late,
             Applied::Duplicate => EventResult::Duplicate,
-            Applied::Ignored | Applied::Forgotten => EventResult::Ignored,
+            Applied::Forwarded => EventResult::Forwarded,
+            Applied::Ignored | Applied::Forgotten | Applied::Merged | Applied::Refused(_) => {
+                EventResult::Ignored
+            }
         });
         tracing::debug!(%topic, partition, offset = msg.offset(), customer = %ev.customer_id, r#type = %ev.event_type, "Outcome recorded.");
+        self.send_forwards(partition)?;
         self.send_outputs()
     }
 
@@ -1188,22 +1203,10 @@ impl Core {
         Ok(None)
     }
 
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+    /// Opens what a record of the input topic needs (its partition, the transaction) and
+    /// counts it as read.
+    fn start_record(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let partition = msg.partition();
-        if self.restoring.contains_key(&partition) {
-            // Fetched just before the pause; read again after the restore (which seeks back).
-            return Ok(());
-        }
-        let payload = msg.payload().unwrap_or_default();
-        let decoded = self.input.decode(payload);
-        if let Err(e) = &decoded
-            && e.is_retryable()
-        {
-            // The record may be fine: do not dead-letter it, and do not count it as read (the
-            // revocation that follows commits what was read before it). The pipeline restarts
-            // from there and reads this record again.
-            return Err(PipelineError::Registry(e.to_string()));
-        }
         self.open_partition(partition)?;
         self.begin()?;
         self.summary.records += 1;
@@ -1212,18 +1215,56 @@ impl Core {
             p.caught_up = false;
             p.pending_offset = Some(msg.offset() + 1);
         }
-        let Some(ev) = self.admit(msg, decoded)? else {
-            self.metrics
-                .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
+        Ok(())
+    }
+
+    /// A record Waymark wrote for an identity merge: applied to its customer.
+    fn handle_forward(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        self.start_record(msg)?;
+        let forward = match Forward::from_json(msg.payload().unwrap_or_default()) {
+            Ok(f) if msg.key() == Some(f.to.as_bytes()) => f,
+            Ok(f) => {
+                let why = Rejection::KeyMismatch {
+                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+                    customer_id: f.to,
+                };
+                return self.dead_letter(msg, &why);
+            }
+            Err(e) => return self.dead_letter(msg, &Rejection::Undecodable(e)),
+        };
+        let Some(part) = self.partitions.get_mut(&partition) else {
             return Ok(());
         };
-        let Some((applied, watermark)) = self.apply(partition, &ev, msg.timestamp().to_millis())?
-        else {
-            return Ok(());
+        let watermark = part.runtime.watermark();
+        let applied = part
+            .runtime
+            .on_forwarded(&forward, &mut self.outputs)
+            .map_err(|source| PipelineError::State {
+                partition,
+                path: part.path.clone(),
+                source,
+            })?;
+        let event_type = match &forward.record {
+            Forwarded::Event(ev) => ev.event_type.as_str(),
+            Forwarded::Merge { .. } => ALIAS_EVENT_TYPE,
         };
+        self.settle(msg, partition, event_type, applied, watermark)
+    }
+
+    /// Counts what an applied record did, dead-letters a refused one, copies a late one to
+    /// the late topic, and sends what it produced.
+    fn settle(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        partition: i32,
+        event_type: &str,
+        applied: Applied,
+        watermark: Millis,
+    ) -> Result<(), PipelineError> {
         let event_type = match applied {
             Applied::Ignored => crate::telemetry::OTHER_EVENT_TYPE,
-            _ => ev.event_type.as_str(),
+            _ => event_type,
         };
         match applied {
             Applied::Accepted { late: false } => {
@@ -1236,7 +1277,12 @@ impl Core {
                     value: Some(&crate::model::format_millis(watermark)),
                 });
                 let topic = self.cfg.topics.late_events.clone();
-                self.send(&topic, msg.key().unwrap_or_default(), payload, Some(h))?;
+                self.send(
+                    &topic,
+                    msg.key().unwrap_or_default(),
+                    msg.payload().unwrap_or_default(),
+                    Some(h),
+                )?;
             }
             Applied::Duplicate => self.metrics.events(event_type, EventResult::Duplicate, 1),
             Applied::Ignored => self.metrics.events(event_type, EventResult::Ignored, 1),
@@ -1244,8 +1290,71 @@ impl Core {
                 tracing::info!(partition, "Customer state erased on request.");
                 self.metrics.events(event_type, EventResult::Forgotten, 1);
             }
+            Applied::Forwarded => self.metrics.events(event_type, EventResult::Forwarded, 1),
+            Applied::Merged => {
+                tracing::debug!(partition, "Identity merge applied.");
+                self.metrics.events(event_type, EventResult::Merged, 1);
+            }
+            Applied::Refused(reason) => {
+                self.metrics.events(event_type, EventResult::Rejected, 1);
+                self.dead_letter(msg, &Rejection::Identity(reason))?;
+            }
         }
+        self.send_forwards(partition)?;
         self.send_outputs()
+    }
+
+    /// Produces the partition's records for other customers (identity merges) to the input
+    /// topic, keyed by their customer, in the open transaction.
+    fn send_forwards(&mut self, partition: i32) -> Result<(), PipelineError> {
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let forwards = part.runtime.take_forwards();
+        if forwards.is_empty() {
+            return Ok(());
+        }
+        let topic = self.cfg.topics.customer_events.clone();
+        for f in forwards {
+            let h = OwnedHeaders::new().insert(Header {
+                key: headers::FORWARD,
+                value: Some(&f.hops.to_string()),
+            });
+            self.send(&topic, f.to.as_bytes(), &f.to_json(), Some(h))?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        if self.restoring.contains_key(&partition) {
+            // Fetched just before the pause; read again after the restore (which seeks back).
+            return Ok(());
+        }
+        if is_forward(msg) {
+            return self.handle_forward(msg);
+        }
+        let payload = msg.payload().unwrap_or_default();
+        let decoded = self.input.decode(payload);
+        if let Err(e) = &decoded
+            && e.is_retryable()
+        {
+            // The record may be fine: do not dead-letter it, and do not count it as read (the
+            // revocation that follows commits what was read before it). The pipeline restarts
+            // from there and reads this record again.
+            return Err(PipelineError::Registry(e.to_string()));
+        }
+        self.start_record(msg)?;
+        let Some(ev) = self.admit(msg, decoded)? else {
+            self.metrics
+                .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
+            return Ok(());
+        };
+        let Some((applied, watermark)) = self.apply(partition, &ev, msg.timestamp().to_millis())?
+        else {
+            return Ok(());
+        };
+        self.settle(msg, partition, &ev.event_type, applied, watermark)
     }
 
     /// Advances the watermark of caught-up partitions to the wall clock − allowed lateness.
@@ -1287,6 +1396,11 @@ impl Core {
             if let Output::Command(c) = o {
                 self.latencies.command_from_timer(c.due_at + lateness);
             }
+        }
+        // Identity merges whose alias event's time the wall clock reached.
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            self.send_forwards(partition)?;
         }
         if !self.outputs.is_empty() {
             tracing::debug!(customers = fired, "Timers fired on wall-clock time.");
@@ -1676,8 +1790,24 @@ pub struct InspectReport {
     pub duplicates: u32,
     /// Next wake-up (RFC 3339).
     pub next_due: Option<String>,
+    /// Set when the customer is an alias (`identity.alias`): the canonical customer its
+    /// history moved to, when, and by which event. Its events go there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<serde_json::Value>,
+    /// The aliases whose history was merged into this customer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<serde_json::Value>,
     /// Journeys, instances, steps, and every action's fate with the reason.
     pub explanation: crate::engine::Explanation,
+}
+
+/// An identity link as `state inspect` shows it.
+fn identity_link_json(link: &crate::engine::IdentityLink) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": link.customer_id,
+        "at": crate::model::format_millis(link.at),
+        "event_id": link.event_id,
+    })
 }
 
 /// Errors of `waymark state inspect`.
@@ -1755,6 +1885,8 @@ pub fn inspect(
             late_events: state.late_events,
             duplicates: state.duplicates,
             next_due: state.next_due.map(crate::model::format_millis),
+            merged_into: state.merged_into().map(identity_link_json),
+            merged_from: state.merged_from().iter().map(identity_link_json).collect(),
             explanation: engine.explain(customer_id, &state),
         });
     }

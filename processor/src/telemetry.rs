@@ -135,6 +135,10 @@ pub enum EventResult {
     Rejected,
     /// A forget request: the customer's state was erased.
     Forgotten,
+    /// An alias's event, handed on to its canonical customer.
+    Forwarded,
+    /// An identity merge (an alias event, or an alias's history folded in).
+    Merged,
 }
 
 impl EventResult {
@@ -146,6 +150,8 @@ impl EventResult {
             EventResult::Late => "late",
             EventResult::Rejected => "rejected",
             EventResult::Forgotten => "forgotten",
+            EventResult::Forwarded => "forwarded",
+            EventResult::Merged => "merged",
         }
     }
 }
