@@ -8,33 +8,13 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use waymark::model::CustomerEvent;
 use waymark::runtime::{ALIAS_CANONICAL_ATTRIBUTE, ALIAS_EVENT_TYPE};
 use waymark_e2e::*;
 
 const M: i64 = 60_000;
 
-fn event(
-    id: &str,
-    customer: &str,
-    event_type: &str,
-    at: i64,
-    attrs: &[(&str, &str)],
-) -> CustomerEvent {
-    CustomerEvent {
-        event_id: id.into(),
-        customer_id: customer.into(),
-        event_type: event_type.into(),
-        occurred_at: at,
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-fn alias(id: &str, alias: &str, canonical: &str, at: i64) -> CustomerEvent {
-    event(
+fn alias(id: &str, alias: &str, canonical: &str, at: i64) -> waymark::model::CustomerEvent {
+    customer_event(
         id,
         alias,
         ALIAS_EVENT_TYPE,
@@ -52,7 +32,7 @@ fn aliases_merge_across_partitions_and_equal_simulate() {
     let mut events = Vec::new();
     for i in 0..6 {
         let (a, c) = (format!("acct-{i}"), format!("cust-{i}"));
-        events.push(event(
+        events.push(customer_event(
             &format!("{a}-login"),
             &a,
             "login.created",
@@ -61,7 +41,7 @@ fn aliases_merge_across_partitions_and_equal_simulate() {
         ));
         if i % 2 == 0 {
             // The canonical customer has the payment account; the alias had the login.
-            events.push(event(
+            events.push(customer_event(
                 &format!("{c}-pay"),
                 &c,
                 "payment_account.created",
@@ -72,7 +52,7 @@ fn aliases_merge_across_partitions_and_equal_simulate() {
         } else {
             // The payment account is published under the alias after the merge.
             events.push(alias(&format!("{a}-alias"), &a, &c, t + M));
-            events.push(event(
+            events.push(customer_event(
                 &format!("{a}-pay"),
                 &a,
                 "payment_account.created",

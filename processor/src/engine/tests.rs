@@ -90,6 +90,24 @@ fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Out
         .collect()
 }
 
+/// `(customer, action, which(command), due)` of every command, sorted.
+fn sent_by(
+    outputs: &[Output],
+    which: fn(&InterventionCommand) -> u32,
+) -> Vec<(String, String, u32, Millis)> {
+    let mut v: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) => {
+                Some((c.customer_id.clone(), c.action.clone(), which(c), c.due_at))
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn commands(outputs: &[Output]) -> Vec<(String, Channel, Millis)> {
     let mut v: Vec<_> = outputs
         .iter()

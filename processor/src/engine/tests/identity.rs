@@ -21,20 +21,24 @@ fn payment(id: &str, c: &str, at: Millis) -> CustomerEvent {
 
 /// `(customer, action, instance, due)` of every command.
 fn sent(outputs: &[Output]) -> Vec<(String, String, u32, Millis)> {
-    let mut v: Vec<_> = outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command(c) => Some((
-                c.customer_id.clone(),
-                c.action.clone(),
-                c.instance,
-                c.due_at,
-            )),
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    v
+    sent_by(outputs, |c| c.instance)
+}
+
+/// Whether `customer` completed the payment account step.
+fn has_payment_account(outputs: &[Output], customer: &str) -> bool {
+    moves(outputs).contains(&(
+        customer.to_owned(),
+        "step_completed".to_owned(),
+        "payment_account".to_owned(),
+    ))
+}
+
+/// Asserts that some records were refused, each for a reason containing `why`.
+fn assert_refused(rejected: &[(u64, String)], why: &str) {
+    assert!(
+        !rejected.is_empty() && rejected.iter().all(|r| r.1.contains(why)),
+        "{rejected:?}"
+    );
 }
 
 /// `(customer, type, step or reason)` of every journey event.
@@ -190,15 +194,7 @@ fn later_events_of_an_alias_reach_the_canonical_customer() {
     ];
     let out = run(&e, &events, T0 + 10 * D);
     assert_eq!(sent(&out), vec![]);
-    let m = moves(&out);
-    assert!(
-        m.contains(&(
-            "cust-1".into(),
-            "step_completed".into(),
-            "payment_account".into()
-        )),
-        "{m:#?}"
-    );
+    assert!(has_payment_account(&out, "cust-1"), "{:#?}", moves(&out));
     // Duplicates of a forwarded event change nothing.
     let mut twice = events.to_vec();
     twice.push(payment("p", "acct-9", T0 + 30 * 60_000));
@@ -217,16 +213,8 @@ fn a_chain_of_aliases_ends_at_the_last_canonical_customer() {
     let (out, rejected) = run_with_rejections(&e, &events, T0 + 10 * D);
     assert_eq!(rejected, vec![]);
     assert_eq!(sent(&out), vec![]);
-    let m = moves(&out);
-    assert!(
-        m.contains(&(
-            "cust-1".into(),
-            "step_completed".into(),
-            "payment_account".into()
-        )),
-        "{m:#?}"
-    );
-    assert!(!m.iter().any(|x| x.0 == "acct-9" && x.1 == "step_completed"));
+    assert!(has_payment_account(&out, "cust-1"), "{:#?}", moves(&out));
+    assert!(!has_payment_account(&out, "acct-9"));
 }
 
 #[test]
@@ -258,10 +246,7 @@ fn a_second_canonical_id_and_cycles_are_refused_and_a_repeat_changes_nothing() {
     let mut back = base.clone();
     back.push(alias("c", "cust-1", "acct-9", T0 + 2 * 60_000));
     let (_, rejected) = run_with_rejections(&e, &back, T0 + 10 * D);
-    assert!(
-        !rejected.is_empty() && rejected.iter().all(|r| r.1.contains("form a cycle")),
-        "{rejected:?}"
-    );
+    assert_refused(&rejected, "form a cycle");
     // Once the first merge happened, the reverse alias is refused as it arrives.
     let mut late_back = base.clone();
     late_back.push(login("tick", "someone", T0 + H));
@@ -277,10 +262,7 @@ fn a_second_canonical_id_and_cycles_are_refused_and_a_repeat_changes_nothing() {
     ring.push(alias("d", "cust-1", "cust-2", T0 + 2 * 60_000));
     ring.push(alias("e", "cust-2", "acct-9", T0 + 3 * 60_000));
     let (_, rejected) = run_with_rejections(&e, &ring, T0 + 10 * D);
-    assert!(
-        !rejected.is_empty() && rejected.iter().all(|r| r.1.contains("form a cycle")),
-        "{rejected:?}"
-    );
+    assert_refused(&rejected, "form a cycle");
 }
 
 #[test]

@@ -22,20 +22,7 @@ fn engine(texts: &[&str]) -> Arc<Engine> {
 
 /// `(customer, action, journey version, due)` of every command.
 fn sent(outputs: &[Output]) -> Vec<(String, String, u32, Millis)> {
-    let mut v: Vec<_> = outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command(c) => Some((
-                c.customer_id.clone(),
-                c.action.clone(),
-                c.journey_version,
-                c.due_at,
-            )),
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    v
+    sent_by(outputs, |c| c.journey_version)
 }
 
 fn start(c: &str, at: Millis) -> CustomerEvent {
