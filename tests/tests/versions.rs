@@ -192,3 +192,125 @@ fn a_new_version_loads_live_and_instances_in_flight_keep_theirs() {
     assert!(late_texts.iter().all(|(_, v)| *v == 2));
     assert!(of("late-", "call").is_empty());
 }
+
+/// Version 1 of a short trial for the migration test: an email a day after the start, and a
+/// call `call_after` after it.
+fn short_v1(call_after: Millis) -> String {
+    V1.replace("delay: 30d", &format!("delay: {}s", call_after / 1000))
+}
+
+/// Version 2, moving version 1's instances in flight at `from`: the same email, and a text
+/// `text_after` after the start instead of the call.
+fn migrating_v2(from: Millis, text_after: Millis) -> String {
+    V1.replace(
+        "version: 1\n",
+        &format!(
+            "version: 2\neffective-from: {}\nmigrate-from: [1]\n",
+            format_millis(from)
+        ),
+    )
+    .replace(
+        "      - id: call\n        delay: 30d\n        channel: contact-center\n",
+        &format!(
+            "      - id: text\n        delay: {}s\n        channel: sms\n",
+            text_after / 1000
+        ),
+    )
+}
+
+#[test]
+fn a_migrating_version_moves_instances_in_flight_live() {
+    let scenario = Scenario::new(
+        "migrate",
+        2,
+        "allowed-lateness-secs: 1\njourneys-watch-secs: 1\n",
+    )
+    .unwrap();
+    let journeys = scenario.dir.path().join("journeys");
+    std::fs::create_dir_all(&journeys).unwrap();
+    // Whole seconds, so the delays written in seconds land exactly.
+    let t = now_millis() / 1000 * 1000;
+    let started = t - 2 * D;
+    // Version 1's call is due 40 s from now: the migration, a few seconds from now, must
+    // take it over before then.
+    let call_due = t + 40_000;
+    std::fs::write(journeys.join("trial-v1.yaml"), short_v1(call_due - started)).unwrap();
+    scenario.use_journeys(&journeys).unwrap();
+
+    // 20 trials started two days ago; a quarter paid (their instances ended).
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let c = format!("trial-{i:02}");
+        events.push(start(&c, started));
+        if i % 4 == 0 {
+            events.push(customer_event(
+                &format!("{c}-paid"),
+                &c,
+                "subscription.paid",
+                started + 2 * H,
+                &[],
+            ));
+        }
+    }
+    let file = scenario.dir.path().join("events.jsonl");
+    write_events(&file, &events).unwrap();
+    scenario.produce_file(&file).unwrap();
+    let processor = scenario.start().unwrap();
+    let in_flight = 15;
+    let until = Instant::now() + Duration::from_secs(60);
+    while scenario
+        .outputs()
+        .unwrap()
+        .iter()
+        .filter(|v| v["action"] == "mail")
+        .count()
+        < in_flight
+    {
+        assert!(Instant::now() < until, "version 1's emails did not go out");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Version 2 migrates the instances in flight a few seconds from now; its text is due
+    // shortly after.
+    let from = (now_millis() / 1000 + 8) * 1000;
+    assert!(
+        from + 5_000 < call_due,
+        "too slow to test: version 1's call would be due before the migration"
+    );
+    let text_due = from + 6_000;
+    std::fs::write(
+        journeys.join("trial-v2.yaml"),
+        migrating_v2(from, text_due - started),
+    )
+    .unwrap();
+    let addr = processor.http_addr().to_owned();
+    await_version(&addr, 2, Duration::from_secs(10));
+    assert!(
+        now_millis() < from,
+        "version 2 was loaded after its effective-from"
+    );
+
+    // Wait until version 1's call would have been due, then compare with simulate with both
+    // versions loaded from the start.
+    while now_millis() < call_due + 3_000 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let simulated = simulate_journeys(&journeys, None, &file, now_millis(), 1_000).unwrap();
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(60))
+        .unwrap();
+    processor.stop();
+    assert_same_outputs(&kafka, &simulated);
+
+    // Every instance in flight got version 2's text, under the ids of the version it entered
+    // with; nobody got version 1's call or a second email.
+    let commands: Vec<&Value> = kafka.iter().filter(|v| v["kind"] == "command").collect();
+    let count = |action: &str| commands.iter().filter(|v| v["action"] == action).count();
+    assert_eq!(count("mail"), in_flight);
+    assert_eq!(count("call"), 0);
+    assert_eq!(count("text"), in_flight);
+    for text in commands.iter().filter(|v| v["action"] == "text") {
+        assert_eq!(text["journey_version"], 2, "{text}");
+        assert_eq!(text["due_at"], format_millis(text_due), "{text}");
+    }
+}
