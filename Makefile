@@ -33,7 +33,7 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 	KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 bash scripts/kafka.sh start
 	WAYMARK_TEST_BROKERS=127.0.0.1:19092 WAYMARK_CHAOS_CUSTOMERS=30000 $(CARGO) test --release -p waymark-e2e --test chaos -- --nocapture
 
-bench: build ## Throughput (exactly-once vs at-least-once vs simulate vs Kafka Streams), recovery after kill -9, restore; a table
+bench: build ## Throughput (exactly-once vs at-least-once vs simulate vs Kafka Streams), recovery after kill -9, restore, peak RSS and restore at 1M customers vs Kafka Streams; a table
 	python3 scripts/bench.py
 
 bench-micro: ## Criterion micro-benchmarks: engine step, state cache over RocksDB, Avro decode/encode

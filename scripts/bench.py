@@ -15,7 +15,13 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
     3) and the table shows the medians, with every run;
   * recovery after `kill -9` mid-run: time from the restart to ready, and to the first
     committed transaction that carries output;
-  * restore: the state directory deleted, time and records/s to rebuild it from the changelog.
+  * restore: the state directory deleted, time and records/s to rebuild it from the changelog;
+  * state at scale (BENCH_STATE_CUSTOMERS customers, default 1,000,000; 0 skips it): Waymark
+    and the Streams baseline each process that trace once (exactly-once), then restore their
+    state from the changelog with the state directory deleted; the table shows each one's
+    throughput, peak RSS and restore time, and Waymark's ratio to the baseline.
+
+BENCH_PHASES (default `throughput,recovery,state,simulate`) picks the parts to run.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
@@ -49,6 +55,9 @@ KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # `simulate` at scale: this many customers (2.65M ≈ 10M events); 0 skips it.
 SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
+# State at scale: this many customers for the RSS and restore comparison; 0 skips it.
+STATE_CUSTOMERS = int(os.environ.get("BENCH_STATE_CUSTOMERS", "1000000"))
+PHASES = set(os.environ.get("BENCH_PHASES", "throughput,recovery,state,simulate").split(","))
 HTTP = "127.0.0.1:19464"
 RUN_ID = time.strftime("%Y%m%d%H%M%S")
 WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
@@ -89,7 +98,7 @@ def ready():
         return False
 
 
-def config(name, guarantee):
+def config(name, guarantee, trace=None):
     suffix = f"bench-{RUN_ID}-{name}"
     path = WORK / f"{name}.yaml"
     topics = {
@@ -117,7 +126,7 @@ def config(name, guarantee):
                     BROKERS, "--partitions", str(PARTITIONS)], check=True,
                    stderr=subprocess.DEVNULL)
     subprocess.run([str(WAYMARK), "produce", "--brokers", BROKERS, "--topic",
-                    topics["customer-events"], str(WORK / "events.jsonl")], check=True,
+                    topics["customer-events"], str(trace or WORK / "events.jsonl")], check=True,
                    stderr=subprocess.DEVNULL)
     return path
 
@@ -160,6 +169,14 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
+def stop_rss(proc):
+    """Stops `proc` and returns its peak resident set size in MiB."""
+    proc.send_signal(signal.SIGTERM)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_maxrss / 1024
+
+
 def kstreams_status(path):
     """The last status line of the Kafka Streams baseline's log, as a dict."""
     last = ""
@@ -173,24 +190,8 @@ def kstreams_status(path):
 def kstreams_throughput(n, name="kstreams"):
     """Events/s of the Kafka Streams baseline over the bench trace, measured as Waymark's is:
     from RUNNING (Waymark: ready) until every event of the trace has been processed."""
-    classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
-                               check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     config(name, "exactly-once")  # fresh topics with the trace on them, named as Waymark's
-    suffix = f"bench-{RUN_ID}-{name}"
-    logpath = WORK / f"{name}.log"
-    logf = open(logpath, "w")
-    proc = subprocess.Popen(
-        ["java", "-Xmx1g", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
-         "--bootstrap-servers", BROKERS, "--application-id", suffix, "--topic-suffix", f".{suffix}",
-         "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / name / "state"),
-         "--threads", str(KSTREAMS_THREADS), "--processing-guarantee", "exactly_once_v2",
-         "--status-interval-ms", "100"],
-        stdout=subprocess.DEVNULL, stderr=logf)
-
-    def status():
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: the Kafka Streams baseline exited (log {logpath})")
-        return kstreams_status(logpath)
+    proc, status = kstreams_start(name)
     try:
         t0 = wait(lambda: status().get("state") == "RUNNING", 180, "Kafka Streams RUNNING")
         t1 = wait(lambda: int(status().get("records", "0")) >= n, 1800,
@@ -198,6 +199,96 @@ def kstreams_throughput(n, name="kstreams"):
     finally:
         stop(proc)
     return n / (t1 - t0)
+
+
+def kstreams_start(name, logname=None):
+    """Starts the Kafka Streams baseline on the topics of `config(name, ...)`: the process and
+    a function returning its last status line (failing if it exited)."""
+    classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
+                               check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    suffix = f"bench-{RUN_ID}-{name}"
+    logpath = WORK / (logname or f"{name}.log")
+    logf = open(logpath, "w")
+    proc = subprocess.Popen(
+        ["java", "-Xmx1g", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
+         "--bootstrap-servers", BROKERS, "--application-id", suffix, "--topic-suffix", f".{suffix}",
+         "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / name / "state"),
+         "--threads", str(KSTREAMS_THREADS), "--processing-guarantee", "exactly_once_v2",
+         # Static membership, as Waymark's: a restart takes its partitions back at once.
+         "--group-instance-id", suffix,
+         "--status-interval-ms", "100"],
+        stdout=subprocess.DEVNULL, stderr=logf)
+
+    def status():
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: the Kafka Streams baseline exited (log {logpath})")
+        return kstreams_status(logpath)
+    return proc, status
+
+
+def state_at_scale():
+    """Waymark and the Streams baseline over a trace of STATE_CUSTOMERS customers: each
+    processes it once (exactly-once), then restores its state from the changelog with the
+    state directory deleted. Rows: throughput, peak RSS and restore time of each, and ratios."""
+    trace = WORK / "state.jsonl"
+    log(f"state at scale: generating {STATE_CUSTOMERS:,} customers")
+    # Arrivals over the last day: the customers are in the middle of their journeys (active,
+    # with timers pending), not finished and compacted away.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    subprocess.run([str(WAYMARK), "loadgen", "--customers", str(STATE_CUSTOMERS), "--seed", "11",
+                    "--start", since, "--output", str(trace)], check=True,
+                   stderr=subprocess.DEVNULL)
+    n = sum(1 for _ in open(trace))
+    log(f"state at scale: {n:,} events; Waymark")
+    cfg = config("state", "exactly-once", trace)
+    proc = start(cfg, "state-run.log")
+    t0 = wait(ready, 300, "ready")
+    t1 = wait(lambda: processed() >= n, 3600, f"{n} events processed")
+    wait(lambda: metric(metrics(), "waymark_state_keys") > 0, 120, "the state size sampled")
+    keys = metric(metrics(), "waymark_state_keys")
+    w_rss = stop_rss(proc)
+    w_rate = n / (t1 - t0)
+    shutil.rmtree(WORK / "state" / "state")
+    t0 = time.monotonic()
+    proc = start(cfg, "state-restore.log")
+    t1 = wait(ready, 3600, "ready after restore")
+    restored = metric(metrics(), "waymark_state_restore_records_total")
+    w_restore_rss = stop_rss(proc)
+    w_restore = t1 - t0
+    log(f"state at scale: Waymark {w_rate:,.0f} events/s, peak RSS {w_rss:,.0f} MiB, "
+        f"restore {w_restore:.1f} s; Kafka Streams")
+    name = "state-kstreams"
+    config(name, "exactly-once", trace)
+    proc, status = kstreams_start(name)
+    t0 = wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
+    t1 = wait(lambda: int(status().get("records", "0")) >= n, 3600,
+              f"{n} events processed by Kafka Streams")
+    k_rss = stop_rss(proc)
+    k_rate = n / (t1 - t0)
+    shutil.rmtree(WORK / name / "state")
+    t0 = time.monotonic()
+    proc, status = kstreams_start(name, f"{name}-restore.log")
+    t1 = wait(lambda: status().get("state") == "RUNNING", 3600,
+              "Kafka Streams RUNNING after restore")
+    stop(proc)
+    k_restore = t1 - t0
+    trace.unlink()
+    what = f"{STATE_CUSTOMERS:,} customers / {n:,} events"
+    return [
+        (f"state at scale, {what}: Waymark run, exactly-once",
+         f"{w_rate:,.0f} events/s, peak RSS {w_rss:,.0f} MiB, {keys:,.0f} state keys", ""),
+        (f"state at scale: Kafka Streams baseline, exactly-once",
+         f"{k_rate:,.0f} events/s, peak RSS {k_rss:,.0f} MiB (JVM, -Xmx1g)", ""),
+        ("state at scale: Waymark ÷ Kafka Streams throughput; peak RSS", "",
+         f"{w_rate / k_rate:.2f}; {w_rss / k_rss:.2f}"),
+        ("state at scale: restore from the changelog, Waymark",
+         f"{restored:,.0f} records in {w_restore:.1f} s, peak RSS {w_restore_rss:,.0f} MiB",
+         f"{restored / w_restore:,.0f} records/s"),
+        ("state at scale: restore, Kafka Streams (state directory deleted → RUNNING)",
+         f"{k_restore:.1f} s", ""),
+        ("state at scale: Waymark ÷ Kafka Streams restore time", "",
+         f"{w_restore / k_restore:.2f}"),
+    ]
 
 
 def simulate_at_scale(until):
@@ -233,7 +324,31 @@ def main():
     n = sum(1 for _ in open(events))
     log(f"trace: {CUSTOMERS} customers, {n} events")
     rows = []
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if "throughput" in PHASES:
+        rows += throughput(events, n)
+    if "simulate" in PHASES and SIM_CUSTOMERS:
+        rows.append(simulate_at_scale(until))
+    if "recovery" in PHASES:
+        rows += recovery(n)
+    if "state" in PHASES and STATE_CUSTOMERS:
+        rows += state_at_scale()
 
+    title = (f"Waymark bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, broker on "
+             f"this machine, trace of {CUSTOMERS} customers / {n} events")
+    table = ["| what | result | ratio |", "|---|---|---|"]
+    table += [f"| {what} | {result} | {ratio} |" for what, result, ratio in rows]
+    print(f"\n{title}\n")
+    print("\n".join(table))
+    (WORK / "bench.json").write_text(json.dumps(rows, indent=1))
+    write_report(title, table, n)
+    log(f"logs and configs in {WORK}")
+
+
+def throughput(events, n):
+    """Rows: simulate (the baseline of the ratios), Waymark exactly-once and at-least-once,
+    and the Streams baseline, on the bench trace."""
+    rows = []
     t = time.monotonic()
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     subprocess.run([str(WAYMARK), "simulate", "--journeys",
@@ -242,8 +357,6 @@ def main():
                    stderr=subprocess.DEVNULL)
     sim = n / (time.monotonic() - t)
     rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
-    if SIM_CUSTOMERS:
-        rows.append(simulate_at_scale(until))
 
     def waymark_throughput(name, guarantee):
         cfg = config(name, guarantee)
@@ -286,7 +399,13 @@ def main():
                      f"{k:,.0f} events/s{spread(ks)}", f"{k / sim:.2f}"))
         rows.append(("Waymark ÷ Kafka Streams (exactly-once; goal ≥ 3)", "",
                      f"{rates['exactly-once'] / k:.2f}"))
+    return rows
 
+
+def recovery(n):
+    """Rows: recovery after kill -9 a third of the way through the bench trace, and restore
+    from the changelog."""
+    rows = []
     # Recovery after kill -9, a third of the way through a fresh backlog.
     cfg = config("recovery", "exactly-once")
     proc = start(cfg, "recovery-1.log")
@@ -319,16 +438,7 @@ def main():
     secs = t_ready - t0
     rows.append(("restore from the changelog", f"{restored:,.0f} records in {secs:.1f} s",
                  f"{restored / secs:,.0f} records/s"))
-
-    title = (f"Waymark bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, broker on "
-             f"this machine, trace of {CUSTOMERS} customers / {n} events")
-    table = ["| what | result | ratio |", "|---|---|---|"]
-    table += [f"| {what} | {result} | {ratio} |" for what, result, ratio in rows]
-    print(f"\n{title}\n")
-    print("\n".join(table))
-    (WORK / "bench.json").write_text(json.dumps(rows, indent=1))
-    write_report(title, table, n)
-    log(f"logs and configs in {WORK}")
+    return rows
 
 
 def version(cmd):
@@ -380,6 +490,11 @@ def write_report(title, table, n):
         "  RocksDB stores), checked equal to `waymark simulate` by `make test`;",
         "- recovery: `kill -9` a third of the way through, restart, time to ready and to the first",
         "  committed output; restore: the state directory deleted, rebuilt from the changelog.",
+        f"- state at scale: `waymark loadgen --customers {STATE_CUSTOMERS} --seed 11 --start <a day",
+        "  ago>` (customers in the middle of their journeys), processed once by each (peak RSS of",
+        "  the process), then the state directory deleted and restored from the changelog",
+        "  (Waymark: to ready; Streams: to RUNNING; both with static group membership).",
+        "- `BENCH_PHASES=throughput,recovery,state,simulate` picks the parts of a run.",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
         "",
     ]

@@ -51,6 +51,9 @@ public final class OnboardingApp {
               --schemas DIR                   the repository's schemas/ directory [schemas]
               --state-dir DIR                 RocksDB state directory [/tmp/kafka-streams]
               --threads N                     stream threads [1]
+              --group-instance-id ID          static group membership: a restart takes its
+                                              partitions back without waiting for the session
+                                              timeout [none]
               --processing-guarantee G        exactly_once_v2 or at_least_once [exactly_once_v2]
               --allowed-lateness-ms MS        watermark = newest event time - this [300000, Waymark's default]
               --caught-up-check-ms MS         wall-clock punctuation interval of the caught-up check [1000]
@@ -90,6 +93,9 @@ public final class OnboardingApp {
         // every 100 ms under exactly-once, 10 MB of record cache in front of the stores, the
         // producer's batching (linger.ms 100 under Streams), RocksDB's default options.
         props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
+        if (opts.containsKey("group-instance-id")) {
+            props.put(StreamsConfig.consumerPrefix("group.instance.id"), opts.get("group-instance-id"));
+        }
 
         AvroSerdes avro = new AvroSerdes(schemas);
         AppStats stats = new AppStats();
