@@ -129,6 +129,37 @@ pub const MERGED_EXIT_REASON: &str = "merged";
 /// Values kept per profile attribute; the oldest is dropped beyond this.
 pub const PROFILE_HISTORY: usize = 8;
 
+/// What a customer's state keeps in event-time order: by `(event time, event id)`.
+trait TimeOrdered {
+    fn order(&self) -> (Millis, &str);
+}
+
+impl TimeOrdered for StoredEvent {
+    fn order(&self) -> (Millis, &str) {
+        (self.at, &self.event_id)
+    }
+}
+
+impl TimeOrdered for ProfileValue {
+    fn order(&self) -> (Millis, &str) {
+        (self.at, &self.event_id)
+    }
+}
+
+/// Inserts `item` at its place in `(event time, event id)` order.
+fn insert_in_order<T: TimeOrdered>(list: &mut Vec<T>, item: T) {
+    let pos = list.partition_point(|x| x.order() < item.order());
+    list.insert(pos, item);
+}
+
+/// Adds a value to an attribute's history, dropping the oldest beyond [`PROFILE_HISTORY`].
+fn keep_profile_value(values: &mut Vec<ProfileValue>, value: ProfileValue) {
+    insert_in_order(values, value);
+    if values.len() > PROFILE_HISTORY {
+        values.remove(0);
+    }
+}
+
 impl CustomerState {
     /// The value of a profile attribute as of event time `at`: the latest set at or before
     /// `at`, else the earliest known.
@@ -508,20 +539,14 @@ impl Engine {
         }
         for attr in &self.profile_attrs {
             if let Some(value) = ev.attributes.get(attr) {
-                let values = state.profile.entry(attr.clone()).or_default();
-                let key = (ev.occurred_at, ev.event_id.as_str());
-                let pos = values.partition_point(|v| (v.at, v.event_id.as_str()) < key);
-                values.insert(
-                    pos,
+                keep_profile_value(
+                    state.profile.entry(attr.clone()).or_default(),
                     ProfileValue {
                         value: value.clone(),
                         at: ev.occurred_at,
                         event_id: ev.event_id.clone(),
                     },
                 );
-                if values.len() > PROFILE_HISTORY {
-                    values.remove(0);
-                }
             }
         }
         let kept = self.predicate_attrs.get(&ev.event_type);
@@ -540,10 +565,7 @@ impl Engine {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        let pos = state.events.partition_point(|e| {
-            (e.at, e.event_id.as_str()) < (stored.at, stored.event_id.as_str())
-        });
-        state.events.insert(pos, stored);
+        insert_in_order(&mut state.events, stored);
         self.advance(state, customer_id, watermark, out);
         Applied::Accepted { late }
     }

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use super::{
     CustomerState, DEFERRED, EndKind, Engine, IdentityLink, Instance, MERGED_EXIT_REASON,
-    NOT_CHOSEN, PROFILE_HISTORY, SUPPRESSED, output_key, stable_id, was_handled,
+    NOT_CHOSEN, SUPPRESSED, insert_in_order, keep_profile_value, output_key, stable_id,
+    was_handled,
 };
 use crate::journey::Journey;
 use crate::model::{JourneyEvent, JourneyEventType, Millis, Output};
@@ -77,7 +78,7 @@ impl Engine {
         &self,
         state: &mut CustomerState,
         customer_id: &str,
-        alias: CustomerState,
+        alias: &CustomerState,
         from: IdentityLink,
         watermark: Millis,
         out: &mut Vec<Output>,
@@ -94,33 +95,23 @@ impl Engine {
             identity: own.identity.clone(),
         };
         for e in &alias.events {
-            let key = (e.at, e.event_id.as_str());
-            if merged.events.iter().any(|m| m.event_id == e.event_id) {
-                continue;
+            if !merged.events.iter().any(|m| m.event_id == e.event_id) {
+                insert_in_order(&mut merged.events, e.clone());
             }
-            let pos = merged
-                .events
-                .partition_point(|m| (m.at, m.event_id.as_str()) < key);
-            merged.events.insert(pos, e.clone());
         }
         for (attr, values) in &alias.profile {
             let mine = merged.profile.entry(attr.clone()).or_default();
             for v in values {
-                if mine.iter().any(|m| m.event_id == v.event_id) {
-                    continue;
+                if !mine.iter().any(|m| m.event_id == v.event_id) {
+                    keep_profile_value(mine, v.clone());
                 }
-                let key = (v.at, v.event_id.as_str());
-                let pos = mine.partition_point(|m| (m.at, m.event_id.as_str()) < key);
-                mine.insert(pos, v.clone());
             }
-            let excess = mine.len().saturating_sub(PROFILE_HISTORY);
-            mine.drain(..excess);
         }
         for (name, memory) in own.journeys.iter().chain(&alias.journeys) {
             merged.journeys.entry(name.clone()).or_default().retired += memory.retired;
         }
         self.carry(&own, &mut merged, Carry::All);
-        self.carry(&alias, &mut merged, Carry::Commands);
+        self.carry(alias, &mut merged, Carry::Commands);
         merged
             .identity
             .get_or_insert_with(Box::default)

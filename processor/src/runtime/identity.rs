@@ -270,7 +270,7 @@ impl PartitionRuntime {
         let old_due = state.next_due;
         let before = out.len();
         self.engine
-            .merge_in(state, customer, alias.clone(), from.clone(), watermark, out);
+            .merge_in(state, customer, alias, from.clone(), watermark, out);
         let new_due = state.next_due;
         self.cache.mark_dirty(customer);
         self.move_timer(customer, old_due, new_due);

@@ -301,7 +301,7 @@ fn a_merged_state_keeps_its_links_through_the_state_encoding() {
     e.merge_in(
         &mut canonical,
         "cust-1",
-        moved,
+        &moved,
         link("acct-9"),
         T0 + 2 * D,
         &mut out,
