@@ -100,7 +100,7 @@ impl Engine {
             }
         }
         for (attr, values) in &alias.profile {
-            let mine = merged.profile.entry(attr.clone()).or_default();
+            let mine = merged.profile.or_default(attr);
             for v in values {
                 if !mine.iter().any(|m| m.event_id == v.event_id) {
                     keep_profile_value(mine, v.clone());
@@ -108,7 +108,7 @@ impl Engine {
             }
         }
         for (name, memory) in own.journeys.iter().chain(&alias.journeys) {
-            merged.journeys.entry(name.clone()).or_default().retired += memory.retired;
+            merged.journeys.or_default(name).retired += memory.retired;
         }
         self.carry(&own, &mut merged, Carry::All);
         self.carry(alias, &mut merged, Carry::Commands);
@@ -154,7 +154,7 @@ impl Engine {
             }
         }
         for (name, key) in keys {
-            let emitted = &mut to.journeys.entry(name).or_default().emitted;
+            let emitted = &mut to.journeys.or_default(&name).emitted;
             if let Err(pos) = emitted.binary_search(&key) {
                 emitted.insert(pos, key);
             }

@@ -538,8 +538,8 @@ fn retention_compacts_a_finished_instance_and_keeps_its_count() {
     e.advance(&mut state, "c1", T0 + H + 7 * D, &mut out);
     assert!(out.is_empty(), "compaction emits nothing: {out:?}");
     assert!(state.events.is_empty());
-    assert_eq!(state.journeys["trial"].retired, 1);
-    assert!(state.journeys["trial"].emitted.is_empty());
+    assert_eq!(state.journeys.get("trial").unwrap().retired, 1);
+    assert!(state.journeys.get("trial").unwrap().emitted.is_empty());
     assert_eq!(state.retired_until, Some(T0 + H));
     assert_eq!(state.next_due, None);
     assert!(
