@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, OUTCOME_EVENT_PREFIX, Output};
-use crate::state::{PreparedBatch, StateCache, StateError, StateStore};
+use crate::state::{MemoryStore, PreparedBatch, StateCache, StateError, StateStore};
 
 /// Event type of a right-to-be-forgotten request (`waymark forget`): the customer's state is
 /// erased, locally and (through the state changelog) everywhere the partition is restored.
@@ -210,6 +210,24 @@ impl PartitionRuntime {
             stats: RuntimeStats::default(),
             forwards: Vec::new(),
         })
+    }
+
+    /// A partition held in memory only, for the offline modes: every customer stays decoded,
+    /// and nothing is recorded for a flush (there is no store to write to; see
+    /// [`StateCache::unrecorded`]). `prepare` gives an empty batch.
+    pub fn offline(engine: Arc<Engine>, allowed_lateness: Millis) -> Self {
+        PartitionRuntime {
+            engine,
+            store: Box::new(MemoryStore::new()),
+            cache: StateCache::unrecorded(),
+            timers: BTreeSet::new(),
+            watermark: Millis::MIN,
+            newest_event: Millis::MIN,
+            newest_event_changed: false,
+            allowed_lateness,
+            stats: RuntimeStats::default(),
+            forwards: Vec::new(),
+        }
     }
 
     /// The current watermark (`Millis::MIN` before the first event).
@@ -415,9 +433,11 @@ impl PartitionRuntime {
     /// version migrates the instances in flight at `at` must look at each of them then, also
     /// those waiting for nothing under their old version. Returns how many were moved.
     pub fn wake_all_by(&mut self, at: Millis) -> Result<usize, StateError> {
-        let mut ids = Vec::new();
+        // The store's customers, and the cached ones not flushed yet (new since the last
+        // commit; offline, every customer).
+        let mut ids: BTreeSet<String> = self.cache.ids().map(str::to_owned).collect();
         self.store.for_each_customer(&mut |id, _| {
-            ids.push(id.to_owned());
+            ids.insert(id.to_owned());
             true
         })?;
         let mut moved = 0;
@@ -491,7 +511,7 @@ impl PartitionRuntime {
 mod tests {
     use super::*;
     use crate::journey::{JourneySet, parse_journey};
-    use crate::state::{BatchOp, MemoryStore};
+    use crate::state::BatchOp;
 
     const D: Millis = 86_400_000;
 

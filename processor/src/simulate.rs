@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::engine::{Applied, Engine};
 use crate::model::{CustomerEvent, Millis, Output};
 use crate::runtime::{PartitionRuntime, RuntimeStats, validate};
-use crate::state::{MemoryStore, StateError};
+use crate::state::StateError;
 
 /// Options of an offline run.
 #[derive(Debug, Clone)]
@@ -83,12 +83,7 @@ pub fn simulate_into(
     mut on_output: impl FnMut(&Output) -> Result<(), SimulateError>,
 ) -> Result<SimulateReport, SimulateError> {
     let started = Instant::now();
-    let mut runtime = PartitionRuntime::open(
-        engine,
-        Box::new(MemoryStore::default()),
-        usize::MAX,
-        opts.allowed_lateness,
-    )?;
+    let mut runtime = PartitionRuntime::offline(engine, opts.allowed_lateness);
     let mut report = SimulateReport::default();
     let mut buf: Vec<Output> = Vec::with_capacity(64);
     let reject = |report: &mut SimulateReport, line: u64, why: String| {

@@ -173,6 +173,8 @@ pub struct StateCache<V> {
     clock: u64,
     /// Reused buffer of access times for eviction.
     scratch: Vec<u64>,
+    /// Whether changes are recorded for a flush; see [`StateCache::unrecorded`].
+    record: bool,
 }
 
 impl<V> Default for StateCache<V> {
@@ -232,6 +234,18 @@ impl<V> StateCache<V> {
             capacity,
             clock: 0,
             scratch: Vec::new(),
+            record: true,
+        }
+    }
+
+    /// A cache that is never flushed and never evicts: it keeps every customer decoded and
+    /// records no change (no dirty list, no timer moves, no meta values), so a flush writes
+    /// nothing. For the offline modes, where the store behind it is never read back and
+    /// recording every change of millions of customers would only cost memory.
+    pub fn unrecorded() -> Self {
+        StateCache {
+            record: false,
+            ..Self::new(usize::MAX)
         }
     }
 
@@ -248,6 +262,14 @@ impl<V> StateCache<V> {
     /// Whether no customer is cached.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Ids of the cached customers that have a record (flushed or not).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(id, _)| id.as_str())
     }
 
     /// Customers whose record will be written (or deleted) by the next flush.
@@ -276,17 +298,21 @@ impl<V> StateCache<V> {
         if let Some(entry) = self.entries.get_mut(id) {
             entry.value = value;
             entry.used = self.clock;
-            mark(entry, &mut self.dirty, id);
+            if self.record {
+                mark(entry, &mut self.dirty, id);
+            }
         } else {
             self.entries.insert(
                 id.to_owned(),
                 Entry {
                     value,
-                    dirty: true,
+                    dirty: self.record,
                     used: self.clock,
                 },
             );
-            self.dirty.push(id.to_owned());
+            if self.record {
+                self.dirty.push(id.to_owned());
+            }
         }
     }
 
@@ -295,7 +321,9 @@ impl<V> StateCache<V> {
     pub fn mark_dirty(&mut self, id: &str) -> bool {
         match self.entries.get_mut(id) {
             Some(entry) => {
-                mark(entry, &mut self.dirty, id);
+                if self.record {
+                    mark(entry, &mut self.dirty, id);
+                }
                 true
             }
             None => false,
@@ -306,6 +334,9 @@ impl<V> StateCache<V> {
     /// entry `(old, id)` and adds `(new, id)`, in that order (so `old == new` keeps the entry).
     /// `None` means no entry on that side.
     pub fn set_timer(&mut self, id: &str, old: Option<Millis>, new: Option<Millis>) {
+        if !self.record {
+            return;
+        }
         if let Some(due) = old {
             self.timers.insert((due, id.to_owned()), false);
         }
@@ -316,6 +347,9 @@ impl<V> StateCache<V> {
 
     /// Sets the meta value under `key` with the next flush (e.g. the next input offset).
     pub fn put_meta(&mut self, key: &str, bytes: Vec<u8>) {
+        if !self.record {
+            return;
+        }
         self.meta.insert(key.to_owned(), bytes);
     }
 
@@ -411,7 +445,7 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
         id: &str,
     ) -> Result<Option<&mut V>, StateError> {
         let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
-        if entry.value.is_some() {
+        if entry.value.is_some() && self.record {
             mark(entry, &mut self.dirty, id);
         }
         Ok(entry.value.as_mut())
@@ -426,7 +460,9 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
         make: impl FnOnce() -> V,
     ) -> Result<&mut V, StateError> {
         let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
-        mark(entry, &mut self.dirty, id);
+        if self.record {
+            mark(entry, &mut self.dirty, id);
+        }
         Ok(entry.value.get_or_insert_with(make))
     }
 

@@ -872,6 +872,40 @@ mod cache {
     }
 
     #[test]
+    fn an_unrecorded_cache_keeps_every_customer_and_writes_nothing() {
+        let mut store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::unrecorded();
+        for n in 0..50 {
+            cache
+                .get_or_insert_with(&store, &format!("c{n}"), || rec(n))
+                .unwrap()
+                .n += 1;
+            cache.set_timer(&format!("c{n}"), None, Some(i64::from(n)));
+        }
+        cache.insert("x", rec(7));
+        cache.remove("c0");
+        cache.put_meta("input-offset", vec![1]);
+        assert!(cache.is_clean(), "nothing recorded for a flush");
+        assert_eq!(cache.dirty_len(), 0);
+        let stats = cache.flush(&mut store).unwrap();
+        assert_eq!((stats.ops(), stats.evicted), (0, 0));
+        assert!(store.writes.is_empty());
+        // Every change is still readable, and nothing was evicted.
+        let c49 = Rec {
+            n: 50,
+            label: "r49".into(),
+        };
+        assert_eq!(cache.get(&store, "c49").unwrap(), Some(&c49));
+        assert_eq!(cache.get(&store, "x").unwrap(), Some(&rec(7)));
+        assert_eq!(cache.get(&store, "c0").unwrap(), None);
+        assert_eq!(cache.len(), 51);
+        let mut ids: Vec<&str> = cache.ids().collect();
+        ids.sort_unstable();
+        assert_eq!(ids.len(), 50, "c0 was removed: {ids:?}");
+        assert!(!ids.contains(&"c0") && ids.contains(&"x"));
+    }
+
+    #[test]
     fn unknown_format_version_is_an_error_naming_the_key() {
         let mut bytes = encode_value("c-7", &rec(1)).unwrap();
         bytes[0] = STATE_FORMAT_VERSION + 1;
