@@ -51,6 +51,9 @@ pub enum ConfigError {
 const fn default_commit_interval_ms() -> u64 {
     100
 }
+const fn default_backlog_commit_interval_ms() -> u64 {
+    1000
+}
 const fn default_allowed_lateness_secs() -> u64 {
     300
 }
@@ -304,6 +307,15 @@ pub struct Config {
     /// Default 100.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// How often to commit instead while the processor is behind: when a commit is due and
+    /// more events are waiting in the assigned partitions than the open batch holds, the batch
+    /// stays open up to this long (in milliseconds) or `max-batch-events`. Each commit costs
+    /// about as much as a hundred milliseconds of processing, so larger transactions work a
+    /// backlog off faster, and its events were waiting anyway. Once the processor keeps up,
+    /// `commit-interval-ms` applies again. Set it equal to `commit-interval-ms` to always
+    /// commit that often. Default 1000.
+    #[serde(default = "default_backlog_commit_interval_ms")]
+    pub backlog_commit_interval_ms: u64,
     /// Upper bound of events processed between two commits. Default 10000.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
@@ -532,6 +544,7 @@ impl Default for Config {
             max_future_skew_secs: default_max_future_skew_secs(),
             retention_secs: default_retention_secs(),
             commit_interval_ms: default_commit_interval_ms(),
+            backlog_commit_interval_ms: default_backlog_commit_interval_ms(),
             max_batch_events: default_max_batch_events(),
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
@@ -647,6 +660,15 @@ impl Config {
         }
         if self.commit_interval_ms == 0 {
             return Err(invalid("commit-interval-ms", "must be at least 1"));
+        }
+        if self.backlog_commit_interval_ms < self.commit_interval_ms {
+            return Err(invalid(
+                "backlog-commit-interval-ms",
+                &format!(
+                    "is {} ms, less than commit-interval-ms ({} ms); set it to at least that",
+                    self.backlog_commit_interval_ms, self.commit_interval_ms
+                ),
+            ));
         }
         if let Some(r) = &self.schema_registry {
             r.validate().map_err(|e| invalid("schema-registry", &e))?;
@@ -775,6 +797,29 @@ mod tests {
         let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(cfg.state_dir, Path::new("/var/lib/waymark/state"));
         assert_eq!(cfg.analytics.http_addr.port(), 9466);
+    }
+
+    #[test]
+    fn the_backlog_commit_interval_is_at_least_the_commit_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let cfg = load("commit-interval-ms: 200\n").unwrap();
+        assert_eq!(cfg.backlog_commit_interval_ms, 1000, "the default");
+        let e = load("commit-interval-ms: 200\nbacklog-commit-interval-ms: 150\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backlog-commit-interval-ms")
+                && e.contains("150 ms")
+                && e.contains("200 ms"),
+            "{e}"
+        );
+        // Equal turns the longer interval off.
+        assert!(load("commit-interval-ms: 200\nbacklog-commit-interval-ms: 200\n").is_ok());
     }
 
     #[test]

@@ -27,6 +27,32 @@ use crate::codec;
 use crate::config::{InputFormat, TopicsConfig};
 use crate::model::{CustomerEvent, InterventionCommand, JourneyEvent, Output};
 
+/// The high watermark of `topic`/`partition` as `client` last saw it in a fetch response:
+/// cached by librdkafka, so no request goes to the broker. `None` before the first fetch of
+/// the partition.
+pub fn cached_high_watermark<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: `native_ptr` is the live librdkafka handle owned by `client`, which is borrowed
+    // for the whole call; `topic` is a NUL-terminated string that outlives it; `low` and
+    // `high` are valid for writes. The function only reads the handle's cached offsets.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
 /// The fatal error of a librdkafka client, as `Code: reason`, if it has one: such a client can
 /// do nothing more and must be replaced.
 pub fn fatal_error<C: rdkafka::ClientContext>(

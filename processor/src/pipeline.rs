@@ -1534,6 +1534,22 @@ impl Core {
         Ok(())
     }
 
+    /// Events waiting in the assigned input partitions: from the next offset to read to the
+    /// high watermark the consumer last saw (cached by librdkafka; no request to the broker).
+    /// Partitions not read yet in this assignment are not counted.
+    fn backlog<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> i64 {
+        let topic = &self.cfg.topics.customer_events;
+        self.partitions
+            .iter()
+            .filter_map(|(partition, part)| {
+                let next = part.pending_offset.or(part.committed_offset)?;
+                let high =
+                    crate::kafka::cached_high_watermark(consumer.client(), topic, *partition)?;
+                Some((high - next).max(0))
+            })
+            .sum()
+    }
+
     /// After a failed commit: abort, drop the uncommitted in-memory state and seek back to the
     /// last committed offsets, so the batch is processed again from scratch.
     fn abort_and_rewind<C: ConsumerContext>(
@@ -1658,6 +1674,7 @@ pub fn run(
         .map_err(registry_error)?;
     let input_topic = cfg.topics.customer_events.clone();
     let interval = Duration::from_millis(cfg.commit_interval_ms);
+    let backlog_interval = Duration::from_millis(cfg.backlog_commit_interval_ms);
     let max_batch = cfg.max_batch_events;
     let core = Arc::new(Mutex::new(Core {
         input,
@@ -1715,6 +1732,8 @@ pub fn run(
     tracing::info!(topic = %input_topic, "Processing.");
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
+    // The open batch was kept open past `interval` because the input is behind.
+    let mut extended = false;
     loop {
         let restoring = !lock(&core).restoring.is_empty();
         let polled = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
@@ -1725,6 +1744,8 @@ pub fn run(
         if !core.restoring.is_empty() {
             core.step_restores(&consumer)?;
         }
+        // Nothing more to read right now: a batch kept open for a backlog is done.
+        let idle = !matches!(polled, Some(Ok(_)));
         match polled {
             Some(Ok(msg)) => {
                 core.handle(&msg)?;
@@ -1747,7 +1768,24 @@ pub fn run(
             None => {}
         }
         batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
-        if batch >= max_batch || last_commit.elapsed() >= interval {
+        // A commit is due every `interval`; while the input is behind, the batch stays open
+        // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
+        let elapsed = last_commit.elapsed();
+        let mut due = batch >= max_batch || elapsed >= backlog_interval;
+        if !due && elapsed >= interval {
+            if shutdown.is_cancelled() || (extended && idle) {
+                due = true;
+            } else if !extended {
+                if backlog_interval > interval && core.backlog(&consumer) > batch as i64 {
+                    extended = true;
+                    core.metrics.batch_extended();
+                } else {
+                    due = true;
+                }
+            }
+        }
+        if due {
+            extended = false;
             core.commit(&consumer)?;
             while let Some(reply) = journeys.next() {
                 core.reload(&journeys, reply);

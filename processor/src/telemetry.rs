@@ -35,6 +35,8 @@ pub const JOURNEY_EVENTS_TOTAL: &str = "waymark_engine_journey_events_total";
 pub const TRANSACTIONS_TOTAL: &str = "waymark_pipeline_transactions_total";
 /// Duration of a transaction commit (outputs + offsets + state flush), seconds.
 pub const COMMIT_SECONDS: &str = "waymark_pipeline_commit_duration_seconds";
+/// Batches kept open past `commit-interval-ms` because the input was behind.
+pub const BATCHES_EXTENDED_TOTAL: &str = "waymark_pipeline_batches_extended_total";
 /// Customers with a pending timer, per partition.
 pub const TIMERS_PENDING: &str = "waymark_runtime_timers_pending";
 /// How far the partition's watermark is behind the wall clock, seconds.
@@ -96,6 +98,7 @@ pub const METRIC_NAMES: &[&str] = &[
     JOURNEY_EVENTS_TOTAL,
     TRANSACTIONS_TOTAL,
     COMMIT_SECONDS,
+    BATCHES_EXTENDED_TOTAL,
     TIMERS_PENDING,
     WATERMARK_LAG_SECONDS,
     PARTITIONS_ASSIGNED,
@@ -184,6 +187,7 @@ pub struct Metrics {
     journey_events: IntCounterVec,
     transactions: IntCounterVec,
     commit_seconds: Histogram,
+    batches_extended: IntCounter,
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
@@ -306,6 +310,11 @@ impl Metrics {
                 "Time to commit one transaction of outputs, offsets and state.",
                 0.001,
                 14,
+            ),
+            batches_extended: r.counter(
+                BATCHES_EXTENDED_TOTAL,
+                "Batches kept open past commit-interval-ms because the input was behind \
+                 (up to backlog-commit-interval-ms).",
             ),
             timers_pending: r.gauges(TIMERS_PENDING, "Customers with a pending timer.", partition),
             watermark_lag: r.gauges(
@@ -500,6 +509,11 @@ impl Metrics {
         if committed {
             self.commit_seconds.observe(seconds);
         }
+    }
+
+    /// Counts a batch kept open past `commit-interval-ms` because the input was behind.
+    pub fn batch_extended(&self) {
+        self.batches_extended.inc();
     }
 
     /// Observes, at a commit, the latencies of what it made visible, and clears `batch`.
