@@ -58,6 +58,7 @@ public final class OnboardingApp {
               --allowed-lateness-ms MS        watermark = newest event time - this [300000, Waymark's default]
               --caught-up-check-ms MS         wall-clock punctuation interval of the caught-up check [1000]
               --status-interval-ms MS         status line interval [1000]
+              --commit-interval-ms MS         commit.interval.ms [Kafka Streams' default: 100 under exactly-once]
               --exit-when-idle SECONDS        exit (committing) once every task is caught up and nothing
                                               was processed or emitted for this long [never]
             """;
@@ -90,9 +91,12 @@ public final class OnboardingApp {
         props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, (int) longOpt(opts, "threads", 1));
         props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
         // Everything else is Kafka Streams' defaults, as a Streams user would run it: commit
-        // every 100 ms under exactly-once, 10 MB of record cache in front of the stores, the
+        // every 100 ms under exactly-once (unless --commit-interval-ms), 10 MB of record cache in front of the stores, the
         // producer's batching (linger.ms 100 under Streams), RocksDB's default options.
         props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
+        if (opts.containsKey("commit-interval-ms")) {
+            props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, longOpt(opts, "commit-interval-ms", 100));
+        }
         if (opts.containsKey("group-instance-id")) {
             props.put(StreamsConfig.consumerPrefix("group.instance.id"), opts.get("group-instance-id"));
         }
