@@ -184,6 +184,33 @@ impl PartitionRuntime {
         cache_capacity: usize,
         allowed_lateness: Millis,
     ) -> Result<Self, StateError> {
+        Self::over(
+            engine,
+            store,
+            StateCache::new(cache_capacity),
+            allowed_lateness,
+        )
+    }
+
+    /// A partition held in memory only, for the offline modes: every customer stays decoded,
+    /// and nothing is recorded for a flush (there is no store to write to; see
+    /// [`StateCache::unrecorded`]). `prepare` gives an empty batch.
+    pub fn offline(engine: Arc<Engine>, allowed_lateness: Millis) -> Result<Self, StateError> {
+        Self::over(
+            engine,
+            Box::new(MemoryStore::new()),
+            StateCache::unrecorded(),
+            allowed_lateness,
+        )
+    }
+
+    /// A partition over `store` behind `cache`, with the timer index and times read from it.
+    fn over(
+        engine: Arc<Engine>,
+        store: Box<dyn StateStore>,
+        cache: StateCache<CustomerState>,
+        allowed_lateness: Millis,
+    ) -> Result<Self, StateError> {
         let mut timers = BTreeSet::new();
         for (due, id) in store.due_timers(Millis::MAX, usize::MAX)? {
             timers.insert((due, id));
@@ -201,7 +228,7 @@ impl PartitionRuntime {
         Ok(PartitionRuntime {
             engine,
             store,
-            cache: StateCache::new(cache_capacity),
+            cache,
             timers,
             watermark,
             newest_event,
@@ -210,24 +237,6 @@ impl PartitionRuntime {
             stats: RuntimeStats::default(),
             forwards: Vec::new(),
         })
-    }
-
-    /// A partition held in memory only, for the offline modes: every customer stays decoded,
-    /// and nothing is recorded for a flush (there is no store to write to; see
-    /// [`StateCache::unrecorded`]). `prepare` gives an empty batch.
-    pub fn offline(engine: Arc<Engine>, allowed_lateness: Millis) -> Self {
-        PartitionRuntime {
-            engine,
-            store: Box::new(MemoryStore::new()),
-            cache: StateCache::unrecorded(),
-            timers: BTreeSet::new(),
-            watermark: Millis::MIN,
-            newest_event: Millis::MIN,
-            newest_event_changed: false,
-            allowed_lateness,
-            stats: RuntimeStats::default(),
-            forwards: Vec::new(),
-        }
     }
 
     /// The current watermark (`Millis::MIN` before the first event).

@@ -83,7 +83,7 @@ pub fn simulate_into(
     mut on_output: impl FnMut(&Output) -> Result<(), SimulateError>,
 ) -> Result<SimulateReport, SimulateError> {
     let started = Instant::now();
-    let mut runtime = PartitionRuntime::offline(engine, opts.allowed_lateness);
+    let mut runtime = PartitionRuntime::offline(engine, opts.allowed_lateness)?;
     let mut report = SimulateReport::default();
     let mut buf: Vec<Output> = Vec::with_capacity(64);
     let reject = |report: &mut SimulateReport, line: u64, why: String| {

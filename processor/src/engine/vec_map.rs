@@ -61,7 +61,7 @@ impl<V> VecMap<V> {
 
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 
     /// Values in key order.

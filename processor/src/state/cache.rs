@@ -214,9 +214,10 @@ fn slot<'a, V: DeserializeOwned>(
     Ok(entry)
 }
 
-/// Marks `entry` (of `id`) dirty, remembering the id once.
-fn mark<V>(entry: &mut Entry<V>, dirty: &mut Vec<String>, id: &str) {
-    if !entry.dirty {
+/// Marks `entry` (of `id`) dirty, remembering the id once; does nothing in a cache that
+/// records no changes (`record` false, see [`StateCache::unrecorded`]).
+fn mark<V>(entry: &mut Entry<V>, dirty: &mut Vec<String>, id: &str, record: bool) {
+    if record && !entry.dirty {
         entry.dirty = true;
         dirty.push(id.to_owned());
     }
@@ -295,25 +296,19 @@ impl<V> StateCache<V> {
     /// Sets a cached value and marks it dirty.
     fn put(&mut self, id: &str, value: Option<V>) {
         self.clock += 1;
-        if let Some(entry) = self.entries.get_mut(id) {
-            entry.value = value;
-            entry.used = self.clock;
-            if self.record {
-                mark(entry, &mut self.dirty, id);
+        let entry = match self.entries.get_mut(id) {
+            Some(entry) => {
+                entry.value = value;
+                entry.used = self.clock;
+                entry
             }
-        } else {
-            self.entries.insert(
-                id.to_owned(),
-                Entry {
-                    value,
-                    dirty: self.record,
-                    used: self.clock,
-                },
-            );
-            if self.record {
-                self.dirty.push(id.to_owned());
-            }
-        }
+            None => self.entries.entry(id.to_owned()).or_insert(Entry {
+                value,
+                dirty: false,
+                used: self.clock,
+            }),
+        };
+        mark(entry, &mut self.dirty, id, self.record);
     }
 
     /// Marks a cached customer dirty, so the next flush writes it (after changing it through
@@ -321,9 +316,7 @@ impl<V> StateCache<V> {
     pub fn mark_dirty(&mut self, id: &str) -> bool {
         match self.entries.get_mut(id) {
             Some(entry) => {
-                if self.record {
-                    mark(entry, &mut self.dirty, id);
-                }
+                mark(entry, &mut self.dirty, id, self.record);
                 true
             }
             None => false,
@@ -445,8 +438,8 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
         id: &str,
     ) -> Result<Option<&mut V>, StateError> {
         let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
-        if entry.value.is_some() && self.record {
-            mark(entry, &mut self.dirty, id);
+        if entry.value.is_some() {
+            mark(entry, &mut self.dirty, id, self.record);
         }
         Ok(entry.value.as_mut())
     }
@@ -460,9 +453,7 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
         make: impl FnOnce() -> V,
     ) -> Result<&mut V, StateError> {
         let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
-        if self.record {
-            mark(entry, &mut self.dirty, id);
-        }
+        mark(entry, &mut self.dirty, id, self.record);
         Ok(entry.value.get_or_insert_with(make))
     }
 
