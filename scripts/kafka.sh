@@ -431,7 +431,10 @@ cmd_stop() {
 # Guarded: only a directory that looks like one of this script's data dirs is removed.
 cmd_reset() {
   cmd_stop
-  if [[ -d $KAFKA_DATA && ! -f $KAFKA_DATA/server.properties && -n $(ls -A "$KAFKA_DATA") ]]; then
+  # `stop` has just created the directory with its lock file in it: on a fresh machine that is
+  # all there is.
+  if [[ -d $KAFKA_DATA && ! -f $KAFKA_DATA/server.properties &&
+    -n $(ls -A "$KAFKA_DATA" | grep -vx 'kafka.sh.lock') ]]; then
     die "$KAFKA_DATA does not look like a broker data dir of this script (no server.properties); not deleting it"
   fi
   rm -rf "$KAFKA_DATA"
