@@ -53,6 +53,33 @@ pub fn cached_high_watermark<C: rdkafka::ClientContext>(
         .then_some(high)
 }
 
+/// Waits until every message handed to `producer` is delivered or has failed, at most
+/// `timeout`; the same as [`Producer::flush`](rdkafka::producer::Producer::flush), but it
+/// returns as soon as the last delivery report is served. rust-rdkafka's `flush` polls the
+/// delivery reports itself, in rounds of 100 ms that never end early, so a flush with one
+/// message outstanding took at least 100 ms: a transaction commit, at every
+/// `commit-interval-ms`. A `ThreadedProducer` serves its delivery reports on its own thread;
+/// this only waits for librdkafka's count of outstanding messages to reach zero.
+pub fn flush_threaded<C>(
+    producer: &rdkafka::producer::ThreadedProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError>
+where
+    C: rdkafka::producer::ProducerContext + 'static,
+{
+    use rdkafka::producer::Producer;
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `native_ptr` is the live librdkafka handle owned by `producer`, which is borrowed
+    // for the whole call. rd_kafka_flush is thread-safe; with the event API that rust-rdkafka
+    // uses it does not serve the delivery-report queue, it waits for the count to drain.
+    let err = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+    if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        Ok(())
+    } else {
+        Err(KafkaError::Flush(err.into()))
+    }
+}
+
 /// The fatal error of a librdkafka client, as `Code: reason`, if it has one: such a client can
 /// do nothing more and must be replaced.
 pub fn fatal_error<C: rdkafka::ClientContext>(

@@ -1476,14 +1476,16 @@ impl Core {
                             .send_offsets_to_transaction(&offsets, group, timeout)
                     })?;
                 }
+                // Delivered first (rust-rdkafka's commit_transaction flushes in 100 ms rounds);
+                // what failed to deliver fails the commit below.
+                let _ = crate::kafka::flush_threaded(&self.producer, timeout);
                 retry_transaction_call("commit the transaction", || {
                     self.producer.commit_transaction(timeout)
                 })
             })()
         } else {
             // At least once: every output is acknowledged before the offsets move on.
-            self.producer
-                .flush(timeout)
+            crate::kafka::flush_threaded(&self.producer, timeout)
                 .and_then(|()| {
                     if offsets.count() > 0 {
                         consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)

@@ -145,7 +145,7 @@ use backon::{BlockingRetryable, ExponentialBuilder};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
 use crate::config::Config;
 use crate::kafka::{ToolContext, client_config, producer_config};
@@ -566,9 +566,7 @@ pub fn run<P: Provider>(
             // What the commands produced (outcomes, dead letters) is acknowledged before
             // their offsets move on: nothing is lost. A crash before this commit redelivers
             // them, and the handled-command log skips them.
-            runner
-                .producer
-                .flush(Duration::from_secs(30))
+            crate::kafka::flush_threaded(&runner.producer, Duration::from_secs(30))
                 .map_err(Runner::<P>::kafka("flush outcomes"))?;
             consumer
                 .commit_consumer_state(CommitMode::Sync)
