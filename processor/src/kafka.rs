@@ -362,23 +362,32 @@ pub async fn produce_file(
             }
         })
         .flatten();
-    let sent = produce_events(brokers, topic, events, format, wire, 0.0).await?;
+    let sent = produce_events(brokers, topic, events, format, wire, Pace::default()).await?;
     match bad {
         Some(e) => Err(e),
         None => Ok(sent),
     }
 }
 
-/// Publishes events to `topic`, keyed by customer id, in iteration order, at most `rate`
-/// events per second (0 = as fast as the broker takes them), encoded in `format` (Avro
-/// framed by `wire`). Returns the number acknowledged.
+/// How [`produce_events`] paces and stamps what it sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pace {
+    /// At most this many events per second; 0 = as fast as the broker takes them.
+    pub rate: f64,
+    /// Stamp each event's `occurred_at` with the wall-clock time it is sent, as a live
+    /// upstream system would, instead of the time it carries.
+    pub live: bool,
+}
+
+/// Publishes events to `topic`, keyed by customer id, in iteration order, paced and stamped
+/// by `pace`, encoded in `format` (Avro framed by `wire`). Returns the number acknowledged.
 pub async fn produce_events(
     brokers: &str,
     topic: &str,
     events: impl Iterator<Item = CustomerEvent>,
     format: InputFormat,
     wire: &crate::registry::Wire,
-    rate: f64,
+    pace: Pace,
 ) -> Result<u64, KafkaToolError> {
     let producer: FutureProducer = producer_config(brokers, &BTreeMap::new())
         .create()
@@ -388,7 +397,10 @@ pub async fn produce_events(
     let mut offered = 0u64;
     let started = Instant::now();
     let mut last_log = Instant::now();
-    for ev in events {
+    for mut ev in events {
+        if pace.live {
+            ev.occurred_at = crate::model::now_millis();
+        }
         let value =
             encode_event_for(&ev, format, wire, topic).map_err(|e| KafkaToolError::BadLine {
                 path: topic.to_owned(),
@@ -408,8 +420,8 @@ pub async fn produce_events(
                 })?,
         );
         offered += 1;
-        if rate > 0.0 {
-            let due = Duration::from_secs_f64(offered as f64 / rate);
+        if pace.rate > 0.0 {
+            let due = Duration::from_secs_f64(offered as f64 / pace.rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
@@ -469,6 +481,8 @@ pub struct TailOptions {
     pub idle_exit: Option<Duration>,
     /// Stop after this many records.
     pub max_records: Option<u64>,
+    /// Add `received_at`, when this reader got each record (wall clock, RFC 3339).
+    pub received_at: bool,
     /// How Waymark's records are framed (bare Avro, or with the schema registry).
     pub wire: crate::registry::Wire,
 }
@@ -546,7 +560,8 @@ fn partition_count(
     Ok(partitions)
 }
 
-/// Prints the decoded records of `topic_names` as JSON lines (read_committed).
+/// Prints the decoded records of `topic_names` as JSON lines (read_committed). `out` is
+/// flushed whenever the reader has caught up, so a pipe sees each record as it arrives.
 pub fn tail(
     brokers: &str,
     topics: &TopicsConfig,
@@ -598,6 +613,10 @@ pub fn tail(
                         .collect();
                     v["headers"] = serde_json::to_value(h).unwrap_or_default();
                 }
+                if opts.received_at {
+                    v["received_at"] =
+                        crate::model::format_millis(crate::model::now_millis()).into();
+                }
                 serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
                 out.write_all(b"\n")?;
                 printed += 1;
@@ -606,11 +625,10 @@ pub fn tail(
                     break;
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(KafkaError::PartitionEOF(_))) | None => out.flush()?,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "Consumer error while tailing.");
             }
-            None => {}
         }
         if let Some(idle) = opts.idle_exit
             && last_record.elapsed() >= idle

@@ -489,6 +489,10 @@ struct TailArgs {
     /// Exit after this many records.
     #[arg(long)]
     max_records: Option<u64>,
+    /// Add `received_at` to each line: when this reader got the record (wall clock). A
+    /// command's `received_at` minus its `due_at` is how late it became readable.
+    #[arg(long)]
+    received_at: bool,
     /// Topics to read (default: every command topic and journey-events).
     topics: Vec<String>,
 }
@@ -506,6 +510,12 @@ struct LoadgenCmd {
     /// Topic to produce to.
     #[arg(long, default_value = "customer-events")]
     topic: String,
+    /// Stamp each event's occurred_at with the wall-clock time it is sent instead of its
+    /// generated time: a live stream, paced by --rate. With an action of delay 0s and
+    /// allowed-lateness-secs 0, `waymark tail --received-at` then shows how long after its
+    /// event each command became readable.
+    #[arg(long, requires = "brokers")]
+    live: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -775,6 +785,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 from_beginning: args.from_beginning,
                 idle_exit: args.idle_exit,
                 max_records: args.max_records,
+                received_at: args.received_at,
                 wire: waymark::registry::Wire::new(registry_of(config.as_deref())?),
             };
             let stdout = std::io::stdout();
@@ -805,7 +816,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 std::iter::once(request),
                 InputFormat::Avro,
                 &wire,
-                0.0,
+                waymark::kafka::Pace::default(),
             ))?;
             eprintln!(
                 "forget request for {} published to {}; the processor erases the state in its next transaction",
@@ -869,7 +880,10 @@ fn loadgen(config: Option<&Path>, cmd: LoadgenCmd) -> Result<ExitCode> {
                 events,
                 InputFormat::Avro,
                 &wire,
-                cmd.gen_args.rate,
+                waymark::kafka::Pace {
+                    rate: cmd.gen_args.rate,
+                    live: cmd.live,
+                },
             ))?;
             eprintln!("loadgen: produced {n} events to {}", cmd.topic);
             Ok(ExitCode::SUCCESS)

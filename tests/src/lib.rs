@@ -420,6 +420,7 @@ impl Scenario {
             from_beginning: true,
             idle_exit: Some(idle),
             max_records: None,
+            received_at: false,
             wire: waymark::registry::Wire::new(registry),
         };
         waymark::kafka::tail(&brokers(), &self.topics, &names, &opts, &mut buf)?;
