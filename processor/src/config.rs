@@ -138,7 +138,9 @@ pub struct KafkaConfig {
     /// (dynamic membership). Flag `--group-instance-id`, env `WAYMARK_GROUP_INSTANCE_ID`.
     #[serde(default)]
     pub group_instance_id: Option<String>,
-    /// Extra librdkafka properties for every client (e.g. `security.protocol: SSL`).
+    /// Extra librdkafka properties for every client (e.g. `security.protocol: SSL`); they
+    /// override Waymark's producer defaults (`kafka::PRODUCER_DEFAULTS`, e.g. `linger.ms`),
+    /// but not what exactly-once needs (`kafka::PRODUCER_FIXED`, refused).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -752,6 +754,17 @@ impl Config {
                     "is set by Waymark itself; use the dedicated key (kafka.brokers, kafka.group-id, kafka.transactional-id) or remove it",
                 ));
             }
+            if let Some((_, value)) = crate::kafka::PRODUCER_FIXED
+                .iter()
+                .find(|(fixed, _)| fixed == key)
+            {
+                return Err(invalid(
+                    &format!("kafka.properties.{key}"),
+                    &format!(
+                        "is {value} for every Waymark producer (exactly-once and the partitioning of customers depend on it); remove it"
+                    ),
+                ));
+            }
         }
         self.rocksdb
             .validate()
@@ -820,6 +833,36 @@ mod tests {
         );
         // Equal turns the longer interval off.
         assert!(load("commit-interval-ms: 200\nbacklog-commit-interval-ms: 200\n").is_ok());
+    }
+
+    #[test]
+    fn kafka_properties_tune_producers_but_cannot_change_what_exactly_once_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let cfg =
+            load("kafka:\n  properties: { linger.ms: \"50\", compression.type: zstd }\n").unwrap();
+        let producer = crate::kafka::producer_config("127.0.0.1:9092", &cfg.kafka.properties);
+        assert_eq!(producer.get("linger.ms"), Some("50"));
+        assert_eq!(producer.get("compression.type"), Some("zstd"));
+        assert_eq!(
+            producer.get("message.timeout.ms"),
+            Some("60000"),
+            "a default"
+        );
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        for key in ["enable.idempotence", "acks", "partitioner"] {
+            let e = load(&format!("kafka:\n  properties: {{ {key}: x }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("kafka.properties.{key}")) && e.contains("remove it"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

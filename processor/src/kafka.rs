@@ -224,16 +224,33 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
     cfg
 }
 
-/// Producer settings shared by `produce`, `loadgen` and the processor.
+/// Producer properties Waymark depends on, which `kafka.properties` may not change:
+/// idempotence (and the acks it needs) for exactly-once, and the Java client's partitioner,
+/// so a customer's records land where upstream producers put that customer's events.
+pub const PRODUCER_FIXED: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+];
+
+/// Producer tuning Waymark starts from; `kafka.properties` overrides any of it.
+pub const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
+    ("linger.ms", "5"),
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.messages", "500000"),
+    ("message.timeout.ms", "60000"),
+];
+
+/// Producer settings shared by `produce`, `loadgen` and the processor: [`PRODUCER_FIXED`],
+/// then [`PRODUCER_DEFAULTS`] overridden by `extra`.
 pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
-    let mut cfg = client_config(brokers, extra);
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
-        .set("message.timeout.ms", "60000");
+    let mut cfg = client_config(brokers, &BTreeMap::new());
+    for (key, value) in PRODUCER_DEFAULTS.into_iter().chain(PRODUCER_FIXED) {
+        cfg.set(key, value);
+    }
+    for (key, value) in extra {
+        cfg.set(key, value);
+    }
     cfg
 }
 
