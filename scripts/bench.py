@@ -13,6 +13,14 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
     exactly-once throughput divided by its; BENCH_KSTREAMS=0 skips it. After one uncounted
     warm-up run of each, Waymark and the baseline run alternately BENCH_ROUNDS times (default
     3) and the table shows the medians, with every run;
+  * latency (`latency`): event → command of an immediate action, p50/p99/max, for Waymark and
+    the baseline at the same steady rate, half of Waymark's peak from the throughput phase
+    (BENCH_LATENCY_RATE sets it), and the baseline also at half of its own peak when that is
+    lower: the reference journey with the invite email at once and allowed lateness 0, fed by
+    `waymark loadgen --live`, read back by `waymark tail --received-at`;
+  * timers (`timers`): firing lateness p50/p99/max with BENCH_TIMER_CUSTOMERS customers
+    (default 5,100,000) each holding a pending timer, their invites coming due at that many
+    per hour once the backlog of their logins is processed;
   * recovery after `kill -9` mid-run: time from the restart to ready, and to the first
     committed transaction that carries output;
   * restore: the state directory deleted, time and records/s to rebuild it from the changelog;
@@ -23,7 +31,8 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
     also runs the trace with commit.interval.ms 1000, Waymark's backlog-commit-interval-ms,
     for a comparison at equal commit intervals.
 
-BENCH_PHASES (default `throughput,recovery,state,simulate`) picks the parts to run.
+BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
+to run.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
@@ -59,7 +68,22 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
 # State at scale: this many customers for the RSS and restore comparison; 0 skips it.
 STATE_CUSTOMERS = int(os.environ.get("BENCH_STATE_CUSTOMERS", "1000000"))
-PHASES = set(os.environ.get("BENCH_PHASES", "throughput,recovery,state,simulate").split(","))
+PHASES = set(os.environ.get("BENCH_PHASES",
+                            "throughput,latency,timers,recovery,state,simulate").split(","))
+# Latency: a live stream at this many events/s (default: half of Waymark's exactly-once
+# throughput from this run's throughput phase, else 10,000), measured for LATENCY_SECS after
+# LATENCY_WARMUP seconds.
+LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", "0"))
+LATENCY_SECS = int(os.environ.get("BENCH_LATENCY_SECS", "60"))
+LATENCY_WARMUP = 10
+# Timers: this many customers with a pending timer; their timers start coming due when the
+# backlog of their logins would be processed at BENCH_TIMER_LOAD_RATE events/s; firing is
+# measured for BENCH_TIMER_SECS from a minute after the backlog was processed. The Streams baseline's in-memory timer index needs a
+# larger heap at this size.
+TIMER_CUSTOMERS = int(os.environ.get("BENCH_TIMER_CUSTOMERS", "5100000"))
+TIMER_LOAD_RATE = float(os.environ.get("BENCH_TIMER_LOAD_RATE", "8000"))
+TIMER_SECS = int(os.environ.get("BENCH_TIMER_SECS", "60"))
+TIMER_KSTREAMS_HEAP = os.environ.get("BENCH_TIMER_KSTREAMS_HEAP", "3g")
 HTTP = "127.0.0.1:19464"
 RUN_ID = time.strftime("%Y%m%d%H%M%S")
 WORK = ROOT / ".waymark" / f"bench-{RUN_ID}"
@@ -100,7 +124,11 @@ def ready():
         return False
 
 
-def config(name, guarantee, trace=None):
+def config(name, guarantee, trace=None, journeys=None, extra=(), produce=True):
+    """Fresh topics for a run called `name` and Waymark's config for them (also used to decode
+    what the Streams baseline writes to the same topics); `trace` (default: the bench trace)
+    is produced to the input topic unless `produce` is false. `journeys` replaces the
+    reference journey; `extra` lines are added to the config."""
     suffix = f"bench-{RUN_ID}-{name}"
     path = WORK / f"{name}.yaml"
     topics = {
@@ -119,18 +147,23 @@ def config(name, guarantee, trace=None):
         # Static membership, as recommended: a restart takes its partitions back at once.
         f"  group-instance-id: {suffix}", "topics:",
         *[f"  {k}: {v}" for k, v in topics.items()],
-        f"journeys: {ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
+        f"journeys: {journeys or ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
         f"state-dir: {WORK / name / 'state'}", f"http-addr: {HTTP}",
-        f"processing-guarantee: {guarantee}",
+        f"processing-guarantee: {guarantee}", *extra,
     ]
     path.write_text("\n".join(lines) + "\n")
     subprocess.run([str(WAYMARK), "--config", str(path), "topics", "create", "--brokers",
                     BROKERS, "--partitions", str(PARTITIONS)], check=True,
                    stderr=subprocess.DEVNULL)
-    subprocess.run([str(WAYMARK), "produce", "--brokers", BROKERS, "--topic",
-                    topics["customer-events"], str(trace or WORK / "events.jsonl")], check=True,
-                   stderr=subprocess.DEVNULL)
+    if produce:
+        subprocess.run([str(WAYMARK), "produce", "--brokers", BROKERS, "--topic",
+                        topics["customer-events"], str(trace or WORK / "events.jsonl")],
+                       check=True, stderr=subprocess.DEVNULL)
     return path
+
+
+def input_topic(name):
+    return f"customer-events.bench-{RUN_ID}-{name}"
 
 
 def start(cfg, logname):
@@ -203,17 +236,17 @@ def kstreams_throughput(n, name="kstreams"):
     return n / (t1 - t0)
 
 
-def kstreams_start(name, logname=None, extra=()):
+def kstreams_start(name, logname=None, extra=(), heap="1g"):
     """Starts the Kafka Streams baseline on the topics of `config(name, ...)` (with `extra`
-    arguments): the process and a function returning its last status line (failing if it
-    exited)."""
+    arguments and a JVM heap of `heap`): the process and a function returning its last status
+    line (failing if it exited)."""
     classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
                                check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     suffix = f"bench-{RUN_ID}-{name}"
     logpath = WORK / (logname or f"{name}.log")
     logf = open(logpath, "w")
     proc = subprocess.Popen(
-        ["java", "-Xmx1g", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
+        ["java", f"-Xmx{heap}", "-cp", classpath, "io.waymark.bench.kstreams.OnboardingApp",
          "--bootstrap-servers", BROKERS, "--application-id", suffix, "--topic-suffix", f".{suffix}",
          "--schemas", str(ROOT / "schemas"), "--state-dir", str(WORK / name / "state"),
          "--threads", str(KSTREAMS_THREADS), "--processing-guarantee", "exactly_once_v2",
@@ -309,6 +342,180 @@ def state_at_scale():
     ]
 
 
+class Probe:
+    """`waymark tail --received-at` on a run's command topics, started before the load: every
+    command's `due_at` and the wall-clock time it became readable (read_committed), in ms."""
+
+    def __init__(self, cfg, topics, logname):
+        import threading
+        self.commands = []
+        self.proc = subprocess.Popen(
+            [str(WAYMARK), "--config", str(cfg), "tail", "--brokers", BROKERS, "--received-at",
+             *topics], stdout=subprocess.PIPE, stderr=open(WORK / logname, "w"), text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            rec = json.loads(line)
+            if rec.get("kind") == "command":
+                self.commands.append((millis(rec["due_at"]), millis(rec["received_at"])))
+
+    def stop(self):
+        time.sleep(2)  # what the engines committed last has time to arrive
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return self.commands
+
+
+def millis(rfc3339):
+    from datetime import datetime
+    return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def percentiles(xs):
+    """p50, p99 and max of `xs` (ms)."""
+    xs = sorted(xs)
+    pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
+    return pick(0.50), pick(0.99), xs[-1]
+
+
+def engine_start(engine, cfg, name, extra_streams=(), heap="1g"):
+    """Starts Waymark (`run` on `cfg`) or the Streams baseline on the topics of `name`; waits
+    until it is ready (RUNNING). Returns a function that stops it and returns its peak RSS
+    (MiB), and a function returning how many input records it has processed."""
+    if engine == "waymark":
+        proc = start(cfg, f"{name}.log")
+        wait(ready, 300, "ready")
+        return (lambda: stop_rss(proc)), processed
+    proc, status = kstreams_start(name, extra=extra_streams, heap=heap)
+    wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
+    return (lambda: stop_rss(proc)), (lambda: int(status().get("records", "0")))
+
+
+ENGINES = [("waymark", "Waymark")] + ([("kstreams", "Kafka Streams")] if KSTREAMS else [])
+
+
+def latency(peaks):
+    """Event → command latency of an immediate action: the reference journey with its invite
+    email at once (delay 0s) and allowed lateness 0, fed by `waymark loadgen --live` (each
+    event stamped with the time it is sent) at a steady rate; the latency of each invite is
+    when it became readable (read_committed) minus its due time, the stamp of its login.
+    Waymark and the baseline run at half of Waymark's peak (`peaks`, from the throughput
+    phase) and, when the baseline's own peak is lower, the baseline also at half of its own.
+    Rows: p50/p99/max of each run."""
+    rate = LATENCY_RATE or (peaks.get("waymark", 0) / 2 or 10_000)
+    journeys = WORK / "b2b-onboarding-immediate.yaml"
+    text = (ROOT / "deploy/journeys/b2b-onboarding.yaml").read_text()
+    immediate = text.replace("id: invite-email\n        delay: 1h", "id: invite-email\n        delay: 0s")
+    if immediate == text:
+        raise SystemExit("bench: could not find the invite email's `delay: 1h` to make it 0s")
+    journeys.write_text(immediate)
+    which = "BENCH_LATENCY_RATE" if LATENCY_RATE else "half of Waymark's peak"
+    runs = [(engine, label, rate, which) for engine, label in ENGINES]
+    own = peaks.get("kstreams", 0) / 2
+    if KSTREAMS and not LATENCY_RATE and 0 < own < rate:
+        runs.append(("kstreams", "Kafka Streams", own, "half of its own peak"))
+    rows, p99s = [], {}
+    for engine, label, rate, which in runs:
+        name = f"latency-{engine}-{rate:.0f}"
+        cfg = config(name, "exactly-once", journeys=journeys, produce=False,
+                     extra=["allowed-lateness-secs: 0"])
+        stop_engine, done = engine_start(
+            engine, cfg, name, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"))
+        probe = Probe(cfg, [f"commands.email.bench-{RUN_ID}-{name}"], f"{name}-tail.log")
+        time.sleep(2)  # the probe has its partitions
+        # About 3.7 events per customer: enough for the warm-up and the measured time.
+        # Arrivals over 60 days, each customer's steps about 18 h apart: after the first days
+        # of the trace (the warm-up), logins and later steps mix as in steady traffic.
+        customers = int(rate * (LATENCY_WARMUP + LATENCY_SECS) / 3.7)
+        log(f"latency: {label}, {customers:,} customers at {rate:,.0f} events/s")
+        t0 = time.time() * 1000
+        gen = subprocess.run([str(WAYMARK), "loadgen", "--customers", str(customers), "--seed",
+                              "5", "--arrival-window", "60d", "--brokers", BROKERS, "--topic",
+                              input_topic(name), "--rate", str(rate), "--live"],
+                             check=True, stderr=subprocess.PIPE, text=True)
+        sent = int(re.search(r"produced (\d+) events", gen.stderr).group(1))
+        wait(lambda: done() >= sent, 600, f"{label} to process the live stream")
+        commands = probe.stop()
+        stop_engine()
+        lat = [got - due for due, got in commands if due >= t0 + LATENCY_WARMUP * 1000]
+        if not lat:
+            raise SystemExit(f"bench: no immediate command from {label} was read")
+        p50, p99, top = percentiles(lat)
+        ratio = ""
+        if engine == "waymark":
+            p99s[rate] = p99
+        elif rate in p99s:
+            ratio = f"{p99s[rate] / p99:.2f} (p99, Waymark ÷ Streams)"
+        rows.append((f"latency, event → command of an immediate action at {rate:,.0f} events/s"
+                     f" ({which}), {label}",
+                     f"p50 {p50:,} ms, p99 {p99:,} ms, max {top:,} ms ({len(lat):,} commands)",
+                     ratio))
+        log(f"latency: {label} at {rate:,.0f} events/s: p50 {p50} ms, p99 {p99} ms, max {top} ms")
+    return rows
+
+
+def timers():
+    """Timer firing lateness with TIMER_CUSTOMERS customers each holding a pending timer: a
+    backlog of logins (nothing else) whose invite emails (login + 1h) come due over an hour
+    from about when the backlog is processed (estimated from TIMER_LOAD_RATE), so they fire at
+    TIMER_CUSTOMERS per hour; a customer whose invite went out waits for its 2-day task, so
+    every customer keeps a pending timer. Measured over TIMER_SECS from a minute after the
+    backlog was processed (timers that came due while it was still loading have fired by then).
+    Lateness of a command: when it became readable minus when it could first fire (due time +
+    allowed lateness, 300 s for both). Rows: p50/p99/max for Waymark and the baseline, and
+    each one's peak RSS."""
+    lateness_ms = 300_000
+    rows, p99s = [], {}
+    for engine, label in ENGINES:
+        name = f"timers-{engine}"
+        cfg = config(name, "exactly-once", produce=False)
+        # Logins occurred over the hour that ends the allowed lateness before the first invite
+        # may fire: no invite is due by event time while the backlog is processed.
+        fire_at = time.time() + TIMER_CUSTOMERS / 150_000 + TIMER_CUSTOMERS / TIMER_LOAD_RATE
+        first_login = fire_at - 3600 - lateness_ms / 1000
+        log(f"timers: {label}, producing {TIMER_CUSTOMERS:,} logins; the first timers come due "
+            f"in {fire_at - time.time():.0f} s")
+        subprocess.run([str(WAYMARK), "loadgen", "--customers", str(TIMER_CUSTOMERS), "--seed",
+                        "13", "--start", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first_login)),
+                        "--arrival-window", "1h", "--drop-off", "1,1,1,1,1,1", "--no-login", "0",
+                        "--repeat-login", "0", "--duplicates", "0", "--out-of-order", "0",
+                        "--steps-out-of-order", "0", "--brokers", BROKERS, "--topic",
+                        input_topic(name)], check=True, stderr=subprocess.DEVNULL)
+        started = time.time()
+        stop_engine, done = engine_start(engine, cfg, name, heap=TIMER_KSTREAMS_HEAP)
+        probe = Probe(cfg, [f"commands.email.bench-{RUN_ID}-{name}"], f"{name}-tail.log")
+        wait(lambda: done() >= TIMER_CUSTOMERS, 3 * 3600,
+             f"{label} to process {TIMER_CUSTOMERS:,} logins")
+        loaded = time.time()
+        begin = max(fire_at, loaded) + 60
+        log(f"timers: {label} processed the backlog in {loaded - started:.0f} s "
+            f"({TIMER_CUSTOMERS / (loaded - started):,.0f} events/s); measuring from "
+            f"{begin - time.time():.0f} s from now")
+        wait(lambda: time.time() >= begin, 3600, "the measured time")
+        pending = (f"{metric(metrics(), 'waymark_runtime_timers_pending'):,.0f} customers with a "
+                   "pending timer" if engine == "waymark" else "")
+        wait(lambda: time.time() >= begin + TIMER_SECS, 3600, "the end of the measured time")
+        commands = probe.stop()
+        rss = stop_engine()
+        lat = [got - (due + lateness_ms) for due, got in commands
+               if begin * 1000 <= due + lateness_ms < (begin + TIMER_SECS) * 1000]
+        if not lat:
+            raise SystemExit(f"bench: no timer of {label} fired in the measured time")
+        p50, p99, top = percentiles(lat)
+        p99s[engine] = p99
+        rows.append((f"timers: firing lateness, {TIMER_CUSTOMERS:,} customers each with a timer, "
+                     f"{TIMER_CUSTOMERS / 3600:,.0f} firing/s, {label}",
+                     f"p50 {p50:,} ms, p99 {p99:,} ms, max {top:,} ms ({len(lat):,} fired in "
+                     f"{TIMER_SECS} s{'; ' + pending if pending else ''}); peak RSS {rss:,.0f} MiB;"
+                     f" backlog of logins at {TIMER_CUSTOMERS / (loaded - started):,.0f} events/s",
+                     "" if engine == "waymark" else f"{p99s['waymark'] / p99:.2f} (p99, Waymark ÷ Streams)"))
+        log(f"timers: {label} p50 {p50} ms, p99 {p99} ms, max {top} ms")
+    return rows
+
+
 def simulate_at_scale(until):
     """`simulate` over a large loadgen trace (goal: 10M events over 1M customers in ≤ 20 s):
     time, events/s and the process's peak RSS."""
@@ -343,8 +550,14 @@ def main():
     log(f"trace: {CUSTOMERS} customers, {n} events")
     rows = []
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    peaks = {}
     if "throughput" in PHASES:
-        rows += throughput(events, n)
+        more, peaks = throughput(events, n)
+        rows += more
+    if "latency" in PHASES:
+        rows += latency(peaks)
+    if "timers" in PHASES and TIMER_CUSTOMERS:
+        rows += timers()
     if "simulate" in PHASES and SIM_CUSTOMERS:
         rows.append(simulate_at_scale(until))
     if "recovery" in PHASES:
@@ -417,7 +630,10 @@ def throughput(events, n):
                      f"{k:,.0f} events/s{spread(ks)}", f"{k / sim:.2f}"))
         rows.append(("Waymark ÷ Kafka Streams (exactly-once; goal ≥ 3)", "",
                      f"{rates['exactly-once'] / k:.2f}"))
-    return rows
+    peaks = {"waymark": rates["exactly-once"]}
+    if KSTREAMS:
+        peaks["kstreams"] = median(ks)
+    return rows, peaks
 
 
 def recovery(n):
@@ -514,7 +730,19 @@ def write_report(title, table, n):
         "  (Waymark: to ready; Streams: to RUNNING; both with static group membership);",
         "  Streams runs the trace once more with commit.interval.ms 1000, the interval at",
         "  which Waymark commits while it works off a backlog (backlog-commit-interval-ms).",
-        "- `BENCH_PHASES=throughput,recovery,state,simulate` picks the parts of a run.",
+        "- latency: the reference journey with its invite email at once (`delay: 0s`) and",
+        "  allowed lateness 0 (Streams: `--invite-delay-ms 0 --allowed-lateness-ms 0`), fed by",
+        "  `waymark loadgen --live --rate R --arrival-window 60d` (each event stamped with the time",
+        "  it is sent) at half of Waymark's peak (Streams also at half of its own, when lower);",
+        "  an invite's latency is when `waymark tail --received-at` read it (read_committed) minus",
+        f"  its due time, its login's stamp; {LATENCY_SECS} s measured after a 10 s warm-up.",
+        f"- timers: {TIMER_CUSTOMERS:,} customers who only logged in, their logins over an hour",
+        "  ending 5 minutes (the allowed lateness) before the first invite may fire, about when",
+        "  the backlog is processed (`BENCH_TIMER_LOAD_RATE`); invites then come due at that many",
+        "  per hour, and a customer whose invite went out waits for its 2-day task, so every",
+        f"  customer keeps a pending timer; measured over {TIMER_SECS} s from a minute after the",
+        "  backlog was processed; lateness = read (read_committed) − (due time + allowed lateness).",
+        "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
         "",
     ]

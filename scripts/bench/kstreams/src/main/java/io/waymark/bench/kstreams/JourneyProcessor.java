@@ -39,7 +39,7 @@ final class JourneyProcessor implements Processor<String, Model.CustomerEvent, S
     static final String CONTACT_CENTER_SINK = "commands-contact-center";
     static final String JOURNEY_EVENTS_SINK = "journey-events";
 
-    private final OnboardingJourney journey = new OnboardingJourney();
+    private final OnboardingJourney journey;
     private final AppStats stats;
     private final AppStats.LagProbe lagProbe;
     private final String inputTopic;
@@ -80,7 +80,8 @@ final class JourneyProcessor implements Processor<String, Model.CustomerEvent, S
     };
 
     JourneyProcessor(AppStats stats, AppStats.LagProbe lagProbe, String inputTopic, long allowedLateness,
-            long maxFutureSkew, Duration caughtUpCheck) {
+            long maxFutureSkew, Duration caughtUpCheck, long inviteDelay) {
+        this.journey = new OnboardingJourney(inviteDelay);
         this.stats = stats;
         this.lagProbe = lagProbe;
         this.inputTopic = inputTopic;

@@ -56,6 +56,8 @@ public final class OnboardingApp {
                                               timeout [none]
               --processing-guarantee G        exactly_once_v2 or at_least_once [exactly_once_v2]
               --allowed-lateness-ms MS        watermark = newest event time - this [300000, Waymark's default]
+              --invite-delay-ms MS            the invite email's delay after the login [3600000, the
+                                              reference journey's 1h; 0 makes it an immediate action]
               --caught-up-check-ms MS         wall-clock punctuation interval of the caught-up check [1000]
               --status-interval-ms MS         status line interval [1000]
               --commit-interval-ms MS         commit.interval.ms [Kafka Streams' default: 100 under exactly-once]
@@ -77,6 +79,10 @@ public final class OnboardingApp {
         }
         long lateness = longOpt(opts, "allowed-lateness-ms", 300_000);
         long caughtUpCheck = longOpt(opts, "caught-up-check-ms", 1000);
+        long inviteDelay = longOpt(opts, "invite-delay-ms", OnboardingJourney.INVITE_DELAY);
+        if (inviteDelay < 0) {
+            die("--invite-delay-ms must be 0 or more, not " + inviteDelay);
+        }
         long statusInterval = longOpt(opts, "status-interval-ms", 1000);
         long exitWhenIdle = longOpt(opts, "exit-when-idle", -1);
         String guarantee = opts.getOrDefault("processing-guarantee", StreamsConfig.EXACTLY_ONCE_V2);
@@ -110,7 +116,7 @@ public final class OnboardingApp {
         Topology topology = new Topology();
         topology.addSource("customer-events", Serdes.String().deserializer(), avro.customerEventDeserializer(), input);
         topology.addProcessor("journey",
-                () -> new JourneyProcessor(stats, lag, input, lateness, 86_400_000L, check), "customer-events");
+                () -> new JourneyProcessor(stats, lag, input, lateness, 86_400_000L, check, inviteDelay), "customer-events");
         topology.addStateStore(Stores.keyValueStoreBuilder(
                 Stores.persistentKeyValueStore(JourneyProcessor.CUSTOMERS), Serdes.String(), CustomerState.SERDE)
                 .withCachingEnabled(), "journey");
