@@ -5,9 +5,24 @@
 
 use std::time::{Duration, Instant};
 
+use waymark::telemetry::{EVENTS_TOTAL, TRANSACTIONS_TOTAL};
 use waymark_e2e::*;
 
-/// A small deterministic generator for the kill times (seed printed for reproduction).
+/// Kills `processor` with SIGKILL once it has committed once and handled `events` input
+/// records, or after 5 s (a run with fewer than that left finishes first, and is then killed
+/// idle). A kill before the first commit would only repeat the run from where it started.
+fn kill_after(processor: Processor, events: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (processor.metric(TRANSACTIONS_TOTAL) < 1.0
+        || processor.metric(EVENTS_TOTAL) < events as f64)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    processor.kill();
+}
+
+/// A small deterministic generator for the kill points (seed printed for reproduction).
 fn next(seed: &mut u64) -> u64 {
     *seed = seed
         .wrapping_mul(6_364_136_223_846_793_005)
@@ -23,15 +38,18 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
     let events = scenario.loadgen(&customers, "11");
     let simulated = simulate_file(&events, now_millis()).unwrap();
 
+    let produced = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+
     let mut seed = now_millis() as u64;
     eprintln!("chaos seed {seed}");
     let mut kills = 0;
     let mut committed_after_kill = Vec::new();
     while kills < 5 {
         let processor = scenario.start().unwrap();
-        let delay = 300 + next(&mut seed) % 1500;
-        std::thread::sleep(Duration::from_millis(delay));
-        processor.kill();
+        // A random point of the run, in events handled rather than in time: however fast the
+        // processor is, the first kill lands mid-run. Within a transaction, during a commit
+        // or between two, wherever that point falls.
+        kill_after(processor, 500 + next(&mut seed) % (produced / 4));
         kills += 1;
         committed_after_kill.push(scenario.outputs().unwrap().len());
     }
@@ -68,11 +86,21 @@ fn at_least_once_after_kill_9_loses_nothing_and_repeats_only_identical_records()
         Scenario::new("at-least-once", 4, "processing-guarantee: at-least-once").unwrap();
     let events = scenario.loadgen("8000", "17");
     let simulated = simulate_file(&events, now_millis()).unwrap();
-    for delay in [700, 1400] {
-        let processor = scenario.start().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        processor.kill();
+    let produced = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+    let mut committed_after_kill = Vec::new();
+    // Killed twice once it has handled half the trace: past its first commit, so what it
+    // sent since is sent again by the next run.
+    for _ in 0..2 {
+        kill_after(scenario.start().unwrap(), produced / 2);
+        committed_after_kill.push(scenario.outputs().unwrap().len());
     }
+    assert!(
+        committed_after_kill
+            .iter()
+            .any(|n| *n > 0 && *n < simulated.len()),
+        "no kill interrupted the run: {committed_after_kill:?} of {}",
+        simulated.len()
+    );
     let processor = scenario.start().unwrap();
     let kafka = scenario
         .await_outputs(simulated.len(), Duration::from_secs(240))
@@ -97,6 +125,7 @@ fn at_least_once_after_kill_9_loses_nothing_and_repeats_only_identical_records()
         }
     }
     eprintln!("at-least-once: {repeats} repeated records after 2 kills");
+    assert!(repeats > 0, "no kill made the next run repeat anything");
     let unique: Vec<_> = first.into_values().collect();
     assert_same_outputs(&unique, &simulated);
 }
