@@ -792,6 +792,14 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// `Config::load` of a file holding `text`, with no overrides.
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default())
+    }
+
     #[test]
     fn example_config_in_deploy_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/waymark.example.yaml");
@@ -814,15 +822,9 @@ mod tests {
 
     #[test]
     fn the_backlog_commit_interval_is_at_least_the_commit_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.yaml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
-        let cfg = load("commit-interval-ms: 200\n").unwrap();
+        let cfg = load_text("commit-interval-ms: 200\n").unwrap();
         assert_eq!(cfg.backlog_commit_interval_ms, 1000, "the default");
-        let e = load("commit-interval-ms: 200\nbacklog-commit-interval-ms: 150\n")
+        let e = load_text("commit-interval-ms: 200\nbacklog-commit-interval-ms: 150\n")
             .unwrap_err()
             .to_string();
         assert!(
@@ -832,19 +834,14 @@ mod tests {
             "{e}"
         );
         // Equal turns the longer interval off.
-        assert!(load("commit-interval-ms: 200\nbacklog-commit-interval-ms: 200\n").is_ok());
+        assert!(load_text("commit-interval-ms: 200\nbacklog-commit-interval-ms: 200\n").is_ok());
     }
 
     #[test]
     fn kafka_properties_tune_producers_but_cannot_change_what_exactly_once_needs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.yaml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
         let cfg =
-            load("kafka:\n  properties: { linger.ms: \"50\", compression.type: zstd }\n").unwrap();
+            load_text("kafka:\n  properties: { linger.ms: \"50\", compression.type: zstd }\n")
+                .unwrap();
         let producer = crate::kafka::producer_config("127.0.0.1:9092", &cfg.kafka.properties);
         assert_eq!(producer.get("linger.ms"), Some("50"));
         assert_eq!(producer.get("compression.type"), Some("zstd"));
@@ -855,7 +852,7 @@ mod tests {
         );
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         for key in ["enable.idempotence", "acks", "partitioner"] {
-            let e = load(&format!("kafka:\n  properties: {{ {key}: x }}\n"))
+            let e = load_text(&format!("kafka:\n  properties: {{ {key}: x }}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -867,14 +864,7 @@ mod tests {
 
     #[test]
     fn the_analytics_group_must_differ_from_the_processors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.yaml");
-        std::fs::write(
-            &path,
-            "kafka:\n  group-id: same\nanalytics:\n  group-id: same\n",
-        )
-        .unwrap();
-        let e = Config::load(Some(&path), &Overrides::default())
+        let e = load_text("kafka:\n  group-id: same\nanalytics:\n  group-id: same\n")
             .unwrap_err()
             .to_string();
         assert!(
@@ -885,32 +875,26 @@ mod tests {
 
     #[test]
     fn an_input_mapping_needs_json_input_and_valid_pointers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.yaml");
         let mapping = "input-mapping:\n  customer-id: /a\n  fixed-type: t\n  occurred-at: /ts\n";
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Config::load(Some(&path), &Overrides::default())
-        };
-        let e = load(mapping).unwrap_err().to_string();
+        let e = load_text(mapping).unwrap_err().to_string();
         assert!(
             e.contains("input-format: json") && e.contains("schema-registry.url"),
             "{e}"
         );
         // Avro values through a schema registry.
         let registry = "schema-registry:\n  url: http://registry:8081\n";
-        let cfg = load(&format!("{registry}{mapping}")).unwrap();
+        let cfg = load_text(&format!("{registry}{mapping}")).unwrap();
         assert_eq!(cfg.schema_registry.unwrap().retry_secs, 30);
         // JSON input with framed outputs.
-        let cfg = load(&format!("input-format: json\n{registry}")).unwrap();
+        let cfg = load_text(&format!("input-format: json\n{registry}")).unwrap();
         assert!(cfg.schema_registry.is_some());
-        let e = load("schema-registry:\n  url: registry:8081\n")
+        let e = load_text("schema-registry:\n  url: registry:8081\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("schema-registry.url"), "{e}");
-        let cfg = load(&format!("input-format: json\n{mapping}")).unwrap();
+        let cfg = load_text(&format!("input-format: json\n{mapping}")).unwrap();
         assert_eq!(cfg.input_mapping.unwrap().fixed_type.as_deref(), Some("t"));
-        let e = load(&format!(
+        let e = load_text(&format!(
             "input-format: json\n{}",
             mapping.replace("/ts", "ts")
         ))
@@ -957,10 +941,7 @@ mod tests {
 
     #[test]
     fn conflicting_topics_name_both_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.yaml");
-        std::fs::write(&path, "topics:\n  customer-events: x\n  journey-events: x\n  commands-email: e\n  commands-sms: s\n  commands-contact-center: c\n  dead-letters: d\n  late-events: l\n").unwrap();
-        let msg = Config::load(Some(&path), &Overrides::default())
+        let msg = load_text("topics:\n  customer-events: x\n  journey-events: x\n  commands-email: e\n  commands-sms: s\n  commands-contact-center: c\n  dead-letters: d\n  late-events: l\n")
             .unwrap_err()
             .to_string();
         assert!(
