@@ -56,6 +56,19 @@ pub fn waymark_bin() -> PathBuf {
         .expect("target directory layout")
 }
 
+/// Runs `cmd` to its end and asserts that it exited 0 (failing with its stderr); its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -226,16 +239,11 @@ impl Scenario {
         ];
         for target in [&file[..], &kafka[..]] {
             // With the scenario's config: framed as its `waymark run` reads them.
-            let out = Command::new(waymark_bin())
-                .args(["--config", self.config.to_str().unwrap_or_default()])
-                .args(["loadgen", "--customers", customers, "--seed", seed])
-                .args(target)
-                .output()
-                .expect("running waymark loadgen");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new(waymark_bin())
+                    .args(["--config", self.config.to_str().unwrap_or_default()])
+                    .args(["loadgen", "--customers", customers, "--seed", seed])
+                    .args(target),
             );
         }
         events

@@ -22,6 +22,15 @@ fn kill_after(processor: Processor, events: u64) {
     processor.kill();
 }
 
+/// Asserts that some kill landed mid-run: after it, part of the `total` output records but
+/// not all were committed. Otherwise the test proves nothing.
+fn assert_a_kill_interrupted(committed_after_kill: &[usize], total: usize) {
+    assert!(
+        committed_after_kill.iter().any(|n| *n > 0 && *n < total),
+        "no kill interrupted the run: {committed_after_kill:?} of {total}"
+    );
+}
+
 /// A small deterministic generator for the kill points (seed printed for reproduction).
 fn next(seed: &mut u64) -> u64 {
     *seed = seed
@@ -57,14 +66,7 @@ fn kill_9_at_random_points_loses_nothing_and_duplicates_nothing() {
         "committed records after each kill: {committed_after_kill:?} of {}",
         simulated.len()
     );
-    // The kills must land mid-run, or the test proves nothing.
-    assert!(
-        committed_after_kill
-            .iter()
-            .any(|n| *n > 0 && *n < simulated.len()),
-        "no kill interrupted the run: {committed_after_kill:?} of {}",
-        simulated.len()
-    );
+    assert_a_kill_interrupted(&committed_after_kill, simulated.len());
     let started = Instant::now();
     let processor = scenario.start().unwrap();
     let kafka = scenario
@@ -94,13 +96,7 @@ fn at_least_once_after_kill_9_loses_nothing_and_repeats_only_identical_records()
         kill_after(scenario.start().unwrap(), produced / 2);
         committed_after_kill.push(scenario.outputs().unwrap().len());
     }
-    assert!(
-        committed_after_kill
-            .iter()
-            .any(|n| *n > 0 && *n < simulated.len()),
-        "no kill interrupted the run: {committed_after_kill:?} of {}",
-        simulated.len()
-    );
+    assert_a_kill_interrupted(&committed_after_kill, simulated.len());
     let processor = scenario.start().unwrap();
     let kafka = scenario
         .await_outputs(simulated.len(), Duration::from_secs(240))

@@ -40,15 +40,10 @@ fn forget_erases_local_state_and_the_changelog() {
     let processor = scenario.start().unwrap();
     scenario.await_outputs(8, Duration::from_secs(60)).unwrap();
 
-    let out = Command::new(waymark_bin())
-        .args(["forget", "gone", "--brokers", &brokers(), "--topic"])
-        .arg(&scenario.topics.customer_events)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(waymark_bin())
+            .args(["forget", "gone", "--brokers", &brokers(), "--topic"])
+            .arg(&scenario.topics.customer_events),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let handled = format!(

@@ -36,25 +36,20 @@ fn an_immediate_action_goes_out_with_its_event_on_a_live_stream() {
     let processor = scenario.start().unwrap();
 
     let before = now_millis();
-    let out = Command::new(waymark_bin())
-        .args(["--config", scenario.config.to_str().unwrap()])
-        .args([
-            "loadgen",
-            "--customers",
-            "300",
-            "--seed",
-            "8",
-            "--rate",
-            "600",
-        ])
-        .args(["--live", "--brokers", &brokers()])
-        .args(["--topic", &scenario.topics.customer_events])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(waymark_bin())
+            .args(["--config", scenario.config.to_str().unwrap()])
+            .args([
+                "loadgen",
+                "--customers",
+                "300",
+                "--seed",
+                "8",
+                "--rate",
+                "600",
+            ])
+            .args(["--live", "--brokers", &brokers()])
+            .args(["--topic", &scenario.topics.customer_events]),
     );
     let after = now_millis();
 

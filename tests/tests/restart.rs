@@ -78,17 +78,12 @@ fn state_survives_a_clean_restart() {
     );
 
     // The operator's "why": state inspect on the stopped processor's state.
-    let inspect = std::process::Command::new(waymark_bin())
-        .args(["state", "inspect", "c1", "--state-dir"])
-        .arg(scenario.dir.path().join("state"))
-        .arg("--journeys")
-        .arg(reference_journey())
-        .output()
-        .unwrap();
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
+    let inspect = run_ok(
+        std::process::Command::new(waymark_bin())
+            .args(["state", "inspect", "c1", "--state-dir"])
+            .arg(scenario.dir.path().join("state"))
+            .arg("--journeys")
+            .arg(reference_journey()),
     );
     let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let instance = &report["explanation"]["journeys"][0]["instances"][0];
