@@ -14,7 +14,8 @@ use waymark::config::{Config, InputFormat, Overrides, TopicsConfig};
 
 /// mimalloc instead of glibc's malloc: Waymark allocates per event and per output record, and
 /// glibc spent about a quarter of `waymark run`'s time in malloc, free and consolidation
-/// (`perf`, 2026-11-23; see BENCHMARKS.md).
+/// (`perf`, 2026-11-23; see BENCHMARKS.md). Built without transparent huge pages (the `no_thp`
+/// feature in the workspace manifest): refaulting purged huge pages cost half of `simulate`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use waymark::engine::Engine;
