@@ -5,7 +5,10 @@
 //! them into one [`StateBatch`] per flush. It must not decide *when* to flush (the caller flushes
 //! at every commit point) and must not interpret the records it caches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,7 +186,7 @@ impl<V> Default for StateCache<V> {
     }
 }
 
-/// Finds or loads `id`'s entry and records the access.
+/// Finds or loads `id`'s entry and records the access (one lookup when it is cached).
 fn slot<'a, V: DeserializeOwned>(
     entries: &'a mut HashMap<String, Entry<V>>,
     clock: &mut u64,
@@ -191,25 +194,20 @@ fn slot<'a, V: DeserializeOwned>(
     id: &str,
 ) -> Result<&'a mut Entry<V>, StateError> {
     *clock += 1;
-    if !entries.contains_key(id) {
-        let value = match store.get_customer(id)? {
-            Some(bytes) => Some(decode_value(id, &bytes)?),
-            None => None,
-        };
-        entries.insert(
-            id.to_owned(),
-            Entry {
+    let entry = match entries.entry_ref(id) {
+        EntryRef::Occupied(cached) => cached.into_mut(),
+        EntryRef::Vacant(missing) => {
+            let value = match store.get_customer(id)? {
+                Some(bytes) => Some(decode_value(id, &bytes)?),
+                None => None,
+            };
+            missing.insert(Entry {
                 value,
                 dirty: false,
                 used: *clock,
-            },
-        );
-    }
-    // Invariant: the entry was found or inserted just above. (Looking up first and loading on
-    // a miss would need one lookup less, but the borrow checker rejects that shape.)
-    let entry = entries
-        .get_mut(id)
-        .expect("entry was found or inserted above");
+            })
+        }
+    };
     entry.used = *clock;
     Ok(entry)
 }
@@ -314,6 +312,9 @@ impl<V> StateCache<V> {
     /// Marks a cached customer dirty, so the next flush writes it (after changing it through
     /// a reference obtained earlier). Returns `false`, doing nothing, if `id` is not cached.
     pub fn mark_dirty(&mut self, id: &str) -> bool {
+        if !self.record {
+            return self.entries.contains_key(id);
+        }
         match self.entries.get_mut(id) {
             Some(entry) => {
                 mark(entry, &mut self.dirty, id, self.record);
