@@ -447,6 +447,9 @@ struct Core {
     latencies: BatchLatencies,
     /// When the partitions' state sizes were last sampled for the metrics.
     sized_at: Option<Instant>,
+    /// Wake-ups due on wall-clock time are left over (more than `max-batch-events` customers
+    /// were due at once): the next commit is due at once, and fires the next of them.
+    timers_behind: bool,
 }
 
 /// Attempts (of 10 s each) to read the group's committed offsets of newly assigned
@@ -1361,17 +1364,22 @@ impl Core {
     fn advance_idle_partitions(&mut self) -> Result<(), PipelineError> {
         let wall = now_millis() - self.cfg.allowed_lateness_ms();
         let first_output = self.outputs.len();
+        // At most `max-batch-events` customers per transaction: after an outage, or when a
+        // campaign's invites come due together, millions can be due at once.
         let mut fired = 0;
+        self.timers_behind = false;
         for (partition, part) in self.partitions.iter_mut() {
             if part.caught_up {
+                part.runtime.raise_watermark(wall);
                 fired += part
                     .runtime
-                    .advance_to(wall, &mut self.outputs)
+                    .fire_due(self.cfg.max_batch_events - fired, &mut self.outputs)
                     .map_err(|source| PipelineError::State {
                         partition: *partition,
                         path: part.path.clone(),
                         source,
                     })?;
+                self.timers_behind |= part.runtime.has_due();
             }
             let lag = (now_millis() - part.runtime.watermark().max(0)) / 1000;
             self.metrics
@@ -1696,6 +1704,7 @@ pub fn run(
         failed: None,
         latencies: BatchLatencies::default(),
         sized_at: None,
+        timers_behind: false,
         cfg,
     }));
     let consumer: BaseConsumer<RunContext> = {
@@ -1773,7 +1782,7 @@ pub fn run(
         // A commit is due every `interval`; while the input is behind, the batch stays open
         // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
         let elapsed = last_commit.elapsed();
-        let mut due = batch >= max_batch || elapsed >= backlog_interval;
+        let mut due = batch >= max_batch || elapsed >= backlog_interval || core.timers_behind;
         if !due && elapsed >= interval {
             if shutdown.is_cancelled() || (extended && idle) {
                 due = true;

@@ -366,20 +366,50 @@ impl PartitionRuntime {
     }
 
     /// Moves the watermark forward to `watermark` (never back) and fires every customer whose
-    /// wake-up is due. Returns how many customers were woken.
+    /// wake-up is due. Returns how many customers were woken (none if the watermark did not
+    /// move).
     pub fn advance_to(
         &mut self,
         watermark: Millis,
         out: &mut Vec<Output>,
     ) -> Result<usize, StateError> {
-        if watermark <= self.watermark {
+        if !self.raise_watermark(watermark) {
             return Ok(0);
+        }
+        self.fire_due(usize::MAX, out)
+    }
+
+    /// Moves the watermark forward to `watermark` (never back) without firing anything; see
+    /// [`PartitionRuntime::fire_due`]. Returns whether it moved.
+    pub fn raise_watermark(&mut self, watermark: Millis) -> bool {
+        if watermark <= self.watermark {
+            return false;
         }
         self.watermark = watermark;
         self.cache
             .put_meta(META_WATERMARK, watermark.to_be_bytes().to_vec());
+        true
+    }
+
+    /// Whether some customer's wake-up is due at the current watermark (left by a
+    /// [`PartitionRuntime::fire_due`] that reached its limit).
+    pub fn has_due(&self) -> bool {
+        self.timers
+            .first()
+            .is_some_and(|(due, _)| *due <= self.watermark)
+    }
+
+    /// Fires at most `limit` customers whose wake-up is due at the current watermark, earliest
+    /// first (a customer woken again within the same call counts again). Firing in several
+    /// calls gives the same outputs in the same order as firing in one; the caller bounds
+    /// a transaction (or the outputs held in memory) this way when a wall-clock step makes
+    /// millions due at once. Returns how many customers were woken.
+    pub fn fire_due(&mut self, limit: usize, out: &mut Vec<Output>) -> Result<usize, StateError> {
+        let watermark = self.watermark;
         let mut woken = 0;
-        while let Some((due, _)) = self.timers.first() {
+        while woken < limit
+            && let Some((due, _)) = self.timers.first()
+        {
             if *due > watermark {
                 break;
             }
@@ -532,6 +562,73 @@ mod tests {
             occurred_at: at,
             attributes: Default::default(),
         }
+    }
+
+    #[test]
+    fn firing_due_timers_in_slices_gives_the_outputs_of_one_advance() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/journeys/b2b-onboarding.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let j = parse_journey(&path, &text).unwrap();
+        let engine = Arc::new(Engine::new(JourneySet::new(vec![j])));
+        // 50 customers log in a minute apart; each then has its first invite and its
+        // abandonment windows pending.
+        let logins: Vec<CustomerEvent> = (0..50)
+            .map(|i| CustomerEvent {
+                customer_id: format!("c{i:02}"),
+                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
+                ..event(&format!("e{i}"), "login.created", i * 60_000)
+            })
+            .collect();
+        let loaded = || {
+            let mut rt = PartitionRuntime::offline(engine.clone(), 0).unwrap();
+            let mut out = Vec::new();
+            for e in &logins {
+                rt.on_event(e, &mut out).unwrap();
+            }
+            (rt, out.len())
+        };
+        let until = 30 * D;
+        let (mut whole, _) = loaded();
+        let mut expected = Vec::new();
+        let woken = whole.advance_to(until, &mut expected).unwrap();
+        assert_eq!(
+            woken,
+            logins.len(),
+            "each wakes once, for everything due by then"
+        );
+        assert!(
+            expected.len() > 3 * woken,
+            "invites and abandonments: {}",
+            expected.len()
+        );
+        assert!(!whole.has_due());
+
+        let (mut sliced, _) = loaded();
+        assert!(sliced.raise_watermark(until));
+        assert!(
+            !sliced.raise_watermark(until),
+            "it never moves back or stays"
+        );
+        let (mut got, mut slices) = (Vec::new(), 0);
+        loop {
+            let n = sliced.fire_due(7, &mut got).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= 7);
+            slices += 1;
+            if n < 7 {
+                assert!(
+                    !sliced.has_due(),
+                    "a slice stops early only when nothing is due"
+                );
+            }
+        }
+        assert_eq!(slices, woken.div_ceil(7));
+        assert!(!sliced.has_due());
+        assert_eq!(got, expected);
+        assert_eq!(sliced.stats(), whole.stats());
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::model::{CustomerEvent, Millis, Output};
 use crate::runtime::{PartitionRuntime, RuntimeStats, validate};
 use crate::state::StateError;
 
+/// Customers woken per slice when advancing to `--until` (see [`simulate_into`]).
+const FIRE_SLICE: usize = 10_000;
+
 /// Options of an offline run.
 #[derive(Debug, Clone)]
 pub struct SimulateOptions {
@@ -127,7 +130,13 @@ pub fn simulate_into(
         hand_over(&mut on_output, &mut buf)?;
     }
     if let Some(until) = opts.until {
-        runtime.advance_to(until, &mut buf)?;
+        // Fired in slices, each handed over before the next: at the end of a long trace
+        // millions of customers can be due at once, and their outputs need not all be held.
+        if runtime.raise_watermark(until) {
+            while runtime.fire_due(FIRE_SLICE, &mut buf)? > 0 {
+                hand_over(&mut on_output, &mut buf)?;
+            }
+        }
         let last = report.lines;
         for why in apply_forwards(&mut runtime, &mut buf)? {
             reject(&mut report, last, why);

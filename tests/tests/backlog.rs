@@ -1,11 +1,13 @@
 //! Working off a backlog: a processor that starts behind keeps each batch open past
 //! `commit-interval-ms`, up to `backlog-commit-interval-ms` or until it has caught up, so the
 //! backlog commits in a few large transactions instead of one every `commit-interval-ms`; the
-//! committed output is the same.
+//! committed output is the same. And the opposite bound: when the wall clock makes many
+//! customers due at once (after an outage), each transaction fires at most
+//! `max-batch-events` of them.
 
 use std::time::Duration;
 
-use waymark::telemetry::{BATCHES_EXTENDED_TOTAL, TRANSACTIONS_TOTAL};
+use waymark::telemetry::{BATCHES_EXTENDED_TOTAL, TIMER_LATENESS_SECONDS, TRANSACTIONS_TOTAL};
 use waymark_e2e::*;
 
 #[test]
@@ -39,6 +41,76 @@ fn a_backlog_commits_in_a_few_large_transactions_with_the_same_output() {
     assert!(
         committed <= 8.0,
         "{committed} transactions for a backlog of {produced} events ({extended} batches kept open)"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn timers_due_together_fire_in_transactions_of_max_batch_events() {
+    const CUSTOMERS: usize = 100;
+    const PER_TRANSACTION: usize = 10;
+    let scenario = Scenario::new(
+        "timers-due",
+        2,
+        &format!("allowed-lateness-secs: 0\nmax-batch-events: {PER_TRANSACTION}"),
+    )
+    .unwrap();
+    // Every customer logged in at the same moment, so that the +1h invite email is due for
+    // all of them at once, 20 s from now.
+    let due = now_millis() + 20_000;
+    let logins: Vec<_> = (0..CUSTOMERS)
+        .map(|i| {
+            let customer = format!("c{i:03}");
+            let email = format!("{customer}@example.com");
+            customer_event(
+                &format!("e{i}"),
+                &customer,
+                "login.created",
+                due - 3_600_000,
+                &[("email", &email), ("sales_rep", "rep-1")],
+            )
+        })
+        .collect();
+    let events = scenario.dir.path().join("logins.jsonl");
+    write_events(&events, &logins).unwrap();
+    scenario.produce_file(&events).unwrap();
+
+    // The processor takes in the logins and stops before the invites are due: an outage.
+    let first = scenario.start().unwrap();
+    let entered = scenario
+        .await_outputs(CUSTOMERS, Duration::from_secs(15))
+        .unwrap();
+    first.stop();
+    assert!(
+        now_millis() < due,
+        "the first run took until the invites were due; nothing left to test"
+    );
+    let commands =
+        |outputs: &[serde_json::Value]| outputs.iter().filter(|v| v["kind"] == "command").count();
+    assert_eq!(commands(&entered), 0, "no invite before it is due");
+    std::thread::sleep(Duration::from_millis(
+        (due - now_millis()).max(0) as u64 + 500,
+    ));
+
+    // Back after they came due: all are due at once, and go out ten customers a transaction.
+    let second = scenario.start().unwrap();
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    assert_eq!(commands(&simulated), CUSTOMERS, "one invite each");
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(30))
+        .unwrap();
+    let fired = second.metric(&format!("{TIMER_LATENESS_SECONDS}_count"));
+    let transactions = second.metric(TRANSACTIONS_TOTAL);
+    let log = second.stop();
+    assert_same_outputs(&kafka, &simulated);
+    assert_eq!(
+        fired, CUSTOMERS as f64,
+        "every invite went out on its timer"
+    );
+    assert!(
+        transactions >= (CUSTOMERS / PER_TRANSACTION) as f64,
+        "{CUSTOMERS} customers due at once went out in {transactions} transactions; at most \
+         {PER_TRANSACTION} may fire in one"
     );
     assert!(!log.contains("ERROR"), "{log}");
 }
