@@ -319,8 +319,8 @@ pub struct Config {
     #[serde(default = "default_backlog_commit_interval_ms")]
     pub backlog_commit_interval_ms: u64,
     /// Upper bound of events processed between two commits, and of customers whose timers
-    /// fire on the wall clock in one commit (when more are due at once, the next commit
-    /// follows at once with the next of them). Default 10000.
+    /// fire on the wall clock in one commit (when more are due at once, the commits that
+    /// follow fire the rest). Default 10000.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
     /// Customers kept decoded in memory per partition (write-back cache), in entries; the

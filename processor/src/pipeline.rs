@@ -447,9 +447,6 @@ struct Core {
     latencies: BatchLatencies,
     /// When the partitions' state sizes were last sampled for the metrics.
     sized_at: Option<Instant>,
-    /// Wake-ups due on wall-clock time are left over (more than `max-batch-events` customers
-    /// were due at once): the next commit is due at once, and fires the next of them.
-    timers_behind: bool,
 }
 
 /// Attempts (of 10 s each) to read the group's committed offsets of newly assigned
@@ -1365,9 +1362,10 @@ impl Core {
         let wall = now_millis() - self.cfg.allowed_lateness_ms();
         let first_output = self.outputs.len();
         // At most `max-batch-events` customers per transaction: after an outage, or when a
-        // campaign's invites come due together, millions can be due at once.
+        // campaign's invites come due together, millions can be due at once. The rest fire at
+        // the next commits, between which events keep being handled.
         let mut fired = 0;
-        self.timers_behind = false;
+        let mut left = false;
         for (partition, part) in self.partitions.iter_mut() {
             if part.caught_up {
                 part.runtime.raise_watermark(wall);
@@ -1379,7 +1377,7 @@ impl Core {
                         path: part.path.clone(),
                         source,
                     })?;
-                self.timers_behind |= part.runtime.has_due();
+                left |= part.runtime.has_due();
             }
             let lag = (now_millis() - part.runtime.watermark().max(0)) / 1000;
             self.metrics
@@ -1409,6 +1407,12 @@ impl Core {
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
             self.send_forwards(partition)?;
+        }
+        if left {
+            tracing::debug!(
+                customers = fired,
+                "More timers are due than max-batch-events; the rest fire at the next commits."
+            );
         }
         if !self.outputs.is_empty() {
             tracing::debug!(customers = fired, "Timers fired on wall-clock time.");
@@ -1704,7 +1708,6 @@ pub fn run(
         failed: None,
         latencies: BatchLatencies::default(),
         sized_at: None,
-        timers_behind: false,
         cfg,
     }));
     let consumer: BaseConsumer<RunContext> = {
@@ -1782,7 +1785,7 @@ pub fn run(
         // A commit is due every `interval`; while the input is behind, the batch stays open
         // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
         let elapsed = last_commit.elapsed();
-        let mut due = batch >= max_batch || elapsed >= backlog_interval || core.timers_behind;
+        let mut due = batch >= max_batch || elapsed >= backlog_interval;
         if !due && elapsed >= interval {
             if shutdown.is_cancelled() || (extended && idle) {
                 due = true;
