@@ -185,6 +185,42 @@ def processed():
     return metric(metrics(), "waymark_pipeline_events_total")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds process `pid` has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_seconds():
+    """Idle (and I/O wait) CPU seconds of the whole machine so far, summed over its CPUs."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid():
+    data = Path(os.environ.get("KAFKA_DATA", CACHE / f"kafka-data-{PORT}"))
+    return int((data / "kafka.pid").read_text().strip())
+
+
+class CpuSplit:
+    """Where the CPU went between `start` and `stop`: cores used by the processor and by the
+    broker, and cores idle, out of the machine's. Read from /proc, so it costs nothing."""
+
+    def __init__(self, pid):
+        self.pid, self.broker = pid, broker_pid()
+        self.t, self.own, self.kafka, self.idle = (time.monotonic(), cpu_seconds(pid),
+                                                   cpu_seconds(self.broker), idle_seconds())
+
+    def stop(self):
+        secs = time.monotonic() - self.t
+        return {"process": (cpu_seconds(self.pid) - self.own) / secs,
+                "broker": (cpu_seconds(self.broker) - self.kafka) / secs,
+                "idle": (idle_seconds() - self.idle) / secs, "secs": secs}
+
+
 def wait_idle(quiet=3.0, timeout=900):
     """Waits until the processed-events counter has not moved for `quiet` seconds."""
     deadline = time.monotonic() + timeout
@@ -589,12 +625,22 @@ def throughput(events, n):
     sim = n / (time.monotonic() - t)
     rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
 
-    def waymark_throughput(name, guarantee):
+    # Per exactly-once round: the CPU split and the commits' share of the run.
+    splits = []
+
+    def waymark_throughput(name, guarantee, counted=True):
         cfg = config(name, guarantee)
         proc = start(cfg, f"{name}.log")
         t0 = wait(ready, 120, "ready")
+        cpu = CpuSplit(proc.pid)
         t1 = wait(lambda: processed() >= n, 900, f"{n} events processed")
+        split = cpu.stop()
+        text = metrics()
+        split["commit_secs"] = metric(text, "waymark_pipeline_commit_duration_seconds_sum")
+        split["commits"] = metric(text, "waymark_pipeline_commit_duration_seconds_count")
         stop(proc)
+        if counted and guarantee == "exactly-once":
+            splits.append((n / (t1 - t0), split))
         return n / (t1 - t0)
 
     def median(xs):
@@ -602,7 +648,7 @@ def throughput(events, n):
         return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
     log("warm-up runs (not counted)")
-    waymark_throughput("warm-up", "exactly-once")
+    waymark_throughput("warm-up", "exactly-once", counted=False)
     if KSTREAMS:
         kstreams_throughput(n, "kstreams-warm-up")
     eos, ks = [], []
@@ -622,6 +668,15 @@ def throughput(events, n):
                  f"{alo / sim:.2f}"))
     rows.append(("exactly-once ÷ at-least-once", "",
                  f"{rates['exactly-once'] / rates['at-least-once']:.2f}"))
+    # The median round's split says what bounds `run`: one busy pipeline thread (about one
+    # core) with CPU idle is Waymark's own limit; no idle CPU is the machine's.
+    _, split = sorted(splits, key=lambda r: r[0])[len(splits) // 2]
+    rows.append(("run, exactly-once, median round: CPU (cores) and commits",
+                 f"Waymark {split['process']:.2f}, broker {split['broker']:.2f}, idle "
+                 f"{split['idle']:.2f} of {os.cpu_count()}; commits {split['commit_secs']:.2f} s "
+                 f"of {split['secs']:.2f} s ({split['commits']:.0f}, mean "
+                 f"{split['commit_secs'] / max(split['commits'], 1) * 1000:.0f} ms)",
+                 f"{split['commit_secs'] / split['secs']:.2f} (commit share)"))
 
     if KSTREAMS:
         k = median(ks)
@@ -721,7 +776,9 @@ def write_report(title, table, n):
         f"{PARTITIONS} partitions before each run (a backlog);",
         "- throughput: events/s from the processor's ready (Streams: RUNNING) until every event",
         "  is processed; the Kafka Streams baseline is `scripts/bench/kstreams/` (exactly-once v2,",
-        "  RocksDB stores), checked equal to `waymark simulate` by `make test`;",
+        "  RocksDB stores), checked equal to `waymark simulate` by `make test`; for the median",
+        "  exactly-once round of Waymark, the CPU cores the processor, the broker and nobody",
+        "  (idle) used, from /proc, and the share of the run spent in commits (its histogram);",
         "- recovery: `kill -9` a third of the way through, restart, time to ready and to the first",
         "  committed output; restore: the state directory deleted, rebuilt from the changelog.",
         f"- state at scale: `waymark loadgen --customers {STATE_CUSTOMERS} --seed 11 --start <15 days",
