@@ -1763,5 +1763,5 @@ fn plan_rule(
 mod conditions;
 mod identity;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod vec_map;

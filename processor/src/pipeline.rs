@@ -1408,14 +1408,13 @@ impl Core {
         for partition in partitions {
             self.send_forwards(partition)?;
         }
-        if left {
+        if !self.outputs.is_empty() {
+            // `more_due`: over max-batch-events were due; the rest fire at the next commits.
             tracing::debug!(
                 customers = fired,
-                "More timers are due than max-batch-events; the rest fire at the next commits."
+                more_due = left,
+                "Timers fired on wall-clock time."
             );
-        }
-        if !self.outputs.is_empty() {
-            tracing::debug!(customers = fired, "Timers fired on wall-clock time.");
             self.send_outputs()?;
         }
         Ok(())

@@ -566,11 +566,7 @@ mod tests {
 
     #[test]
     fn firing_due_timers_in_slices_gives_the_outputs_of_one_advance() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/journeys/b2b-onboarding.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let j = parse_journey(&path, &text).unwrap();
-        let engine = Arc::new(Engine::new(JourneySet::new(vec![j])));
+        let engine = crate::engine::tests::reference();
         // 50 customers log in a minute apart; each then has its first invite and its
         // abandonment windows pending.
         let logins: Vec<CustomerEvent> = (0..50)

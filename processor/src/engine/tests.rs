@@ -21,7 +21,8 @@ const D: Millis = 24 * H;
 const LATENESS: Millis = 5 * 60_000;
 const T0: Millis = 1_772_400_000_000; // 2026-03-01T21:20:00Z
 
-fn reference() -> Arc<Engine> {
+/// The engine of the reference journey, `deploy/journeys/b2b-onboarding.yaml`.
+pub(crate) fn reference() -> Arc<Engine> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/journeys/b2b-onboarding.yaml");
     Arc::new(Engine::new(JourneySet::load(&path).unwrap()))
 }

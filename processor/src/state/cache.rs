@@ -312,9 +312,6 @@ impl<V> StateCache<V> {
     /// Marks a cached customer dirty, so the next flush writes it (after changing it through
     /// a reference obtained earlier). Returns `false`, doing nothing, if `id` is not cached.
     pub fn mark_dirty(&mut self, id: &str) -> bool {
-        if !self.record {
-            return self.entries.contains_key(id);
-        }
         match self.entries.get_mut(id) {
             Some(entry) => {
                 mark(entry, &mut self.dirty, id, self.record);
