@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::journey::{
@@ -34,13 +35,13 @@ pub use vec_map::VecMap;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// The upstream event id (de-duplication key).
-    pub event_id: String,
+    pub event_id: CompactString,
     /// Event type.
-    pub event_type: String,
+    pub event_type: CompactString,
     /// Event time.
     pub at: Millis,
     /// Attributes that predicates read (e.g. `product_line`).
-    pub attributes: Vec<(String, String)>,
+    pub attributes: Vec<(CompactString, CompactString)>,
 }
 
 impl StoredEvent {
@@ -56,11 +57,11 @@ impl StoredEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileValue {
     /// The value.
-    pub value: String,
+    pub value: CompactString,
     /// Event time of the event that set it (the latest event wins).
     pub at: Millis,
     /// Id of that event (breaks ties between events of the same time).
-    pub event_id: String,
+    pub event_id: CompactString,
 }
 
 /// What the engine remembers of one journey for one customer.
@@ -205,7 +206,7 @@ impl CustomerState {
     pub fn latest_profile(&self) -> BTreeMap<String, String> {
         self.profile
             .iter()
-            .filter_map(|(k, vs)| vs.last().map(|v| (k.clone(), v.value.clone())))
+            .filter_map(|(k, vs)| vs.last().map(|v| (k.to_owned(), v.value.to_string())))
             .collect()
     }
 }
@@ -377,24 +378,49 @@ pub struct Engine {
     score_types: BTreeSet<String>,
 }
 
-/// FNV-1a, 64 bit: a fixed, platform-independent hash for the emitted-set keys.
-fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xff)) {
+/// FNV-1a, 64 bit: a fixed, platform-independent hash for the emitted-set keys. Each part is
+/// followed by a `0xff` byte. Streaming, so a prefix shared by many keys (an instance's
+/// journey, id version and number) is hashed once and copied.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    const START: Fnv = Fnv(0xcbf2_9ce4_8422_2325);
+
+    /// The hash after one more part.
+    #[inline]
+    fn part(self, bytes: &[u8]) -> Fnv {
+        let mut h = self.0;
+        for b in bytes.iter().chain(std::iter::once(&0xff)) {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        Fnv(h)
     }
-    h
 }
 
 /// Namespace of every Waymark id (UUID v5).
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5761_796d_6172_6b00_8000_0000_0000_0001);
 
-/// The stable id of an output: UUID v5 of its identifying parts.
+/// The stable id of an output: UUID v5 of its identifying parts joined by `/` (RFC 9562: SHA-1
+/// of the namespace and the name). Hashed part by part with the CPU's SHA instructions where
+/// it has them: one id per output makes this a hot path.
 pub fn stable_id(parts: &[&str]) -> String {
-    uuid::Uuid::new_v5(&ID_NAMESPACE, parts.join("/").as_bytes()).to_string()
+    use sha1::Digest;
+    let mut sha = sha1::Sha1::new();
+    sha.update(ID_NAMESPACE.as_bytes());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            sha.update(b"/");
+        }
+        sha.update(part.as_bytes());
+    }
+    let digest = sha.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    let id = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 impl Engine {
@@ -551,9 +577,9 @@ impl Engine {
                 keep_profile_value(
                     state.profile.or_default(attr),
                     ProfileValue {
-                        value: value.clone(),
+                        value: value.as_str().into(),
                         at: ev.occurred_at,
-                        event_id: ev.event_id.clone(),
+                        event_id: ev.event_id.as_str().into(),
                     },
                 );
             }
@@ -561,8 +587,8 @@ impl Engine {
         let kept = self.predicate_attrs.get(&ev.event_type);
         let outcome = ev.event_type.starts_with(OUTCOME_EVENT_PREFIX);
         let stored = StoredEvent {
-            event_id: ev.event_id.clone(),
-            event_type: ev.event_type.clone(),
+            event_id: ev.event_id.as_str().into(),
+            event_type: ev.event_type.as_str().into(),
             at: ev.occurred_at,
             attributes: ev
                 .attributes
@@ -571,7 +597,7 @@ impl Engine {
                     kept.is_some_and(|s| s.contains(*k))
                         || (outcome && OUTCOME_ATTRIBUTES.contains(&k.as_str()))
                 })
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                 .collect(),
         };
         insert_in_order(&mut state.events, stored);
@@ -1202,7 +1228,7 @@ impl Engine {
                         step: step.id.clone(),
                         completed_at: inst.done_at(s).map(format_millis),
                         completed_by: inst.completed[s]
-                            .map(|(_, e)| state.events[e].event_id.clone()),
+                            .map(|(_, e)| state.events[e].event_id.to_string()),
                         abandoned_at: mine()
                             .find(|c| c.kind == Kind::StepAbandoned(s) && was_sent(memory, c.key))
                             .map(|c| format_millis(c.due)),
@@ -1366,7 +1392,8 @@ impl Engine {
     fn latest_scores(&self, state: &CustomerState) -> Vec<ScoreStatus> {
         let mut latest: BTreeMap<(&str, Option<&str>), &StoredEvent> = BTreeMap::new();
         for e in &state.events {
-            if self.score_types.contains(&e.event_type) && e.attr(SCORE_ATTRIBUTE).is_some() {
+            if self.score_types.contains(e.event_type.as_str()) && e.attr(SCORE_ATTRIBUTE).is_some()
+            {
                 let key = (e.event_type.as_str(), e.attr(SCORED_ACTION_ATTRIBUTE));
                 latest.insert(key, e);
             }
@@ -1598,14 +1625,21 @@ fn derive_instance(
 /// action id), of which instance. The customer id is not part of it (the memory is the
 /// customer's own), so a merge can carry keys to the canonical customer's numbering.
 fn output_key(journey: &[u8], id_version: u32, number: u32, tag: &[u8], a: &str, b: &str) -> u64 {
-    fnv(&[
-        journey,
-        &id_version.to_le_bytes(),
-        &number.to_le_bytes(),
-        tag,
-        a.as_bytes(),
-        b.as_bytes(),
-    ])
+    key_of(instance_prefix(journey, id_version, number), tag, a, b)
+}
+
+/// The part of [`output_key`] every output of one instance shares.
+fn instance_prefix(journey: &[u8], id_version: u32, number: u32) -> Fnv {
+    Fnv::START
+        .part(journey)
+        .part(&id_version.to_le_bytes())
+        .part(&number.to_le_bytes())
+}
+
+/// [`output_key`] from its instance's [`instance_prefix`].
+#[inline]
+fn key_of(prefix: Fnv, tag: &[u8], a: &str, b: &str) -> u64 {
+    prefix.part(tag).part(a.as_bytes()).part(b.as_bytes()).0
 }
 
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
@@ -1618,9 +1652,8 @@ fn candidates(
     let mut out = Vec::new();
     let name = journey.name.as_bytes();
     for (idx, inst) in instances.iter().enumerate() {
-        let key = |tag: &[u8], a: &str, b: &str| {
-            output_key(name, inst.id_version, inst.number, tag, a, b)
-        };
+        let prefix = instance_prefix(name, inst.id_version, inst.number);
+        let key = |tag: &[u8], a: &str, b: &str| key_of(prefix, tag, a, b);
         let mut push_in = |due, kind, key, group| {
             if inst.covers(due, kind) {
                 out.push(Candidate {

@@ -91,7 +91,7 @@ fn measure<'a>(metric: &Metric, state: &'a CustomerState, upto: usize, t: Millis
         Metric::Score { event } => events
             .iter()
             .rev()
-            .filter(|e| &e.event_type == event)
+            .filter(|e| e.event_type == event)
             .find_map(|e| e.attr(SCORE_ATTRIBUTE)?.trim().parse().ok())
             .map_or(Value::Unknown, Value::Num),
         Metric::Profile { attribute } => state

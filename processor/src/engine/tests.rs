@@ -1288,6 +1288,37 @@ fn jitter(events: &[CustomerEvent], delays: &[Millis]) -> Vec<CustomerEvent> {
 }
 
 proptest! {
+    /// Ids are a wire contract: hashing part by part must give RFC 9562's UUID v5 of the parts
+    /// joined by `/`, byte for byte, as the ids already published were computed.
+    #[test]
+    fn stable_ids_are_uuid_v5_of_the_joined_parts(
+        parts in prop::collection::vec("[a-z0-9./é-]{0,80}", 0..8),
+    ) {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let expected = uuid::Uuid::new_v5(&ID_NAMESPACE, parts.join("/").as_bytes()).to_string();
+        prop_assert_eq!(stable_id(&parts), expected);
+    }
+
+    /// The emitted-set keys are stored with every customer: the streamed prefix must give the
+    /// same FNV-1a as hashing every part in one pass.
+    #[test]
+    fn output_keys_streamed_from_an_instance_prefix_equal_one_pass_fnv(
+        journey in "[a-z-]{1,20}", version in any::<u32>(), number in any::<u32>(),
+        tag in "[a-z_]{1,16}", a in "[a-z.-]{0,20}", b in "[a-z.-]{0,20}",
+    ) {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let (v, n) = (version.to_le_bytes(), number.to_le_bytes());
+        for part in [journey.as_bytes(), &v, &n, tag.as_bytes(), a.as_bytes(), b.as_bytes()] {
+            for byte in part.iter().chain(std::iter::once(&0xff)) {
+                h ^= u64::from(*byte);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        prop_assert_eq!(output_key(journey.as_bytes(), version, number, tag.as_bytes(), &a, &b), h);
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]

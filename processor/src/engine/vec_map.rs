@@ -11,14 +11,16 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A map from `String` keys to `V`, sorted by key, unique keys.
+/// A map from string keys to `V`, sorted by key, unique keys. Keys up to 24 bytes (attribute
+/// and journey names) are stored inline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VecMap<V> {
-    entries: Vec<(String, V)>,
+    entries: Vec<(CompactString, V)>,
 }
 
 impl<V> Default for VecMap<V> {
@@ -52,7 +54,7 @@ impl<V> VecMap<V> {
         let i = match self.position(key) {
             Ok(i) => i,
             Err(i) => {
-                self.entries.insert(i, (key.to_owned(), V::default()));
+                self.entries.insert(i, (key.into(), V::default()));
                 i
             }
         };
@@ -60,7 +62,7 @@ impl<V> VecMap<V> {
     }
 
     /// Entries in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.into_iter()
     }
 
@@ -80,13 +82,14 @@ impl<V> VecMap<V> {
     }
 }
 
-impl<V> FromIterator<(String, V)> for VecMap<V> {
+impl<K: Into<CompactString>, V> FromIterator<(K, V)> for VecMap<V> {
     /// The last value of a repeated key wins, as in a `BTreeMap`.
-    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
-        let mut entries: Vec<(String, V)> = iter.into_iter().collect();
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut entries: Vec<(CompactString, V)> =
+            iter.into_iter().map(|(k, v)| (k.into(), v)).collect();
         // Stable: equal keys keep their order, so the last one is the one kept below.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(String, V)> = Vec::with_capacity(entries.len());
+        let mut kept: Vec<(CompactString, V)> = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             match kept.last_mut() {
                 Some(last) if last.0 == k => last.1 = v,
@@ -98,12 +101,14 @@ impl<V> FromIterator<(String, V)> for VecMap<V> {
 }
 
 impl<'a, V> IntoIterator for &'a VecMap<V> {
-    type Item = (&'a String, &'a V);
-    type IntoIter =
-        std::iter::Map<std::slice::Iter<'a, (String, V)>, fn(&(String, V)) -> (&String, &V)>;
+    type Item = (&'a str, &'a V);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (CompactString, V)>,
+        fn(&(CompactString, V)) -> (&str, &V),
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 
@@ -131,7 +136,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for VecMap<V> {
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
                 let mut sorted = true;
-                while let Some((k, v)) = access.next_entry::<String, V>()? {
+                while let Some((k, v)) = access.next_entry::<CompactString, V>()? {
                     if let Some((last, _)) = entries.last() {
                         sorted &= *last < k;
                     }
@@ -165,9 +170,7 @@ mod tests {
         let back: VecMap<u32> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, ours);
         assert_eq!(
-            back.iter()
-                .map(|(k, v)| (k.as_str(), *v))
-                .collect::<Vec<_>>(),
+            back.iter().map(|(k, v)| (k, *v)).collect::<Vec<_>>(),
             [("a", 1), ("m", 2), ("tz", 3)]
         );
     }
@@ -181,15 +184,12 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("b"), Some(&2));
         assert!(m.contains_key("a") && !m.contains_key("c"));
-        assert_eq!(
-            m.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(m.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
         // Out of order or repeated input (not what `Serialize` writes) is sorted, last wins.
         let json = r#"{"b": 1, "a": 2, "b": 3}"#;
         let m: VecMap<u32> = serde_json::from_str(json).unwrap();
         assert_eq!(
-            m.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            m.iter().map(|(k, v)| (k, *v)).collect::<Vec<_>>(),
             [("a", 2), ("b", 3)]
         );
     }

@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashMap;
-use hashbrown::hash_map::EntryRef;
+use std::hash::BuildHasher;
+
+use compact_str::CompactString;
+use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -162,7 +164,7 @@ impl FlushStats {
 #[derive(Debug)]
 pub struct StateCache<V> {
     /// Cached customers by id.
-    entries: HashMap<String, Entry<V>>,
+    entries: Entries<V>,
     /// Ids of the dirty entries, each once.
     dirty: Vec<String>,
     /// Pending timer index changes: `true` adds the entry, `false` removes it. The last change
@@ -186,28 +188,98 @@ impl<V> Default for StateCache<V> {
     }
 }
 
+/// Cached customers by id: a hash table of `(id, entry)`. Ids up to 24 bytes are stored inline
+/// in the slot, so a lookup compares the id without following a pointer (with millions of
+/// customers that pointer was a cache miss on every access), and a hit hashes once.
+#[derive(Debug)]
+struct Entries<V> {
+    table: HashTable<(CompactString, Entry<V>)>,
+    hasher: DefaultHashBuilder,
+}
+
+impl<V> Entries<V> {
+    fn new() -> Self {
+        Entries {
+            table: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn get(&self, id: &str) -> Option<&Entry<V>> {
+        let hash = self.hasher.hash_one(id);
+        self.table.find(hash, |(k, _)| k == id).map(|(_, e)| e)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Entry<V>> {
+        let hash = self.hasher.hash_one(id);
+        self.table.find_mut(hash, |(k, _)| k == id).map(|(_, e)| e)
+    }
+
+    /// `id`'s entry, inserted with `make` if it is not cached (one lookup either way).
+    fn get_or_try_insert_with<E>(
+        &mut self,
+        id: &str,
+        make: impl FnOnce() -> Result<Entry<V>, E>,
+    ) -> Result<&mut Entry<V>, E> {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(id);
+        let slot =
+            match self
+                .table
+                .entry(hash, |(k, _)| k == id, |(k, _)| hasher.hash_one(k.as_str()))
+            {
+                hash_table::Entry::Occupied(cached) => cached.into_mut(),
+                hash_table::Entry::Vacant(missing) => {
+                    missing.insert((id.into(), make()?)).into_mut()
+                }
+            };
+        Ok(&mut slot.1)
+    }
+
+    /// `id`'s entry, inserted with `make` if it is not cached (one lookup either way).
+    fn get_or_insert_with(&mut self, id: &str, make: impl FnOnce() -> Entry<V>) -> &mut Entry<V> {
+        match self.get_or_try_insert_with(id, || Ok::<_, std::convert::Infallible>(make())) {
+            Ok(entry) => entry,
+            Err(never) => match never {},
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Entry<V>)> {
+        self.table.iter().map(|(k, e)| (k.as_str(), e))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry<V>) -> bool) {
+        self.table.retain(|(_, e)| keep(e));
+    }
+}
+
 /// Finds or loads `id`'s entry and records the access (one lookup when it is cached).
 fn slot<'a, V: DeserializeOwned>(
-    entries: &'a mut HashMap<String, Entry<V>>,
+    entries: &'a mut Entries<V>,
     clock: &mut u64,
     store: &dyn StateStore,
     id: &str,
 ) -> Result<&'a mut Entry<V>, StateError> {
     *clock += 1;
-    let entry = match entries.entry_ref(id) {
-        EntryRef::Occupied(cached) => cached.into_mut(),
-        EntryRef::Vacant(missing) => {
-            let value = match store.get_customer(id)? {
-                Some(bytes) => Some(decode_value(id, &bytes)?),
-                None => None,
-            };
-            missing.insert(Entry {
-                value,
-                dirty: false,
-                used: *clock,
-            })
-        }
-    };
+    let entry = entries.get_or_try_insert_with(id, || {
+        let value = match store.get_customer(id)? {
+            Some(bytes) => Some(decode_value(id, &bytes)?),
+            None => None,
+        };
+        Ok::<_, StateError>(Entry {
+            value,
+            dirty: false,
+            used: *clock,
+        })
+    })?;
     entry.used = *clock;
     Ok(entry)
 }
@@ -226,7 +298,7 @@ impl<V> StateCache<V> {
     /// Allocates nothing up front, so `usize::MAX` means "never evict".
     pub fn new(capacity: usize) -> Self {
         StateCache {
-            entries: HashMap::new(),
+            entries: Entries::new(),
             dirty: Vec::new(),
             timers: BTreeMap::new(),
             meta: BTreeMap::new(),
@@ -268,7 +340,7 @@ impl<V> StateCache<V> {
         self.entries
             .iter()
             .filter(|(_, e)| e.value.is_some())
-            .map(|(id, _)| id.as_str())
+            .map(|(id, _)| id)
     }
 
     /// Customers whose record will be written (or deleted) by the next flush.
@@ -294,18 +366,14 @@ impl<V> StateCache<V> {
     /// Sets a cached value and marks it dirty.
     fn put(&mut self, id: &str, value: Option<V>) {
         self.clock += 1;
-        let entry = match self.entries.get_mut(id) {
-            Some(entry) => {
-                entry.value = value;
-                entry.used = self.clock;
-                entry
-            }
-            None => self.entries.entry(id.to_owned()).or_insert(Entry {
-                value,
-                dirty: false,
-                used: self.clock,
-            }),
-        };
+        let clock = self.clock;
+        let entry = self.entries.get_or_insert_with(id, || Entry {
+            value: None,
+            dirty: false,
+            used: clock,
+        });
+        entry.value = value;
+        entry.used = clock;
         mark(entry, &mut self.dirty, id, self.record);
     }
 
@@ -406,15 +474,19 @@ impl<V> StateCache<V> {
         let target = self.capacity - self.capacity / 4;
         let excess = self.entries.len() - target;
         self.scratch.clear();
-        self.scratch
-            .extend(self.entries.values().filter(|e| !e.dirty).map(|e| e.used));
+        self.scratch.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| !e.dirty)
+                .map(|(_, e)| e.used),
+        );
         let before = self.entries.len();
         if excess >= self.scratch.len() {
-            self.entries.retain(|_, e| e.dirty);
+            self.entries.retain(|e| e.dirty);
         } else {
             // Access times are unique, so exactly `excess` clean entries are at or below it.
             let (_, &mut cutoff, _) = self.scratch.select_nth_unstable(excess - 1);
-            self.entries.retain(|_, e| e.dirty || e.used > cutoff);
+            self.entries.retain(|e| e.dirty || e.used > cutoff);
         }
         before - self.entries.len()
     }
