@@ -29,6 +29,16 @@ pub const STATE_FORMAT_VERSION: u8 = 3;
 /// The previous format version, still read (see [`STATE_FORMAT_VERSION`]).
 const PREVIOUS_FORMAT_VERSION: u8 = 2;
 
+/// Most threads a flush encodes dirty records on (fewer if the machine has fewer cores).
+const ENCODE_THREADS: usize = 4;
+
+/// Fewest dirty records per encoding thread: below this, starting a thread costs more than
+/// it saves.
+pub(crate) const ENCODE_CHUNK: usize = 2_000;
+
+/// A dirty customer's id and its encoded record (`None`: delete it).
+type Encoded<'a> = (&'a str, Option<Vec<u8>>);
+
 /// Default [`StateCache`] capacity, in entries (customers).
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 
@@ -492,7 +502,7 @@ impl<V> StateCache<V> {
     }
 }
 
-impl<V: Serialize + DeserializeOwned> StateCache<V> {
+impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
     /// `id`'s record (from the cache, else read from `store` and cached), without marking it
     /// dirty. `None` if the customer has no record.
     pub fn get(&mut self, store: &dyn StateStore, id: &str) -> Result<Option<&V>, StateError> {
@@ -544,14 +554,10 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
         let mut stats = FlushStats::default();
         let mut batch =
             StateBatch::with_capacity(self.dirty.len() + self.timers.len() + self.meta.len());
-        for id in &self.dirty {
-            // Dirty entries are never evicted, so every dirty id is cached.
-            let Some(entry) = self.entries.get(id) else {
-                continue;
-            };
-            match &entry.value {
-                Some(value) => {
-                    batch.put_customer(id, encode_value(id, value)?);
+        for (id, bytes) in self.encode_dirty()? {
+            match bytes {
+                Some(bytes) => {
+                    batch.put_customer(id, bytes);
                     stats.customers_put += 1;
                 }
                 None => {
@@ -574,6 +580,51 @@ impl<V: Serialize + DeserializeOwned> StateCache<V> {
             stats.meta_put += 1;
         }
         Ok(PreparedBatch { batch, stats })
+    }
+
+    /// Every dirty customer's record encoded (`None`: delete it), in dirty order. Encoding is
+    /// most of a flush's CPU time, so a large batch is encoded on several threads (at most
+    /// [`ENCODE_THREADS`] and the machine's cores, each taking at least [`ENCODE_CHUNK`]
+    /// customers).
+    fn encode_dirty(&self) -> Result<Vec<Encoded<'_>>, StateError> {
+        let wanted = (self.dirty.len() / ENCODE_CHUNK).min(ENCODE_THREADS);
+        if wanted < 2 {
+            return self.encode(&self.dirty);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let chunk = self.dirty.len().div_ceil(wanted.min(cores));
+        std::thread::scope(|scope| {
+            let mut chunks = self.dirty.chunks(chunk);
+            let first = chunks.next().unwrap_or_default();
+            let others: Vec<_> = chunks
+                .map(|ids| scope.spawn(move || self.encode(ids)))
+                .collect();
+            let mut all = self.encode(first)?;
+            for handle in others {
+                let part = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                all.extend(part);
+            }
+            Ok(all)
+        })
+    }
+
+    /// The records of the customers `ids` (dirty, hence cached) encoded; `None`: delete it.
+    fn encode<'a>(&'a self, ids: &'a [String]) -> Result<Vec<Encoded<'a>>, StateError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Dirty entries are never evicted, so every dirty id is cached.
+            let Some(entry) = self.entries.get(id) else {
+                continue;
+            };
+            let bytes = match &entry.value {
+                Some(value) => Some(encode_value(id, value)?),
+                None => None,
+            };
+            out.push((id.as_str(), bytes));
+        }
+        Ok(out)
     }
 
     /// Writes a batch from [`StateCache::prepare`] atomically, then marks everything clean and

@@ -33,6 +33,8 @@ mod tests;
 
 use std::path::PathBuf;
 
+#[cfg(test)]
+use cache::ENCODE_CHUNK;
 pub use cache::{
     DEFAULT_CACHE_CAPACITY, FlushStats, PreparedBatch, STATE_FORMAT_VERSION, StateCache,
     decode_value, encode_value,

@@ -691,6 +691,45 @@ mod cache {
         assert_eq!(store.writes.len(), 1, "a clean cache writes nothing");
     }
 
+    /// Large batches are encoded on several threads: the batch must still hold every dirty
+    /// customer once, in the order they became dirty, with the bytes one thread would write.
+    #[test]
+    fn a_large_batch_encoded_on_several_threads_equals_encoding_in_order() {
+        let store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::new(usize::MAX);
+        let n = 4 * ENCODE_CHUNK as u32 + 17;
+        // Descending ids, so dirty order differs from id order.
+        let ids: Vec<String> = (0..n).rev().map(|i| format!("c-{i:06}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if i % 7 == 3 {
+                cache.remove(id);
+            } else {
+                cache.insert(id, rec(i as u32));
+            }
+        }
+        let prepared = cache.prepare().unwrap();
+        let expected: Vec<BatchOp> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if i % 7 == 3 {
+                    BatchOp::DeleteCustomer { id: id.clone() }
+                } else {
+                    BatchOp::PutCustomer {
+                        id: id.clone(),
+                        bytes: encode_value(id, &rec(i as u32)).unwrap(),
+                    }
+                }
+            })
+            .collect();
+        assert_eq!(prepared.batch.ops(), expected.as_slice());
+        assert_eq!(
+            prepared.stats.customers_put + prepared.stats.customers_deleted,
+            n as usize
+        );
+        assert!(store.writes.is_empty(), "prepare writes nothing");
+    }
+
     #[test]
     fn failed_flush_keeps_every_change_for_the_retry() {
         let mut store = SpyStore {
