@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, OUTCOME_EVENT_PREFIX, Output};
 use crate::state::{MemoryStore, PreparedBatch, StateCache, StateError, StateStore};
@@ -164,7 +166,7 @@ pub struct PartitionRuntime {
     store: Box<dyn StateStore>,
     cache: StateCache<CustomerState>,
     /// `(due, customer id)` for every customer with something due later.
-    timers: BTreeSet<(Millis, String)>,
+    timers: BTreeSet<(Millis, CompactString)>,
     watermark: Millis,
     /// The newest customer event time processed (a live reload's `effective-from` must be
     /// later), and whether it changed since the last flush.
@@ -213,7 +215,7 @@ impl PartitionRuntime {
     ) -> Result<Self, StateError> {
         let mut timers = BTreeSet::new();
         for (due, id) in store.due_timers(Millis::MAX, usize::MAX)? {
-            timers.insert((due, id));
+            timers.insert((due, CompactString::from(id)));
         }
         let time_meta = |key| -> Result<Option<Millis>, StateError> {
             Ok(store
@@ -502,10 +504,10 @@ impl PartitionRuntime {
             return;
         }
         if let Some(old) = old {
-            self.timers.remove(&(old, customer.to_owned()));
+            self.timers.remove(&(old, CompactString::from(customer)));
         }
         if let Some(new) = new {
-            self.timers.insert((new, customer.to_owned()));
+            self.timers.insert((new, CompactString::from(customer)));
         }
         self.cache.set_timer(customer, old, new);
     }
