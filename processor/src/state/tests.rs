@@ -695,7 +695,6 @@ mod cache {
     /// customer once, in the order they became dirty, with the bytes one thread would write.
     #[test]
     fn a_large_batch_encoded_on_several_threads_equals_encoding_in_order() {
-        let store = SpyStore::default();
         let mut cache = StateCache::<Rec>::new(usize::MAX);
         let n = 4 * ENCODE_CHUNK as u32 + 17;
         // Descending ids, so dirty order differs from id order.
@@ -727,7 +726,6 @@ mod cache {
             prepared.stats.customers_put + prepared.stats.customers_deleted,
             n as usize
         );
-        assert!(store.writes.is_empty(), "prepare writes nothing");
     }
 
     #[test]
