@@ -249,12 +249,12 @@ pub fn compare(a: &Side, b: &Side, costs: &Costs) -> Report {
 /// Runs `engine` over `history` as `simulate` does and folds its outputs into a [`Side`].
 pub fn run_side(
     engine: Arc<Engine>,
-    history: impl BufRead,
+    history: impl BufRead + Send,
     opts: &SimulateOptions,
 ) -> Result<(Side, SimulateReport), SimulateError> {
     let mut side = Side::default();
     let report = simulate_into(engine, history, opts, |o| {
-        side.add(o);
+        side.add(&o);
         Ok(())
     })?;
     side.events = report.lines;

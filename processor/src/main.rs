@@ -291,7 +291,7 @@ impl HistoryArgs {
 
     /// The events as JSON lines, streamed from the file or read from the topic range (whose
     /// values are read as `config` says, when given).
-    fn open(&self, config: Option<&Path>) -> Result<Box<dyn BufRead>> {
+    fn open(&self, config: Option<&Path>) -> Result<Box<dyn BufRead + Send>> {
         match &self.events {
             Some(path) => open_input(path),
             None => Ok(Box::new(std::io::Cursor::new(self.read_topic(config)?))),
@@ -566,7 +566,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
@@ -679,8 +679,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => {
             let engine = args.offline.engine(&args.journeys)?;
             let opts = args.offline.options()?;
-            let stdout = std::io::stdout();
-            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+            // Written on a thread of its own: a 1 MiB buffer takes the lock once per write.
+            let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout());
             let report = simulate(
                 engine,
                 args.history.open(config.as_deref())?,

@@ -5,10 +5,15 @@
 //! to `--until` at the end, and writing one JSON object per output line. Deterministic: the same
 //! journeys and events give the same bytes. Must not read the wall clock for anything that
 //! changes the output.
+//!
+//! Parsing the input and writing the output each run on a thread of their own, beside the
+//! engine's: chunks of lines and of outputs go through bounded channels, in order, so the
+//! threads change nothing but the time a run takes.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
 use crate::engine::{Applied, Engine};
@@ -18,6 +23,16 @@ use crate::state::StateError;
 
 /// Customers woken per slice when advancing to `--until` (see [`simulate_into`]).
 const FIRE_SLICE: usize = 10_000;
+
+/// Input lines parsed per chunk handed from the reading thread to the engine.
+const READ_CHUNK: usize = 1_024;
+
+/// Outputs per chunk handed from the engine to the writing thread.
+const WRITE_CHUNK: usize = 4_096;
+
+/// Chunks waiting in each channel between two threads (at most 8 × 4,096 outputs, a few
+/// MiB): enough to keep both sides busy, little enough to bound memory when one side is slow.
+const CHANNEL_CHUNKS: usize = 8;
 
 /// Options of an offline run.
 #[derive(Debug, Clone)]
@@ -61,29 +76,114 @@ pub enum SimulateError {
     Json(#[from] serde_json::Error),
 }
 
-/// Runs the engine over `events` (JSON lines), writing outputs to `out` as JSON lines.
+/// Runs the engine over `events` (JSON lines), writing outputs to `out` as JSON lines (on a
+/// thread of their own).
 pub fn simulate(
     engine: Arc<Engine>,
-    events: impl BufRead,
-    out: &mut impl Write,
+    events: impl BufRead + Send,
+    out: &mut (impl Write + Send),
     opts: &SimulateOptions,
 ) -> Result<SimulateReport, SimulateError> {
-    let report = simulate_into(engine, events, opts, |o| {
-        serde_json::to_writer(&mut *out, o)?;
-        out.write_all(b"\n")?;
-        Ok(())
-    })?;
-    out.flush()?;
-    Ok(report)
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Vec<Output>>(CHANNEL_CHUNKS);
+        let writer = scope.spawn(move || write_outputs(rx, out));
+        let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+        let hand_on = |chunk: Vec<Output>| {
+            tx.send(chunk).map_err(|_| {
+                // The writer stopped on an error; it is reported below.
+                SimulateError::Io(std::io::Error::other("the output writer stopped"))
+            })
+        };
+        let run = simulate_into(engine, events, opts, |o| {
+            chunk.push(o);
+            if chunk.len() == WRITE_CHUNK {
+                hand_on(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(WRITE_CHUNK),
+                ))?;
+            }
+            Ok(())
+        })
+        .and_then(|report| hand_on(chunk).map(|()| report));
+        // The writer ends when the channel closes.
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // The writer's error is the cause when both failed.
+        written.and(run)
+    })
 }
 
-/// Runs the engine over `events` (JSON lines) and hands every output to `on_output`, in the
-/// order `simulate` writes them.
+/// The writing thread: every output of every chunk as one JSON line, in order.
+fn write_outputs(chunks: Receiver<Vec<Output>>, out: &mut impl Write) -> Result<(), SimulateError> {
+    for chunk in chunks {
+        for o in &chunk {
+            serde_json::to_writer(&mut *out, o)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// An input line as the reading thread hands it on (1-based line numbers).
+enum Line {
+    /// A valid event, and its line.
+    Event(u64, CustomerEvent),
+    /// A line refused before the engine: why.
+    Refused(u64, String),
+}
+
+/// The reading thread: non-empty lines parsed and validated, in chunks, in file order. Stops
+/// at the first I/O error (handed on) or when the engine stops taking chunks.
+fn read_events(
+    mut events: impl BufRead,
+    opts: &SimulateOptions,
+    chunks: SyncSender<std::io::Result<Vec<Line>>>,
+) {
+    let mut chunk = Vec::with_capacity(READ_CHUNK);
+    let mut text = String::new();
+    let mut n = 0u64;
+    loop {
+        text.clear();
+        match events.read_line(&mut text) {
+            Ok(0) => break,
+            Ok(_) => n += 1,
+            Err(e) => {
+                let _ = chunks.send(Err(e));
+                return;
+            }
+        }
+        if text.trim().is_empty() {
+            continue;
+        }
+        chunk.push(match serde_json::from_str::<CustomerEvent>(&text) {
+            Ok(ev) => match validate(&ev, None, opts.until, opts.max_future_skew) {
+                Ok(()) => Line::Event(n, ev),
+                Err(why) => Line::Refused(n, why.to_string()),
+            },
+            Err(e) => Line::Refused(n, format!("not a CustomerEvent JSON object: {e}")),
+        });
+        if chunk.len() == READ_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
+            if chunks.send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = chunks.send(Ok(chunk));
+    }
+}
+
+/// Runs the engine over `events` (JSON lines, parsed on a thread of their own) and hands
+/// every output to `on_output`, in the order `simulate` writes them.
 pub fn simulate_into(
     engine: Arc<Engine>,
-    events: impl BufRead,
+    events: impl BufRead + Send,
     opts: &SimulateOptions,
-    mut on_output: impl FnMut(&Output) -> Result<(), SimulateError>,
+    mut on_output: impl FnMut(Output) -> Result<(), SimulateError>,
 ) -> Result<SimulateReport, SimulateError> {
     let started = Instant::now();
     let mut runtime = PartitionRuntime::offline(engine, opts.allowed_lateness)?;
@@ -95,40 +195,35 @@ pub fn simulate_into(
             report.rejected.push((line, why));
         }
     };
-    for (n, line) in events.lines().enumerate() {
-        let n = n as u64 + 1;
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.lines += 1;
-        let ev: CustomerEvent = match serde_json::from_str(&line) {
-            Ok(ev) => ev,
-            Err(e) => {
-                reject(
-                    &mut report,
-                    n,
-                    format!("not a CustomerEvent JSON object: {e}"),
+    std::thread::scope(|scope| -> Result<(), SimulateError> {
+        let (tx, chunks) = sync_channel(CHANNEL_CHUNKS);
+        scope.spawn(move || read_events(events, opts, tx));
+        for chunk in chunks {
+            for line in chunk? {
+                report.lines += 1;
+                let (n, ev) = match line {
+                    Line::Event(n, ev) => (n, ev),
+                    Line::Refused(n, why) => {
+                        reject(&mut report, n, why);
+                        continue;
+                    }
+                };
+                let applied = runtime.on_event(&ev, &mut buf)?;
+                debug_assert!(
+                    !matches!(applied, Applied::Accepted { .. })
+                        || buf.iter().all(|o| !o.id().is_empty())
                 );
-                continue;
+                if let Applied::Refused(why) = applied {
+                    reject(&mut report, n, why);
+                }
+                for why in apply_forwards(&mut runtime, &mut buf)? {
+                    reject(&mut report, n, why);
+                }
+                hand_over(&mut on_output, &mut buf)?;
             }
-        };
-        if let Err(why) = validate(&ev, None, opts.until, opts.max_future_skew) {
-            reject(&mut report, n, why.to_string());
-            continue;
         }
-        let applied = runtime.on_event(&ev, &mut buf)?;
-        debug_assert!(
-            !matches!(applied, Applied::Accepted { .. }) || buf.iter().all(|o| !o.id().is_empty())
-        );
-        if let Applied::Refused(why) = applied {
-            reject(&mut report, n, why);
-        }
-        for why in apply_forwards(&mut runtime, &mut buf)? {
-            reject(&mut report, n, why);
-        }
-        hand_over(&mut on_output, &mut buf)?;
-    }
+        Ok(())
+    })?;
     if let Some(until) = opts.until {
         // Fired in slices, each handed over before the next: at the end of a long trace
         // millions of customers can be due at once, and their outputs need not all be held.
@@ -170,11 +265,174 @@ fn apply_forwards(
 }
 
 fn hand_over(
-    on_output: &mut impl FnMut(&Output) -> Result<(), SimulateError>,
+    on_output: &mut impl FnMut(Output) -> Result<(), SimulateError>,
     buf: &mut Vec<Output>,
 ) -> Result<(), SimulateError> {
     for o in buf.drain(..) {
-        on_output(&o)?;
+        on_output(o)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: &str = "2026-03-01T21:20:00Z";
+
+    fn opts() -> SimulateOptions {
+        SimulateOptions {
+            allowed_lateness: 5 * 60_000,
+            until: Some(crate::model::parse_millis("2026-03-20T00:00:00Z").unwrap()),
+            max_future_skew: 0,
+        }
+    }
+
+    fn login(event_id: &str, customer: &str) -> String {
+        format!(
+            r#"{{"event_id":"{event_id}","customer_id":"{customer}","type":"login.created","occurred_at":"{T0}","attributes":{{}}}}"#
+        )
+    }
+
+    #[test]
+    fn refused_lines_keep_their_line_numbers_and_the_rest_is_processed() {
+        // Line 1 valid, 2 empty, 3 not JSON, 4 no customer, 5 blank, 6 valid.
+        let input = [
+            login("e1", "c1"),
+            String::new(),
+            "{not json".to_owned(),
+            login("e2", ""),
+            "   ".to_owned(),
+            login("e3", "c2"),
+        ]
+        .join("\n");
+        let mut out = Vec::new();
+        let report = simulate(
+            crate::engine::tests::reference(),
+            input.as_bytes(),
+            &mut out,
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(report.lines, 4);
+        assert_eq!(report.rejected_total, 2);
+        let lines: Vec<u64> = report.rejected.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [3, 4]);
+        assert!(
+            report.rejected[0]
+                .1
+                .starts_with("not a CustomerEvent JSON object")
+        );
+        assert!(report.rejected[1].1.contains("customer_id is missing"));
+        let text = String::from_utf8(out).unwrap();
+        let customers: std::collections::BTreeSet<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Output>(l)
+                    .unwrap()
+                    .customer_id()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(customers, ["c1".to_owned(), "c2".to_owned()].into());
+    }
+
+    #[test]
+    fn written_output_equals_the_outputs_handed_over_in_order() {
+        // More outputs than one chunk, so several chunks cross to the writing thread.
+        let input: String = (0..2_000)
+            .map(|i| login(&format!("e{i}"), &format!("c{i}")) + "\n")
+            .collect();
+        let mut handed = Vec::new();
+        simulate_into(
+            crate::engine::tests::reference(),
+            input.as_bytes(),
+            &opts(),
+            |o| {
+                handed.push(serde_json::to_string(&o).unwrap() + "\n");
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(handed.len() > 2 * WRITE_CHUNK, "{}", handed.len());
+        let mut out = Vec::new();
+        simulate(
+            crate::engine::tests::reference(),
+            input.as_bytes(),
+            &mut out,
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), handed.concat());
+    }
+
+    /// A sink that fails after `left` bytes.
+    struct Failing {
+        left: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if buf.len() > self.left {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.left -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_stops_the_run_with_the_writers_error() {
+        let input: String = (0..2_000)
+            .map(|i| login(&format!("e{i}"), &format!("c{i}")) + "\n")
+            .collect();
+        let err = simulate(
+            crate::engine::tests::reference(),
+            input.as_bytes(),
+            &mut Failing { left: 10_000 },
+            &opts(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
+
+    /// A reader that fails after its first line.
+    struct Broken {
+        first: Option<String>,
+    }
+
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            unreachable!("read through BufRead")
+        }
+    }
+
+    impl BufRead for Broken {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            match &self.first {
+                Some(line) => Ok(line.as_bytes()),
+                None => Err(std::io::Error::other("connection reset")),
+            }
+        }
+        fn consume(&mut self, _: usize) {
+            self.first = None;
+        }
+    }
+
+    #[test]
+    fn a_failing_input_stops_the_run_with_its_error() {
+        let err = simulate(
+            crate::engine::tests::reference(),
+            Broken {
+                first: Some(login("e1", "c1") + "\n"),
+            },
+            &mut Vec::new(),
+            &opts(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+    }
 }

@@ -73,7 +73,7 @@ fn run_with_rejections(
     };
     let mut outputs = Vec::new();
     let report = crate::simulate::simulate_into(engine.clone(), input.as_bytes(), &opts, |o| {
-        outputs.push(o.clone());
+        outputs.push(o);
         Ok(())
     })
     .unwrap();
