@@ -17,7 +17,8 @@ with one loadgen trace (BENCH_CUSTOMERS customers, default 50000), and prints a 
     the baseline at the same steady rate, half of Waymark's peak from the throughput phase
     (BENCH_LATENCY_RATE sets it), and the baseline also at half of its own peak when that is
     lower: the reference journey with the invite email at once and allowed lateness 0, fed by
-    `waymark loadgen --live`, read back by `waymark tail --received-at`;
+    `waymark loadgen --live`, read back by `waymark tail --received-at`, measured for
+    BENCH_LATENCY_SECS (60) after BENCH_LATENCY_WARMUP (60) seconds;
   * timers (`timers`): firing lateness p50/p99/max with BENCH_TIMER_CUSTOMERS customers
     (default 5,100,000) each holding a pending timer, their invites coming due at that many
     per hour once the backlog of their logins is processed;
@@ -72,10 +73,12 @@ PHASES = set(os.environ.get("BENCH_PHASES",
                             "throughput,latency,timers,recovery,state,simulate").split(","))
 # Latency: a live stream at this many events/s (default: half of Waymark's exactly-once
 # throughput from this run's throughput phase, else 10,000), measured for LATENCY_SECS after
-# LATENCY_WARMUP seconds.
+# LATENCY_WARMUP seconds. The warm-up covers the start: the first transactions, and a
+# trace that begins with new customers only; at 25,000-30,000 events/s on two shared cores
+# Waymark took 20-45 s to catch up from it (the `-latencies.tsv` files show it).
 LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", "0"))
 LATENCY_SECS = int(os.environ.get("BENCH_LATENCY_SECS", "60"))
-LATENCY_WARMUP = 10
+LATENCY_WARMUP = int(os.environ.get("BENCH_LATENCY_WARMUP", "60"))
 # Timers: this many customers with a pending timer; their timers start coming due when the
 # backlog of their logins would be processed at BENCH_TIMER_LOAD_RATE events/s (both
 # engines load about 30,000/s; a lower rate only makes the phase wait); firing is measured
@@ -476,7 +479,19 @@ def latency(peaks):
         sent = int(re.search(r"produced (\d+) events", gen.stderr).group(1))
         wait(lambda: done() >= sent, 600, f"{label} to process the live stream")
         commands = probe.stop()
+        commits = ""
+        if engine == "waymark":
+            text = metrics()
+            n_commits = metric(text, "waymark_pipeline_commit_duration_seconds_count")
+            if n_commits:
+                mean = metric(text, "waymark_pipeline_commit_duration_seconds_sum") / n_commits
+                extended = metric(text, "waymark_pipeline_batches_extended_total")
+                commits = (f"; {n_commits:,.0f} commits of {mean * 1000:.0f} ms on average, "
+                           f"{extended:,.0f} kept open for a backlog")
         stop_engine()
+        # Every command's due time and when it became readable, for a closer look.
+        (WORK / f"{name}-latencies.tsv").write_text(
+            "".join(f"{due}\t{got}\n" for due, got in commands))
         lat = [got - due for due, got in commands if due >= t0 + LATENCY_WARMUP * 1000]
         if not lat:
             raise SystemExit(f"bench: no immediate command from {label} was read")
@@ -488,7 +503,8 @@ def latency(peaks):
             ratio = f"{p99s[rate] / p99:.2f} (p99, Waymark ÷ Streams)"
         rows.append((f"latency, event → command of an immediate action at {rate:,.0f} events/s"
                      f" ({which}), {label}",
-                     f"p50 {p50:,} ms, p99 {p99:,} ms, max {top:,} ms ({len(lat):,} commands)",
+                     f"p50 {p50:,} ms, p99 {p99:,} ms, max {top:,} ms ({len(lat):,} commands"
+                     f"{commits})",
                      ratio))
         log(f"latency: {label} at {rate:,.0f} events/s: p50 {p50} ms, p99 {p99} ms, max {top} ms")
     return rows
@@ -793,7 +809,8 @@ def write_report(title, table, n):
         "  `waymark loadgen --live --rate R --arrival-window 60d` (each event stamped with the time",
         "  it is sent) at half of Waymark's peak (Streams also at half of its own, when lower);",
         "  an invite's latency is when `waymark tail --received-at` read it (read_committed) minus",
-        f"  its due time, its login's stamp; {LATENCY_SECS} s measured after a 10 s warm-up.",
+        f"  its due time, its login's stamp; {LATENCY_SECS} s measured after a {LATENCY_WARMUP} s"
+        " warm-up (every command's times are in the run's `-latencies.tsv`).",
         f"- timers: {TIMER_CUSTOMERS:,} customers who only logged in, their logins over an hour",
         "  ending 5 minutes (the allowed lateness) before the first invite may fire, about when",
         "  the backlog is processed (`BENCH_TIMER_LOAD_RATE`); invites then come due at that many",
