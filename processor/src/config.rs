@@ -305,9 +305,8 @@ pub struct Config {
     /// Default 2592000 (30 days). `waymark simulate --retention` must match it.
     #[serde(default = "default_retention_secs")]
     pub retention_secs: u64,
-    /// How often outputs, state and input offsets are committed together, in milliseconds,
-    /// from the start of one commit to the start of the next (as Kafka Streams'
-    /// `commit.interval.ms`). Default 100.
+    /// How often outputs, state and input offsets are committed together, in milliseconds.
+    /// Default 100.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// How often to commit instead while the processor is behind: when a commit is due and

@@ -1799,16 +1799,12 @@ pub fn run(
         }
         if due {
             extended = false;
-            // The interval runs from one commit's start to the next: a commit's own time is
-            // part of it, not added to it (a live event waits at most about one interval
-            // plus one commit for its batch to become readable).
-            let started = Instant::now();
             core.commit(&consumer)?;
             while let Some(reply) = journeys.next() {
                 core.reload(&journeys, reply);
             }
             batch = 0;
-            last_commit = started;
+            last_commit = Instant::now();
             if shutdown.is_cancelled() {
                 break;
             }
