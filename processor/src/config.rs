@@ -305,7 +305,9 @@ pub struct Config {
     /// Default 2592000 (30 days). `waymark simulate --retention` must match it.
     #[serde(default = "default_retention_secs")]
     pub retention_secs: u64,
-    /// How often outputs, state and input offsets are committed together, in milliseconds.
+    /// How often outputs, state and input offsets are committed together, in milliseconds,
+    /// counted from the end of the previous commit (so a live event waits up to about this
+    /// plus two commits; `waymark_pipeline_commit_duration_seconds` says how long they take).
     /// Default 100.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
