@@ -120,6 +120,22 @@ def metric(text, name, label=""):
     return total
 
 
+COMMIT_PHASES = ["prepare", "offsets", "flush", "end", "state_write"]
+
+
+def commit_phases(text):
+    """Mean ms of each part of Waymark's commits so far, from its metrics text, as
+    `prepare 3, offsets 9, ...` (empty before the first commit)."""
+    parts = []
+    for phase in COMMIT_PHASES:
+        label = f'phase="{phase}"'
+        count = metric(text, "waymark_pipeline_commit_phase_duration_seconds_count", label)
+        if count:
+            mean = metric(text, "waymark_pipeline_commit_phase_duration_seconds_sum", label) / count
+            parts.append(f"{phase.replace('_', ' ')} {mean * 1000:.1f}")
+    return ", ".join(parts)
+
+
 def ready():
     try:
         with urllib.request.urlopen(f"http://{HTTP}/readyz", timeout=2) as r:
@@ -486,8 +502,10 @@ def latency(peaks):
             if n_commits:
                 mean = metric(text, "waymark_pipeline_commit_duration_seconds_sum") / n_commits
                 extended = metric(text, "waymark_pipeline_batches_extended_total")
-                commits = (f"; {n_commits:,.0f} commits of {mean * 1000:.0f} ms on average, "
-                           f"{extended:,.0f} kept open for a backlog")
+                phases = commit_phases(text)
+                commits = (f"; {n_commits:,.0f} commits of {mean * 1000:.0f} ms on average"
+                           f"{' (' + phases + ' ms)' if phases else ''}, {extended:,.0f} kept "
+                           "open for a backlog")
         stop_engine()
         # Every command's due time and when it became readable, for a closer look.
         (WORK / f"{name}-latencies.tsv").write_text(
@@ -655,6 +673,7 @@ def throughput(events, n):
         text = metrics()
         split["commit_secs"] = metric(text, "waymark_pipeline_commit_duration_seconds_sum")
         split["commits"] = metric(text, "waymark_pipeline_commit_duration_seconds_count")
+        split["phases"] = commit_phases(text)
         stop(proc)
         if counted and guarantee == "exactly-once":
             splits.append((n / (t1 - t0), split))
@@ -692,7 +711,8 @@ def throughput(events, n):
                  f"Waymark {split['process']:.2f}, broker {split['broker']:.2f}, idle "
                  f"{split['idle']:.2f} of {os.cpu_count()}; commits {split['commit_secs']:.2f} s "
                  f"of {split['secs']:.2f} s ({split['commits']:.0f}, mean "
-                 f"{split['commit_secs'] / max(split['commits'], 1) * 1000:.0f} ms)",
+                 f"{split['commit_secs'] / max(split['commits'], 1) * 1000:.0f} ms"
+                 f"{': ' + split['phases'] + ' ms' if split['phases'] else ''})",
                  f"{split['commit_secs'] / split['secs']:.2f} (commit share)"))
 
     if KSTREAMS:

@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -50,8 +52,8 @@ use crate::runtime::{
     ALIAS_EVENT_TYPE, Forward, Forwarded, META_WATERMARK, PartitionRuntime, Rejection, validate,
 };
 use crate::shutdown::CancellationToken;
-use crate::state::{BatchOp, RocksEnv, RocksStore, StateBatch, StateError};
-use crate::telemetry::{BatchLatencies, EventResult, Health, Metrics};
+use crate::state::{BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError};
+use crate::telemetry::{BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
 mod restore;
 
@@ -428,7 +430,7 @@ struct Core {
     engine: Arc<Engine>,
     metrics: Metrics,
     health: Arc<Health>,
-    producer: ThreadedProducer<TransactionalContext>,
+    producer: Arc<ThreadedProducer<TransactionalContext>>,
     /// `exactly-once`: batches are Kafka transactions.
     transactional: bool,
     partitions: BTreeMap<i32, Partition>,
@@ -439,6 +441,14 @@ struct Core {
     /// A batch is open: something was produced since the last commit (inside a transaction
     /// when `transactional`).
     in_transaction: bool,
+    /// The producer's transaction has begun (`transactional` only; not while a commit is in
+    /// flight).
+    txn_open: bool,
+    /// The commit whose broker part is under way, if one is.
+    in_flight: Option<InFlight>,
+    /// Records produced while a commit is in flight: at most one batch's (the next commit
+    /// waits for the one in flight).
+    held: Vec<HeldRecord>,
     outputs: Vec<Output>,
     summary: RunSummary,
     /// First fatal error seen inside a callback; the loop stops on it.
@@ -475,6 +485,83 @@ impl ClientContext for RunContext {
     }
 }
 
+/// Times the parts of a commit one after the other, into [`Metrics::commit_phase`].
+struct PhaseTimer {
+    metrics: Metrics,
+    since: Instant,
+}
+
+impl PhaseTimer {
+    fn new(metrics: &Metrics) -> Self {
+        PhaseTimer {
+            metrics: metrics.clone(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Records `phase` as the time since the previous one ended.
+    fn done(&mut self, phase: CommitPhase) {
+        let now = Instant::now();
+        self.metrics
+            .commit_phase(phase, now.duration_since(self.since).as_secs_f64());
+        self.since = now;
+    }
+}
+
+/// The broker's part of an exactly-once commit, on the commit thread: adds the offsets to the
+/// transaction, waits for every record of it to be acknowledged, and ends it. Returns when it
+/// ended.
+fn end_transaction(
+    producer: &ThreadedProducer<TransactionalContext>,
+    offsets: &TopicPartitionList,
+    group: Option<&ConsumerGroupMetadata>,
+    mut phase: PhaseTimer,
+) -> Result<Instant, TxnFailure> {
+    let timeout = Duration::from_secs(30);
+    if let Some(group) = group {
+        retry_transaction_call("send offsets to the transaction", || {
+            producer.send_offsets_to_transaction(offsets, group, timeout)
+        })?;
+    }
+    phase.done(CommitPhase::Offsets);
+    // Delivered first (rust-rdkafka's commit_transaction flushes in 100 ms rounds); what
+    // failed to deliver fails the commit below.
+    let _ = crate::kafka::flush_threaded(producer, timeout);
+    phase.done(CommitPhase::Flush);
+    retry_transaction_call("commit the transaction", || {
+        producer.commit_transaction(timeout)
+    })?;
+    phase.done(CommitPhase::End);
+    Ok(Instant::now())
+}
+
+/// What a commit leaves to do once the broker's part succeeded (see [`Core::conclude`]).
+struct Committed {
+    /// Each partition's state batch, taken out of its cache (written to the store once
+    /// committed).
+    prepared: Vec<(i32, PreparedBatch)>,
+    /// Each partition's next input offset and next outcome offset, as committed.
+    positions: Vec<(i32, Option<i64>, Option<i64>)>,
+    /// What the batch makes visible, for the latency histograms.
+    latencies: BatchLatencies,
+    started: Instant,
+}
+
+/// An exactly-once commit whose broker part runs on the commit thread.
+struct InFlight {
+    handle: std::thread::JoinHandle<Result<Instant, TxnFailure>>,
+    done: Committed,
+}
+
+/// A record produced while a commit was in flight, sent in the next transaction.
+struct HeldRecord {
+    topic: String,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+}
+
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // A poisoned lock means a panic in the loop; the process is going down anyway.
     core.lock().unwrap_or_else(|p| p.into_inner())
@@ -486,7 +573,10 @@ impl ConsumerContext for RunContext {
             let mut core = lock(&self.core);
             core.metrics.rebalance("revoked");
             // Commit what was processed so far while we still own the partitions.
-            if let Err(e) = core.commit(consumer) {
+            if let Err(e) = core
+                .commit(consumer)
+                .and_then(|()| core.finish_commit(consumer))
+            {
                 tracing::error!(error = %e, "Commit before revocation failed.");
                 core.failed.get_or_insert(e);
             }
@@ -1008,14 +1098,17 @@ impl Core {
         Ok(())
     }
 
+    /// Opens a batch, and its transaction unless a commit is in flight (then
+    /// [`Core::finish_commit`] opens it).
     fn begin(&mut self) -> Result<(), PipelineError> {
-        if !self.in_transaction && self.transactional {
+        if self.transactional && !self.txn_open && self.in_flight.is_none() {
             self.producer
                 .begin_transaction()
                 .map_err(|source| PipelineError::Kafka {
                     action: "begin transaction",
                     source,
                 })?;
+            self.txn_open = true;
         }
         self.in_transaction = true;
         Ok(())
@@ -1042,6 +1135,41 @@ impl Core {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), PipelineError> {
         self.begin()?;
+        if self.in_flight.is_some() {
+            self.held.push(HeldRecord {
+                topic: topic.to_owned(),
+                partition,
+                key: key.to_vec(),
+                payload: payload.map(<[u8]>::to_vec),
+                headers,
+            });
+            return Ok(());
+        }
+        self.produce_now(topic, partition, key, payload, headers)
+    }
+
+    /// Produces a record held back while a commit was in flight.
+    fn produce(&mut self, record: HeldRecord) -> Result<(), PipelineError> {
+        let HeldRecord {
+            topic,
+            partition,
+            key,
+            payload,
+            headers,
+        } = record;
+        self.produce_now(&topic, partition, &key, payload.as_deref(), headers)
+    }
+
+    /// Produces one record in the open transaction, waiting while the producer's queue is
+    /// full.
+    fn produce_now(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), PipelineError> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
         if let Some(p) = payload {
             record = record.payload(p);
@@ -1420,11 +1548,19 @@ impl Core {
         Ok(())
     }
 
-    /// Commits the open transaction (outputs + input offsets), then the local state.
+    /// Commits the open batch: its outputs, the input offsets and its state (to the
+    /// changelog in the same transaction, and to the local store once committed).
+    ///
+    /// With exactly-once, the broker's part of the commit (adding the offsets, flushing,
+    /// ending the transaction) runs on a thread of its own while the loop handles the next
+    /// records: what they produce is held back until the commit is done, then sent in the next
+    /// transaction (see [`Core::finish_commit`]). At most one commit is in flight; starting
+    /// the next one, a revocation, a reload and shutdown wait for it first.
     fn commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), PipelineError> {
+        self.finish_commit(consumer)?;
         self.advance_idle_partitions()?;
         if !self.in_transaction {
             return Ok(());
@@ -1433,8 +1569,10 @@ impl Core {
         // Every partition with a position commits it with a new state version, also when
         // only timers changed its state: whoever owns the partition next can tell.
         let mut offsets = TopicPartitionList::new();
+        let mut positions = Vec::with_capacity(self.partitions.len());
         for (partition, part) in self.partitions.iter_mut() {
-            if let Some(next) = part.pending_offset.or(part.committed_offset) {
+            let next = part.pending_offset.or(part.committed_offset);
+            if let Some(next) = next {
                 let version = part.version + 1;
                 let mut el = offsets.add_partition(&self.cfg.topics.customer_events, *partition);
                 let _ = el.set_offset(Offset::Offset(next));
@@ -1444,17 +1582,20 @@ impl Core {
                 part.runtime
                     .put_meta(META_STATE_VERSION, version.to_be_bytes().to_vec());
             }
+            let outcome = part.outcome_pending.or(part.outcome_committed);
+            positions.push((*partition, next, outcome));
         }
         if let Some(input) = &self.outcomes {
-            for (partition, part) in &self.partitions {
-                if let Some(next) = part.outcome_pending.or(part.outcome_committed) {
+            for (partition, _, outcome) in &positions {
+                if let Some(outcome) = outcome {
                     let mut el = offsets.add_partition(&input.topic, *partition);
-                    let _ = el.set_offset(Offset::Offset(next));
+                    let _ = el.set_offset(Offset::Offset(*outcome));
                 }
             }
         }
         // The state changes of this batch go to the changelog in the same transaction, so the
         // changelog always holds exactly the state the committed offsets produced.
+        let mut phase = PhaseTimer::new(&self.metrics);
         let mut prepared = Vec::with_capacity(self.partitions.len());
         for (partition, part) in self.partitions.iter_mut() {
             let batch = part
@@ -1465,12 +1606,14 @@ impl Core {
                     path: part.path.clone(),
                     source,
                 })?;
-            prepared.push((*partition, batch));
+            // From here on the cache may change: the next records' changes go to the next
+            // batch, and this one is written to the store once committed.
+            prepared.push((*partition, part.runtime.hand_off(batch)));
         }
         for (partition, batch) in &prepared {
             self.send_changelog(*partition, &batch.batch)?;
         }
-        let timeout = Duration::from_secs(30);
+        phase.done(CommitPhase::Prepare);
         let group = if offsets.count() > 0 {
             Some(consumer.group_metadata().ok_or(PipelineError::Kafka {
                 action: "read consumer group metadata for the transaction",
@@ -1479,71 +1622,149 @@ impl Core {
         } else {
             None
         };
-        let result = if self.transactional {
-            (|| {
-                if let Some(group) = &group {
-                    retry_transaction_call("send offsets to the transaction", || {
-                        self.producer
-                            .send_offsets_to_transaction(&offsets, group, timeout)
-                    })?;
-                }
-                // Delivered first (rust-rdkafka's commit_transaction flushes in 100 ms rounds);
-                // what failed to deliver fails the commit below.
-                let _ = crate::kafka::flush_threaded(&self.producer, timeout);
-                retry_transaction_call("commit the transaction", || {
-                    self.producer.commit_transaction(timeout)
-                })
-            })()
-        } else {
-            // At least once: every output is acknowledged before the offsets move on.
-            crate::kafka::flush_threaded(&self.producer, timeout)
-                .and_then(|()| {
-                    if offsets.count() > 0 {
-                        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(|e| TxnFailure {
-                    action: "commit the consumed offsets",
-                    call: TxnCall::Failed(e),
-                })
+        let done = Committed {
+            prepared,
+            positions,
+            latencies: std::mem::take(&mut self.latencies),
+            started,
         };
         self.in_transaction = false;
-        if let Err(failure) = result {
-            self.metrics
-                .transaction(false, started.elapsed().as_secs_f64());
-            return match failure {
-                TxnFailure {
-                    call: TxnCall::Failed(e),
-                    ..
-                } => self.abort_and_rewind(consumer, e),
-                // No abort: it would wait on the same stuck client. The next producer's
-                // `init_transactions` aborts the open transaction.
-                stuck => Err(stuck.into_error()),
-            };
+        if self.transactional {
+            self.txn_open = false;
+            let producer = self.producer.clone();
+            let handle = std::thread::Builder::new()
+                .name("waymark-commit".into())
+                .spawn(move || end_transaction(&producer, &offsets, group.as_ref(), phase))
+                .map_err(|e| {
+                    PipelineError::Setup(format!(
+                        "cannot start a thread to commit the transaction: {e}; \
+                         raise the process's thread or memory limits"
+                    ))
+                })?;
+            self.in_flight = Some(InFlight { handle, done });
+            return Ok(());
         }
+        // At least once: every output is acknowledged before the offsets move on.
+        let timeout = Duration::from_secs(30);
+        let result = crate::kafka::flush_threaded(&self.producer, timeout)
+            .and_then(|()| {
+                phase.done(CommitPhase::Flush);
+                if offsets.count() > 0 {
+                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|()| {
+                phase.done(CommitPhase::End);
+                Instant::now()
+            })
+            .map_err(|e| TxnFailure {
+                action: "commit the consumed offsets",
+                call: TxnCall::Failed(e),
+            });
+        self.conclude(consumer, done, result)
+    }
+
+    /// Waits for the commit in flight, if any, and concludes it (see [`Core::conclude`]);
+    /// then opens the next transaction and sends what the records handled meanwhile held
+    /// back.
+    fn finish_commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let result = flight
+            .handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        self.conclude(consumer, flight.done, result)?;
+        if self.in_transaction {
+            self.begin()?;
+            for record in std::mem::take(&mut self.held) {
+                self.produce(record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the commit in flight, if any, is done (so [`Core::finish_commit`] does not
+    /// wait).
+    fn commit_done(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.handle.is_finished())
+    }
+
+    /// After the broker's part of a commit: on success, moves the partitions' committed
+    /// positions and writes the batch's state to the local stores; on failure, aborts and
+    /// rewinds to the last committed positions (the records handled since are read again).
+    fn conclude<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        done: Committed,
+        result: Result<Instant, TxnFailure>,
+    ) -> Result<(), PipelineError> {
+        let Committed {
+            prepared,
+            positions,
+            mut latencies,
+            started,
+        } = done;
+        let ended = match result {
+            Ok(ended) => ended,
+            Err(failure) => {
+                self.metrics
+                    .transaction(false, started.elapsed().as_secs_f64());
+                return match failure {
+                    TxnFailure {
+                        call: TxnCall::Failed(e),
+                        ..
+                    } => self.abort_and_rewind(consumer, e),
+                    // No abort: it would wait on the same stuck client. The next producer's
+                    // `init_transactions` aborts the open transaction.
+                    stuck => Err(stuck.into_error()),
+                };
+            }
+        };
         self.summary.transactions += 1;
+        for (partition, next, outcome) in positions {
+            let Some(part) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            if let Some(next) = next {
+                part.committed_offset = Some(next);
+                part.version += 1;
+                if part.pending_offset == Some(next) {
+                    part.pending_offset = None;
+                }
+            }
+            part.outcome_committed = outcome;
+            if part.outcome_pending == outcome {
+                part.outcome_pending = None;
+            }
+        }
+        let writing = Instant::now();
         for (partition, batch) in prepared {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 continue;
             };
-            if let Some(next) = part.pending_offset.take().or(part.committed_offset) {
-                part.committed_offset = Some(next);
-                part.version += 1;
-            }
-            part.outcome_committed = part.outcome_pending.take().or(part.outcome_committed);
             part.runtime
-                .write_prepared(batch)
+                .write_handed_off(batch)
                 .map_err(|source| PipelineError::State {
                     partition,
                     path: part.path.clone(),
                     source,
                 })?;
         }
+        let write = writing.elapsed();
         self.metrics
-            .transaction(true, started.elapsed().as_secs_f64());
-        self.metrics.committed(&mut self.latencies, now_millis());
+            .commit_phase(CommitPhase::StateWrite, write.as_secs_f64());
+        self.metrics
+            .transaction(true, (ended.duration_since(started) + write).as_secs_f64());
+        self.metrics.committed(&mut latencies, now_millis());
         Ok(())
     }
 
@@ -1585,6 +1806,10 @@ impl Core {
         {
             return Err(abort.into_error());
         }
+        self.txn_open = false;
+        // The records handled after the failed batch are read again too.
+        self.in_transaction = false;
+        self.held.clear();
         self.outputs.clear();
         self.latencies.clear();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
@@ -1696,12 +1921,15 @@ pub fn run(
         engine: journeys.engine(),
         metrics,
         health: health.clone(),
-        producer,
+        producer: Arc::new(producer),
         transactional,
         partitions: BTreeMap::new(),
         outcomes,
         restoring: BTreeMap::new(),
         in_transaction: false,
+        txn_open: false,
+        in_flight: None,
+        held: Vec::new(),
         outputs: Vec::with_capacity(256),
         summary: RunSummary::default(),
         failed: None,
@@ -1781,6 +2009,10 @@ pub fn run(
             None => {}
         }
         batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
+        if core.commit_done() {
+            // The commit in flight is done: open the next transaction and send what waited.
+            core.finish_commit(&consumer)?;
+        }
         // A commit is due every `interval`; while the input is behind, the batch stays open
         // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
         let elapsed = last_commit.elapsed();
@@ -1800,8 +2032,15 @@ pub fn run(
         if due {
             extended = false;
             core.commit(&consumer)?;
-            while let Some(reply) = journeys.next() {
+            let mut reload = journeys.next();
+            if reload.is_some() || shutdown.is_cancelled() {
+                // A reload looks at every customer, and shutdown must not leave a commit
+                // behind: both once the commit is done.
+                core.finish_commit(&consumer)?;
+            }
+            while let Some(reply) = reload {
                 core.reload(&journeys, reply);
+                reload = journeys.next();
             }
             batch = 0;
             last_commit = Instant::now();

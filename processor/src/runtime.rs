@@ -546,6 +546,19 @@ impl PartitionRuntime {
         self.cache.write_prepared(&mut *self.store, prepared)?;
         Ok(())
     }
+
+    /// Takes a batch from [`PartitionRuntime::prepare`] out of the cache's keeping, so events
+    /// can be handled before it is written with [`PartitionRuntime::write_handed_off`] (see
+    /// [`StateCache::hand_off`]); what they change goes to the next batch.
+    pub fn hand_off(&mut self, prepared: PreparedBatch) -> PreparedBatch {
+        self.cache.hand_off(prepared)
+    }
+
+    /// Writes a batch taken by [`PartitionRuntime::hand_off`] to the store.
+    pub fn write_handed_off(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
+        self.cache.write_handed_off(&mut *self.store, prepared)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

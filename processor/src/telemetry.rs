@@ -35,6 +35,9 @@ pub const JOURNEY_EVENTS_TOTAL: &str = "waymark_engine_journey_events_total";
 pub const TRANSACTIONS_TOTAL: &str = "waymark_pipeline_transactions_total";
 /// Duration of a transaction commit (outputs + offsets + state flush), seconds.
 pub const COMMIT_SECONDS: &str = "waymark_pipeline_commit_duration_seconds";
+/// Time of each part of a commit, by `phase` ([`CommitPhase`]): whether commits wait on the
+/// broker or on local work.
+pub const COMMIT_PHASE_SECONDS: &str = "waymark_pipeline_commit_phase_duration_seconds";
 /// Batches kept open past `commit-interval-ms` because the input was behind.
 pub const BATCHES_EXTENDED_TOTAL: &str = "waymark_pipeline_batches_extended_total";
 /// Customers with a pending timer, per partition.
@@ -98,6 +101,7 @@ pub const METRIC_NAMES: &[&str] = &[
     JOURNEY_EVENTS_TOTAL,
     TRANSACTIONS_TOTAL,
     COMMIT_SECONDS,
+    COMMIT_PHASE_SECONDS,
     BATCHES_EXTENDED_TOTAL,
     TIMERS_PENDING,
     WATERMARK_LAG_SECONDS,
@@ -159,6 +163,33 @@ impl EventResult {
     }
 }
 
+/// The parts of a commit, the `phase` label of [`COMMIT_PHASE_SECONDS`], in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPhase {
+    /// Encoding the customers the batch changed and producing them to the state changelog.
+    Prepare,
+    /// Adding the input offsets to the transaction (broker round trips).
+    Offsets,
+    /// Waiting until every output and changelog record of the batch is acknowledged.
+    Flush,
+    /// Committing the transaction (at least once: committing the consumer offsets).
+    End,
+    /// Writing the batch's state to the local store, once committed.
+    StateWrite,
+}
+
+impl CommitPhase {
+    fn label(self) -> &'static str {
+        match self {
+            CommitPhase::Prepare => "prepare",
+            CommitPhase::Offsets => "offsets",
+            CommitPhase::Flush => "flush",
+            CommitPhase::End => "end",
+            CommitPhase::StateWrite => "state_write",
+        }
+    }
+}
+
 /// Labels of [`EVENTS_TOTAL`]'s `type` for events whose type is not a journey's: the upstream
 /// may send any number of types, and a label must stay bounded.
 pub const OTHER_EVENT_TYPE: &str = "other";
@@ -187,6 +218,7 @@ pub struct Metrics {
     journey_events: IntCounterVec,
     transactions: IntCounterVec,
     commit_seconds: Histogram,
+    commit_phase_seconds: HistogramVec,
     batches_extended: IntCounter,
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
@@ -309,6 +341,14 @@ impl Metrics {
                 COMMIT_SECONDS,
                 "Time to commit one transaction of outputs, offsets and state.",
                 0.001,
+                14,
+            ),
+            commit_phase_seconds: r.histograms(
+                COMMIT_PHASE_SECONDS,
+                "Time of each part of a commit: prepare (encode and produce the changed state), \
+                 offsets, flush, end (commit the transaction) and state_write (local store).",
+                &["phase"],
+                0.0005,
                 14,
             ),
             batches_extended: r.counter(
@@ -509,6 +549,13 @@ impl Metrics {
         if committed {
             self.commit_seconds.observe(seconds);
         }
+    }
+
+    /// Observes how long one part of a commit took.
+    pub fn commit_phase(&self, phase: CommitPhase, seconds: f64) {
+        self.commit_phase_seconds
+            .with_label_values(&[phase.label()])
+            .observe(seconds);
     }
 
     /// Counts a batch kept open past `commit-interval-ms` because the input was behind.

@@ -58,6 +58,26 @@ fn loadgen_trace_of_a_thousand_customers_through_kafka_equals_simulate() {
         metrics.contains("waymark_pipeline_transactions_total{result=\"committed\"}"),
         "{metrics}"
     );
+    // Every part of a commit is timed, once per committed transaction (a commit under way
+    // while the metrics are read may have timed some parts already).
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    let committed = sample("waymark_pipeline_commit_duration_seconds_count");
+    assert!(committed > 0.0, "{metrics}");
+    for phase in ["prepare", "offsets", "flush", "end", "state_write"] {
+        let count = sample(&format!(
+            "waymark_pipeline_commit_phase_duration_seconds_count{{phase=\"{phase}\"}}"
+        ));
+        assert!(
+            (committed..=committed + 1.0).contains(&count),
+            "phase {phase}: {count} for {committed} commits:\n{metrics}"
+        );
+    }
     processor.stop();
     assert_same_outputs(&kafka, &simulated);
 }

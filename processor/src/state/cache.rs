@@ -638,6 +638,39 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         if !batch.is_empty() {
             store.write(batch)?;
         }
+        self.forget_pending();
+        stats.evicted = self.evict();
+        Ok(stats)
+    }
+
+    /// Takes a batch from [`StateCache::prepare`] out of the cache's keeping, so the cache may
+    /// change before the batch is written (with [`StateCache::write_handed_off`]): marks
+    /// everything clean but evicts nothing, so every customer of the batch stays cached and
+    /// nothing of it is read back from the store before the batch is there. Changes made from
+    /// now on go to the next batch.
+    pub fn hand_off(&mut self, prepared: PreparedBatch) -> PreparedBatch {
+        self.forget_pending();
+        prepared
+    }
+
+    /// Writes a batch taken by [`StateCache::hand_off`], then evicts beyond capacity (dirty
+    /// entries, changed since, stay). On error the batch is lost to this cache: the caller
+    /// must treat the store as behind (it is repaired from the changelog).
+    pub fn write_handed_off(
+        &mut self,
+        store: &mut dyn StateStore,
+        prepared: PreparedBatch,
+    ) -> Result<FlushStats, StateError> {
+        let PreparedBatch { batch, mut stats } = prepared;
+        if !batch.is_empty() {
+            store.write(batch)?;
+        }
+        stats.evicted = self.evict();
+        Ok(stats)
+    }
+
+    /// Marks every dirty entry clean and drops the pending timer moves and meta values.
+    fn forget_pending(&mut self) {
         for id in self.dirty.drain(..) {
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.dirty = false;
@@ -645,7 +678,5 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         }
         self.timers.clear();
         self.meta.clear();
-        stats.evicted = self.evict();
-        Ok(stats)
     }
 }

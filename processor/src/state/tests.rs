@@ -761,6 +761,60 @@ mod cache {
     }
 
     #[test]
+    fn a_handed_off_batch_stays_readable_until_written_and_later_changes_go_to_the_next() {
+        let empty = MemoryStore::new();
+        let mut store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::new(1);
+        for n in 0..4 {
+            cache.insert(&format!("c{n}"), rec(n));
+        }
+        cache.set_timer("c0", None, Some(10));
+        cache.put_meta("input-offset", vec![4]);
+        let first = cache.hand_off(cache.prepare().unwrap());
+        assert_eq!(first.stats.customers_put, 4);
+        assert_eq!(cache.dirty_len(), 0, "the batch left the cache's keeping");
+
+        // The next batch's changes, while the first one is being committed.
+        cache.get_mut(&store, "c1").unwrap().unwrap().n = 100;
+        assert!(cache.mark_dirty("c1"));
+        cache.insert("c9", rec(9));
+        for n in 0..4 {
+            // Nothing of the first batch is in the store yet, and nothing was evicted: only
+            // the cache can answer.
+            let want = if n == 1 { 100 } else { n };
+            assert_eq!(
+                cache.get(&empty, &format!("c{n}")).unwrap().map(|r| r.n),
+                Some(want)
+            );
+        }
+
+        let stats = cache.write_handed_off(&mut store, first).unwrap();
+        assert_eq!(store.writes.len(), 1);
+        assert_eq!(
+            store.writes[0].len(),
+            6,
+            "4 customers, a timer and a meta value"
+        );
+        assert_eq!(
+            store.get_customer("c1").unwrap(),
+            Some(encode_value("c1", &rec(1)).unwrap()),
+            "the first batch holds c1 as it was when prepared"
+        );
+        assert_eq!(timers(&store), entries(&[(10, "c0")]));
+        // Evicted down to capacity, except what changed since (c1, c9 are dirty).
+        assert_eq!(stats.evicted, 3);
+        assert_eq!(cache.len(), 2);
+
+        let second = cache.prepare().unwrap();
+        assert_eq!(second.stats.customers_put, 2);
+        assert_eq!(second.stats.timers_put + second.stats.meta_put, 0);
+        cache.write_prepared(&mut store, second).unwrap();
+        assert_eq!(cache.get(&store, "c1").unwrap().map(|r| r.n), Some(100));
+        assert_eq!(cache.get(&store, "c9").unwrap(), Some(&rec(9)));
+        assert_eq!(customers(&store).len(), 5);
+    }
+
+    #[test]
     fn eviction_never_drops_dirty_entries() {
         let empty = MemoryStore::new();
         let mut store = MemoryStore::new();
