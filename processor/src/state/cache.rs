@@ -271,6 +271,18 @@ impl<V> Entries<V> {
     }
 }
 
+/// Writes a prepared batch to `store` (nothing when it is empty); returns what it holds.
+fn write_batch(
+    store: &mut dyn StateStore,
+    prepared: PreparedBatch,
+) -> Result<FlushStats, StateError> {
+    let PreparedBatch { batch, stats } = prepared;
+    if !batch.is_empty() {
+        store.write(batch)?;
+    }
+    Ok(stats)
+}
+
 /// Finds or loads `id`'s entry and records the access (one lookup when it is cached).
 fn slot<'a, V: DeserializeOwned>(
     entries: &'a mut Entries<V>,
@@ -634,10 +646,7 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         store: &mut dyn StateStore,
         prepared: PreparedBatch,
     ) -> Result<FlushStats, StateError> {
-        let PreparedBatch { batch, mut stats } = prepared;
-        if !batch.is_empty() {
-            store.write(batch)?;
-        }
+        let mut stats = write_batch(store, prepared)?;
         self.forget_pending();
         stats.evicted = self.evict();
         Ok(stats)
@@ -661,10 +670,7 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         store: &mut dyn StateStore,
         prepared: PreparedBatch,
     ) -> Result<FlushStats, StateError> {
-        let PreparedBatch { batch, mut stats } = prepared;
-        if !batch.is_empty() {
-            store.write(batch)?;
-        }
+        let mut stats = write_batch(store, prepared)?;
         stats.evicted = self.evict();
         Ok(stats)
     }
