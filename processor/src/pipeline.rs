@@ -22,6 +22,11 @@
 //! are flushed (acknowledged by the broker) before its offsets are committed, so nothing is
 //! lost, and a crash repeats at most the last batch's outputs, with the same ids.
 //!
+//! The broker's part of a transaction's commit (adding the offsets, flushing, ending it) runs
+//! on a commit thread while the poll loop handles the next batch; that batch's records are
+//! held in memory and produced in the next transaction once the commit is done, so a
+//! transaction never mixes two batches.
+//!
 //! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
 //! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
 //! journey semantics (that is `engine`) or storage details (that is `state`).
