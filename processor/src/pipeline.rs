@@ -1613,7 +1613,7 @@ impl Core {
                 })?;
             // From here on the cache may change: the next records' changes go to the next
             // batch, and this one is written to the store once committed.
-            prepared.push((*partition, part.runtime.hand_off(batch)));
+            prepared.push((*partition, batch));
         }
         for (partition, batch) in &prepared {
             self.send_changelog(*partition, &batch.batch)?;
@@ -1757,7 +1757,7 @@ impl Core {
                 continue;
             };
             part.runtime
-                .write_handed_off(batch)
+                .write_prepared(batch)
                 .map_err(|source| PipelineError::State {
                     partition,
                     path: part.path.clone(),

@@ -531,31 +531,20 @@ impl PartitionRuntime {
         self.store.get_meta(key)
     }
 
-    /// Encodes every change since the last flush without writing it (see
-    /// [`StateCache::prepare`]); nothing may change before [`PartitionRuntime::write_prepared`].
+    /// Encodes every change since the last flush into a batch and takes it out of the cache's
+    /// keeping (see [`StateCache::hand_off`]): events may be handled before it is written with
+    /// [`PartitionRuntime::write_prepared`], and what they change goes to the next batch.
     pub fn prepare(&mut self) -> Result<PreparedBatch, StateError> {
         if std::mem::take(&mut self.newest_event_changed) {
             self.cache
                 .put_meta(META_NEWEST_EVENT, self.newest_event.to_be_bytes().to_vec());
         }
-        self.cache.prepare()
+        let prepared = self.cache.prepare()?;
+        Ok(self.cache.hand_off(prepared))
     }
 
     /// Writes a batch from [`PartitionRuntime::prepare`] to the store.
     pub fn write_prepared(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
-        self.cache.write_prepared(&mut *self.store, prepared)?;
-        Ok(())
-    }
-
-    /// Takes a batch from [`PartitionRuntime::prepare`] out of the cache's keeping, so events
-    /// can be handled before it is written with [`PartitionRuntime::write_handed_off`] (see
-    /// [`StateCache::hand_off`]); what they change goes to the next batch.
-    pub fn hand_off(&mut self, prepared: PreparedBatch) -> PreparedBatch {
-        self.cache.hand_off(prepared)
-    }
-
-    /// Writes a batch taken by [`PartitionRuntime::hand_off`] to the store.
-    pub fn write_handed_off(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
         self.cache.write_handed_off(&mut *self.store, prepared)?;
         Ok(())
     }
