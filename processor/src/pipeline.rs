@@ -25,7 +25,8 @@
 //! The broker's part of a transaction's commit (adding the offsets, flushing, ending it) runs
 //! on a commit thread while the poll loop handles the next batch; that batch's records are
 //! held in memory and produced in the next transaction once the commit is done, so a
-//! transaction never mixes two batches.
+//! transaction never mixes two batches. Once the transaction ended, the commit thread also
+//! writes the batch's state to the local stores (their customers stay cached until then).
 //!
 //! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
 //! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
@@ -57,7 +58,9 @@ use crate::runtime::{
     ALIAS_EVENT_TYPE, Forward, Forwarded, META_WATERMARK, PartitionRuntime, Rejection, validate,
 };
 use crate::shutdown::CancellationToken;
-use crate::state::{BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError};
+use crate::state::{
+    BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
+};
 use crate::telemetry::{BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
 mod restore;
@@ -540,10 +543,45 @@ fn end_transaction(
     Ok(Instant::now())
 }
 
+/// A partition's state batch for the commit thread to write once the transaction ended: its
+/// store's writer, and the batch.
+type StateWriteJob = (i32, Box<dyn StoreWriter>, StateBatch);
+
+/// The commit thread's part after the broker's: writes each partition's state batch (in
+/// order; each a batch of its own store). Returns each partition's result and how long the
+/// writes took.
+fn write_states(jobs: Vec<StateWriteJob>) -> StatesWritten {
+    let started = Instant::now();
+    let results = jobs
+        .into_iter()
+        .map(|(partition, writer, batch)| (partition, writer.write(batch)))
+        .collect();
+    StatesWritten {
+        results,
+        took: started.elapsed(),
+    }
+}
+
+/// What [`write_states`] did.
+#[derive(Default)]
+struct StatesWritten {
+    /// Each partition's write.
+    results: Vec<(i32, Result<(), StateError>)>,
+    /// How long the writes took.
+    took: Duration,
+}
+
+/// When the broker's part of a commit ended, and the state writes done after it on the
+/// commit thread.
+struct Ended {
+    at: Instant,
+    written: StatesWritten,
+}
+
 /// What a commit leaves to do once the broker's part succeeded (see [`Core::conclude`]).
 struct Committed {
-    /// Each partition's state batch, taken out of its cache (written to the store once
-    /// committed).
+    /// The state batches of partitions whose store has no writer for the commit thread,
+    /// taken out of their caches (written to the stores once committed).
     prepared: Vec<(i32, PreparedBatch)>,
     /// Each partition's next input offset and next outcome offset, as committed.
     positions: Vec<(i32, Option<i64>, Option<i64>)>,
@@ -554,7 +592,7 @@ struct Committed {
 
 /// An exactly-once commit whose broker part runs on the commit thread.
 struct InFlight {
-    handle: std::thread::JoinHandle<Result<Instant, TxnFailure>>,
+    handle: std::thread::JoinHandle<Result<Ended, TxnFailure>>,
     done: Committed,
 }
 
@@ -1627,19 +1665,37 @@ impl Core {
         } else {
             None
         };
-        let done = Committed {
-            prepared,
-            positions,
-            latencies: std::mem::take(&mut self.latencies),
-            started,
-        };
         self.in_transaction = false;
         if self.transactional {
+            // Stores that can be written from the commit thread are, once the transaction
+            // ended; their cached customers stay until then (see `StateCache::hand_off`).
+            let mut jobs = Vec::new();
+            let mut kept = Vec::new();
+            for (partition, batch) in prepared {
+                match self
+                    .partitions
+                    .get(&partition)
+                    .and_then(|p| p.runtime.store_writer())
+                {
+                    Some(writer) => jobs.push((partition, writer, batch.batch)),
+                    None => kept.push((partition, batch)),
+                }
+            }
+            let done = Committed {
+                prepared: kept,
+                positions,
+                latencies: std::mem::take(&mut self.latencies),
+                started,
+            };
             self.txn_open = false;
             let producer = self.producer.clone();
             let handle = std::thread::Builder::new()
                 .name("waymark-commit".into())
-                .spawn(move || end_transaction(&producer, &offsets, group.as_ref(), phase))
+                .spawn(move || {
+                    let at = end_transaction(&producer, &offsets, group.as_ref(), phase)?;
+                    let written = write_states(jobs);
+                    Ok(Ended { at, written })
+                })
                 .map_err(|e| {
                     PipelineError::Setup(format!(
                         "cannot start a thread to commit the transaction: {e}; \
@@ -1649,6 +1705,12 @@ impl Core {
             self.in_flight = Some(InFlight { handle, done });
             return Ok(());
         }
+        let done = Committed {
+            prepared,
+            positions,
+            latencies: std::mem::take(&mut self.latencies),
+            started,
+        };
         // At least once: every output is acknowledged before the offsets move on.
         let timeout = Duration::from_secs(30);
         let result = crate::kafka::flush_threaded(&self.producer, timeout)
@@ -1662,7 +1724,10 @@ impl Core {
             })
             .map(|()| {
                 phase.done(CommitPhase::End);
-                Instant::now()
+                Ended {
+                    at: Instant::now(),
+                    written: StatesWritten::default(),
+                }
             })
             .map_err(|e| TxnFailure {
                 action: "commit the consumed offsets",
@@ -1710,7 +1775,7 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
         done: Committed,
-        result: Result<Instant, TxnFailure>,
+        result: Result<Ended, TxnFailure>,
     ) -> Result<(), PipelineError> {
         let Committed {
             prepared,
@@ -1718,7 +1783,7 @@ impl Core {
             mut latencies,
             started,
         } = done;
-        let ended = match result {
+        let Ended { at: ended, written } = match result {
             Ok(ended) => ended,
             Err(failure) => {
                 self.metrics
@@ -1751,6 +1816,17 @@ impl Core {
                 part.outcome_pending = None;
             }
         }
+        for (partition, result) in written.results {
+            let Some(part) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            result.map_err(|source| PipelineError::State {
+                partition,
+                path: part.path.clone(),
+                source,
+            })?;
+            part.runtime.prepared_written();
+        }
         let writing = Instant::now();
         for (partition, batch) in prepared {
             let Some(part) = self.partitions.get_mut(&partition) else {
@@ -1764,7 +1840,7 @@ impl Core {
                     source,
                 })?;
         }
-        let write = writing.elapsed();
+        let write = written.took + writing.elapsed();
         self.metrics
             .commit_phase(CommitPhase::StateWrite, write.as_secs_f64());
         self.metrics

@@ -13,7 +13,7 @@ use compact_str::CompactString;
 
 use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, OUTCOME_EVENT_PREFIX, Output};
-use crate::state::{MemoryStore, PreparedBatch, StateCache, StateError, StateStore};
+use crate::state::{MemoryStore, PreparedBatch, StateCache, StateError, StateStore, StoreWriter};
 
 /// Event type of a right-to-be-forgotten request (`waymark forget`): the customer's state is
 /// erased, locally and (through the state changelog) everywhere the partition is restored.
@@ -547,6 +547,19 @@ impl PartitionRuntime {
     pub fn write_prepared(&mut self, prepared: PreparedBatch) -> Result<(), StateError> {
         self.cache.write_handed_off(&mut *self.store, prepared)?;
         Ok(())
+    }
+
+    /// A writer of this partition's store for another thread, if the store has one (see
+    /// [`StateStore::writer`]): a batch from [`PartitionRuntime::prepare`] written with it is
+    /// followed by [`PartitionRuntime::prepared_written`] here.
+    pub fn store_writer(&self) -> Option<Box<dyn StoreWriter>> {
+        self.store.writer()
+    }
+
+    /// Says that the batch from [`PartitionRuntime::prepare`] was written with a
+    /// [`PartitionRuntime::store_writer`]: the cache may evict its customers again.
+    pub fn prepared_written(&mut self) {
+        self.cache.handed_off_written();
     }
 }
 

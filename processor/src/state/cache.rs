@@ -671,8 +671,15 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         prepared: PreparedBatch,
     ) -> Result<FlushStats, StateError> {
         let mut stats = write_batch(store, prepared)?;
-        stats.evicted = self.evict();
+        stats.evicted = self.handed_off_written();
         Ok(stats)
+    }
+
+    /// Says that the batch taken by [`StateCache::hand_off`] is in the store (written
+    /// elsewhere, with a [`StoreWriter`](super::StoreWriter)): evicts beyond capacity, as
+    /// [`StateCache::write_handed_off`] does after its write. Returns how many were evicted.
+    pub fn handed_off_written(&mut self) -> usize {
+        self.evict()
     }
 
     /// Marks every dirty entry clean and drops the pending timer moves and meta values.

@@ -212,6 +212,14 @@ pub trait StateStore: Send {
     /// operation on a key wins) and durably as the implementation documents. See the trait doc.
     fn write(&mut self, batch: StateBatch) -> Result<(), StateError>;
 
+    /// A writer of this store for another thread, if the store has one: a commit can then
+    /// write its batch while the store's owner goes on (RocksDB: yes; the in-memory store:
+    /// no, its batches go through [`write`](Self::write)). The owner must not write, nor read
+    /// what the batch changes, until that write returned.
+    fn writer(&self) -> Option<Box<dyn StoreWriter>> {
+        None
+    }
+
     /// Calls `f(customer id, record)` for every customer record in ascending id order, until
     /// `f` returns `false` (for `state inspect`, changelog snapshots and restore checks).
     fn for_each_customer(&self, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StateError>;
@@ -222,6 +230,14 @@ pub trait StateStore: Send {
 
     /// Approximate bytes the state takes (on disk and in write buffers), for metrics. Cheap.
     fn approximate_bytes(&self) -> Result<u64, StateError>;
+}
+
+/// Writes batches to one store from a thread other than its owner's (see
+/// [`StateStore::writer`]).
+pub trait StoreWriter: Send {
+    /// Applies the batch as [`StateStore::write`] does: atomically, in order, as durably as the
+    /// store documents.
+    fn write(&self, batch: StateBatch) -> Result<(), StateError>;
 }
 
 /// What went wrong in the state layer: what failed, with which path or key, and what to do.

@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
@@ -25,7 +26,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{BatchOp, Millis, StateBatch, StateError, StateStore};
+use super::{BatchOp, Millis, StateBatch, StateError, StateStore, StoreWriter};
 
 /// Column family of customer records.
 const CF_CUSTOMERS: &str = "customers";
@@ -213,10 +214,10 @@ impl RocksEnv {
         write_options.set_sync(self.options.sync_writes);
         tracing::debug!(path = %path.display(), "State database opened.");
         Ok(RocksStore {
-            db,
+            db: Arc::new(db),
             path: path.to_owned(),
             write_options,
-            _env: self.clone(),
+            env: self.clone(),
         })
     }
 }
@@ -231,6 +232,62 @@ fn is_lock_error(e: &rocksdb::Error) -> bool {
         && (message.contains("While lock file") || message.contains("lock hold by current process"))
 }
 
+/// A [`RocksStore`]'s writer for another thread (see [`StateStore::writer`]); it keeps the
+/// database open until it is dropped.
+struct RocksWriter {
+    db: Arc<DB>,
+    path: PathBuf,
+    write_options: WriteOptions,
+}
+
+impl StoreWriter for RocksWriter {
+    fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        write_to(&self.db, &self.path, &self.write_options, batch)
+    }
+}
+
+/// The handle of column family `name` of the database in `path`, which `open` created.
+fn cf_of<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a ColumnFamily, StateError> {
+    db.cf_handle(name).ok_or_else(|| StateError::Open {
+        path: path.to_owned(),
+        message: format!("column family `{name}` is missing"),
+    })
+}
+
+/// Writes `batch` to the database in `path` as one `WriteBatch` across the column families.
+fn write_to(
+    db: &DB,
+    path: &Path,
+    write_options: &WriteOptions,
+    batch: StateBatch,
+) -> Result<(), StateError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let ops = batch.len();
+    let (customers, timers, meta) = (
+        cf_of(db, path, CF_CUSTOMERS)?,
+        cf_of(db, path, CF_TIMERS)?,
+        cf_of(db, path, CF_META)?,
+    );
+    let mut wb = WriteBatch::default();
+    for op in &batch.ops {
+        match op {
+            BatchOp::PutCustomer { id, bytes } => wb.put_cf(customers, id, bytes),
+            BatchOp::DeleteCustomer { id } => wb.delete_cf(customers, id),
+            BatchOp::PutTimer { due, id } => wb.put_cf(timers, timer_key(*due, id), b""),
+            BatchOp::DeleteTimer { due, id } => wb.delete_cf(timers, timer_key(*due, id)),
+            BatchOp::PutMeta { key, bytes } => wb.put_cf(meta, key, bytes),
+        }
+    }
+    db.write_opt(wb, write_options)
+        .map_err(|e| StateError::Write {
+            path: path.to_owned(),
+            ops,
+            message: e.into_string(),
+        })
+}
+
 /// A partition's state in a RocksDB database (see the module doc for the layout).
 ///
 /// Atomicity: one batch is one RocksDB `WriteBatch` across all column families. Durability:
@@ -238,14 +295,14 @@ fn is_lock_error(e: &rocksdb::Error) -> bool {
 /// `Ok` survives a process crash, and with [`RocksOptions::sync_writes`] an OS crash too.
 /// Closing is dropping. One directory can be open once at a time (RocksDB's `LOCK` file).
 pub struct RocksStore {
-    /// The database.
-    db: DB,
+    /// The database (shared with the writers handed out by [`StateStore::writer`]).
+    db: Arc<DB>,
     /// The directory, for error messages.
     path: PathBuf,
     /// Write options (sync per [`RocksOptions::sync_writes`]; WAL always on).
     write_options: WriteOptions,
     /// Keeps the shared cache and memtable budget alive as long as the database.
-    _env: RocksEnv,
+    env: RocksEnv,
 }
 
 impl fmt::Debug for RocksStore {
@@ -306,10 +363,7 @@ impl RocksStore {
 
     /// The handle of column family `name`, which `open` created.
     fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StateError> {
-        self.db.cf_handle(name).ok_or_else(|| StateError::Open {
-            path: self.path.clone(),
-            message: format!("column family `{name}` is missing"),
-        })
+        cf_of(&self.db, &self.path, name)
     }
 
     /// A read error about `what`.
@@ -396,32 +450,17 @@ impl StateStore for RocksStore {
     }
 
     fn write(&mut self, batch: StateBatch) -> Result<(), StateError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let ops = batch.len();
-        let (customers, timers, meta) = (
-            self.cf(CF_CUSTOMERS)?,
-            self.cf(CF_TIMERS)?,
-            self.cf(CF_META)?,
-        );
-        let mut wb = WriteBatch::default();
-        for op in &batch.ops {
-            match op {
-                BatchOp::PutCustomer { id, bytes } => wb.put_cf(customers, id, bytes),
-                BatchOp::DeleteCustomer { id } => wb.delete_cf(customers, id),
-                BatchOp::PutTimer { due, id } => wb.put_cf(timers, timer_key(*due, id), b""),
-                BatchOp::DeleteTimer { due, id } => wb.delete_cf(timers, timer_key(*due, id)),
-                BatchOp::PutMeta { key, bytes } => wb.put_cf(meta, key, bytes),
-            }
-        }
-        self.db
-            .write_opt(wb, &self.write_options)
-            .map_err(|e| StateError::Write {
-                path: self.path.clone(),
-                ops,
-                message: e.into_string(),
-            })
+        write_to(&self.db, &self.path, &self.write_options, batch)
+    }
+
+    fn writer(&self) -> Option<Box<dyn StoreWriter>> {
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(self.env.options.sync_writes);
+        Some(Box::new(RocksWriter {
+            db: Arc::clone(&self.db),
+            path: self.path.clone(),
+            write_options,
+        }))
     }
 
     fn for_each_customer(&self, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StateError> {

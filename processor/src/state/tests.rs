@@ -386,6 +386,35 @@ mod rocks {
     }
 
     #[test]
+    fn a_writer_on_another_thread_writes_what_the_store_then_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let store = RocksStore::open(&path, &small_options()).unwrap();
+        let writer = store.writer().expect("a RocksDB store hands out a writer");
+        let mut batch = StateBatch::new();
+        batch
+            .put_customer("c1", b"v1".to_vec())
+            .put_timer(5, "c1")
+            .put_meta("input-offset", vec![7]);
+        std::thread::spawn(move || writer.write(batch))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.get_customer("c1").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(timers(&store), entries(&[(5, "c1")]));
+        assert_eq!(store.get_meta("input-offset").unwrap(), Some(vec![7]));
+        // A writer keeps the database open: dropped with the store, the directory opens again.
+        drop(store);
+        let reopened = RocksStore::open(&path, &small_options()).unwrap();
+        assert_eq!(reopened.get_customer("c1").unwrap(), Some(b"v1".to_vec()));
+    }
+
+    #[test]
+    fn the_memory_store_has_no_writer_for_other_threads() {
+        assert!(MemoryStore::new().writer().is_none());
+    }
+
+    #[test]
     fn second_open_of_a_directory_is_a_lock_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p0");
@@ -812,6 +841,28 @@ mod cache {
         assert_eq!(cache.get(&store, "c1").unwrap().map(|r| r.n), Some(100));
         assert_eq!(cache.get(&store, "c9").unwrap(), Some(&rec(9)));
         assert_eq!(customers(&store).len(), 5);
+    }
+
+    #[test]
+    fn a_batch_written_elsewhere_lets_the_cache_evict_what_did_not_change_since() {
+        let mut store = MemoryStore::new();
+        let mut cache = StateCache::<Rec>::new(1);
+        for n in 0..4 {
+            cache.insert(&format!("c{n}"), rec(n));
+        }
+        let first = cache.hand_off(cache.prepare().unwrap());
+        cache.get_mut(&store, "c2").unwrap().unwrap().n = 200;
+        assert_eq!(
+            cache.len(),
+            4,
+            "nothing is evicted before the batch is written"
+        );
+        // Written by another thread's writer; here, straight to the store.
+        store.write(first.batch).unwrap();
+        assert_eq!(cache.handed_off_written(), 3);
+        assert_eq!(cache.len(), 1, "only c2, changed since, stays");
+        assert_eq!(cache.get(&store, "c2").unwrap().map(|r| r.n), Some(200));
+        assert_eq!(cache.get(&store, "c0").unwrap(), Some(&rec(0)), "read back");
     }
 
     #[test]
