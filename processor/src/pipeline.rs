@@ -574,7 +574,9 @@ struct StatesWritten {
 /// When the broker's part of a commit ended, and the state writes done after it on the
 /// commit thread.
 struct Ended {
+    /// When the transaction ended.
     at: Instant,
+    /// The state writes done after it (none when the stores are written by `conclude`).
     written: StatesWritten,
 }
 
