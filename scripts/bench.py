@@ -319,9 +319,10 @@ def kstreams_start(name, logname=None, extra=(), heap="1g"):
 
 
 def state_at_scale():
-    """Waymark and the Streams baseline over a trace of STATE_CUSTOMERS customers: each
-    processes it once (exactly-once), then restores its state from the changelog with the
-    state directory deleted. Rows: throughput, peak RSS and restore time of each, and ratios."""
+    """Waymark and the Streams baseline (unless BENCH_KSTREAMS=0) over a trace of
+    STATE_CUSTOMERS customers: each processes it once (exactly-once), then restores its state
+    from the changelog with the state directory deleted. Rows: throughput, peak RSS and
+    restore time of each, and ratios."""
     trace = WORK / "state.jsonl"
     log(f"state at scale: generating {STATE_CUSTOMERS:,} customers")
     # Arrivals over a day two weeks ago: the journeys (steps about 18 h apart) have played out
@@ -349,7 +350,17 @@ def state_at_scale():
     w_restore_rss = stop_rss(proc)
     w_restore = t1 - t0
     log(f"state at scale: Waymark {w_rate:,.0f} events/s, peak RSS {w_rss:,.0f} MiB, "
-        f"restore {w_restore:.1f} s; Kafka Streams")
+        f"restore {w_restore:.1f} s")
+    what = f"{STATE_CUSTOMERS:,} customers / {n:,} events"
+    run_row = (f"state at scale, {what}: Waymark run, exactly-once",
+               f"{w_rate:,.0f} events/s, peak RSS {w_rss:,.0f} MiB, {keys:,.0f} state keys", "")
+    restore_row = ("state at scale: restore from the changelog, Waymark",
+                   f"{restored:,.0f} records in {w_restore:.1f} s, peak RSS "
+                   f"{w_restore_rss:,.0f} MiB", f"{restored / w_restore:,.0f} records/s")
+    if not KSTREAMS:
+        trace.unlink()
+        return [run_row, restore_row]
+    log("state at scale: Kafka Streams")
     name = "state-kstreams"
     config(name, "exactly-once", trace)
     proc, status = kstreams_start(name)
@@ -376,10 +387,8 @@ def state_at_scale():
     stop(proc)
     k_rate_1s = n / (t1 - t0)
     trace.unlink()
-    what = f"{STATE_CUSTOMERS:,} customers / {n:,} events"
     return [
-        (f"state at scale, {what}: Waymark run, exactly-once",
-         f"{w_rate:,.0f} events/s, peak RSS {w_rss:,.0f} MiB, {keys:,.0f} state keys", ""),
+        run_row,
         (f"state at scale: Kafka Streams baseline, exactly-once",
          f"{k_rate:,.0f} events/s, peak RSS {k_rss:,.0f} MiB (JVM, -Xmx1g)", ""),
         ("state at scale: Waymark ÷ Kafka Streams throughput; peak RSS", "",
@@ -388,9 +397,7 @@ def state_at_scale():
          f"{k_rate_1s:,.0f} events/s", ""),
         ("state at scale: Waymark ÷ Kafka Streams at commit.interval.ms 1000 (Waymark's "
          "backlog-commit-interval-ms)", "", f"{w_rate / k_rate_1s:.2f}"),
-        ("state at scale: restore from the changelog, Waymark",
-         f"{restored:,.0f} records in {w_restore:.1f} s, peak RSS {w_restore_rss:,.0f} MiB",
-         f"{restored / w_restore:,.0f} records/s"),
+        restore_row,
         ("state at scale: restore, Kafka Streams (state directory deleted → RUNNING)",
          f"{k_restore:.1f} s", ""),
         ("state at scale: Waymark ÷ Kafka Streams restore time", "",
