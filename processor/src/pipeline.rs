@@ -582,8 +582,8 @@ struct Ended {
 
 /// What a commit leaves to do once the broker's part succeeded (see [`Core::conclude`]).
 struct Committed {
-    /// The state batches of partitions whose store has no writer for the commit thread,
-    /// taken out of their caches (written to the stores once committed).
+    /// The state batches the commit thread does not write (at least once, or a store with
+    /// no writer for it), taken out of their caches (written to the stores once committed).
     prepared: Vec<(i32, PreparedBatch)>,
     /// Each partition's next input offset and next outcome offset, as committed.
     positions: Vec<(i32, Option<i64>, Option<i64>)>,
@@ -1668,27 +1668,29 @@ impl Core {
             None
         };
         self.in_transaction = false;
-        if self.transactional {
-            // Stores that can be written from the commit thread are, once the transaction
-            // ended; their cached customers stay until then (see `StateCache::hand_off`).
-            let mut jobs = Vec::new();
-            let mut kept = Vec::new();
-            for (partition, batch) in prepared {
-                match self
-                    .partitions
-                    .get(&partition)
-                    .and_then(|p| p.runtime.store_writer())
-                {
-                    Some(writer) => jobs.push((partition, writer, batch.batch)),
-                    None => kept.push((partition, batch)),
-                }
+        // Exactly once, stores that can be written from the commit thread are, once the
+        // transaction ended; their cached customers stay until then (see
+        // `StateCache::hand_off`). The others are written by `conclude`.
+        let mut jobs = Vec::new();
+        let mut kept = Vec::new();
+        for (partition, batch) in prepared {
+            let writer = self
+                .partitions
+                .get(&partition)
+                .filter(|_| self.transactional)
+                .and_then(|p| p.runtime.store_writer());
+            match writer {
+                Some(writer) => jobs.push((partition, writer, batch.batch)),
+                None => kept.push((partition, batch)),
             }
-            let done = Committed {
-                prepared: kept,
-                positions,
-                latencies: std::mem::take(&mut self.latencies),
-                started,
-            };
+        }
+        let done = Committed {
+            prepared: kept,
+            positions,
+            latencies: std::mem::take(&mut self.latencies),
+            started,
+        };
+        if self.transactional {
             self.txn_open = false;
             let producer = self.producer.clone();
             let handle = std::thread::Builder::new()
@@ -1707,12 +1709,6 @@ impl Core {
             self.in_flight = Some(InFlight { handle, done });
             return Ok(());
         }
-        let done = Committed {
-            prepared,
-            positions,
-            latencies: std::mem::take(&mut self.latencies),
-            started,
-        };
         // At least once: every output is acknowledged before the offsets move on.
         let timeout = Duration::from_secs(30);
         let result = crate::kafka::flush_threaded(&self.producer, timeout)
