@@ -216,15 +216,20 @@ impl RocksEnv {
                 }
             }
         })?;
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(self.options.sync_writes);
         tracing::debug!(path = %path.display(), "State database opened.");
         Ok(RocksStore {
             db: Arc::new(db),
             path: path.to_owned(),
-            write_options,
+            write_options: self.write_options(),
             env: self.clone(),
         })
+    }
+
+    /// Options of every batch write: synced per [`RocksOptions::sync_writes`], WAL on.
+    fn write_options(&self) -> WriteOptions {
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(self.options.sync_writes);
+        write_options
     }
 }
 
@@ -460,12 +465,10 @@ impl StateStore for RocksStore {
     }
 
     fn writer(&self) -> Option<Box<dyn StoreWriter>> {
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(self.env.options.sync_writes);
         Some(Box::new(RocksWriter {
             db: Arc::clone(&self.db),
             path: self.path.clone(),
-            write_options,
+            write_options: self.env.write_options(),
         }))
     }
 
