@@ -711,7 +711,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let s = report.stats;
             eprintln!(
-                "simulate: {} events ({} accepted, {} duplicates, {} late, {} ignored, {} refused) -> {} commands, {} journey events in {:.2}s ({:.0} events/s)",
+                "simulate: {} events ({} accepted, {} duplicates, {} late, {} ignored, {} refused) -> {} commands, {} journey events, {} timer wake-ups in {:.2}s ({:.0} events/s)",
                 report.lines,
                 s.accepted,
                 s.duplicates,
@@ -720,6 +720,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 report.rejected_total,
                 s.commands,
                 s.journey_events,
+                s.timers_fired,
                 report.seconds,
                 report.lines as f64 / report.seconds.max(1e-9)
             );

@@ -325,19 +325,16 @@ impl PartitionRuntime {
         let new_due = state.next_due;
         let disposable = state.is_disposable();
         match applied {
+            // `get_or_insert_with` marked the customer dirty already.
             Applied::Accepted { late } => {
                 self.stats.accepted += 1;
                 self.stats.late += u64::from(late);
-                self.cache.mark_dirty(&ev.customer_id);
                 self.move_timer(&ev.customer_id, old_due, new_due);
                 if disposable {
                     self.cache.remove(&ev.customer_id);
                 }
             }
-            Applied::Duplicate => {
-                self.stats.duplicates += 1;
-                self.cache.mark_dirty(&ev.customer_id);
-            }
+            Applied::Duplicate => self.stats.duplicates += 1,
             Applied::Ignored => self.stats.ignored += 1,
             Applied::Forgotten | Applied::Forwarded | Applied::Merged | Applied::Refused(_) => {}
         }
@@ -419,11 +416,13 @@ impl PartitionRuntime {
                 break;
             };
             let before = out.len();
+            // `get_mut` marks a customer with a record dirty; the other arms mark it after.
             let (new_due, disposable) = match self.cache.get_mut(&*self.store, &customer)? {
                 Some(state) => match state.pending_merge().filter(|l| l.at <= watermark) {
                     Some(link) => {
                         let (link, at) = (link.clone(), link.at);
                         self.merge_away(&customer, link, at, out)?;
+                        self.cache.mark_dirty(&customer);
                         (None, false)
                     }
                     None => {
@@ -431,9 +430,11 @@ impl PartitionRuntime {
                         (state.next_due, state.is_disposable())
                     }
                 },
-                None => (None, false),
+                None => {
+                    self.cache.mark_dirty(&customer);
+                    (None, false)
+                }
             };
-            self.cache.mark_dirty(&customer);
             // The entry was popped already: only the index's store copy needs moving.
             self.cache.set_timer(&customer, Some(due), None);
             if disposable {
