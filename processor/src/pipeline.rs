@@ -33,7 +33,7 @@
 //! journey semantics (that is `engine`) or storage details (that is `state`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -301,6 +301,17 @@ pub enum PipelineError {
         /// The codec's message.
         message: String,
     },
+}
+
+impl PipelineError {
+    /// For `map_err`: an error of partition `partition`'s state, kept at `path`.
+    fn state(partition: i32, path: &Path) -> impl Fn(StateError) -> PipelineError + Copy + '_ {
+        move |source| PipelineError::State {
+            partition,
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 /// A registry that cannot be asked restarts the pipeline; one that refuses Waymark's schemas
@@ -686,11 +697,7 @@ impl Core {
             .cfg
             .state_dir
             .join(format!("{}-{partition}", self.cfg.topics.customer_events));
-        let state_err = |source| PipelineError::State {
-            partition,
-            path: path.clone(),
-            source,
-        };
+        let state_err = PipelineError::state(partition, &path);
         let store = self.rocks.open(&path).map_err(state_err)?;
         let runtime = PartitionRuntime::open(
             self.engine.clone(),
@@ -1332,11 +1339,7 @@ impl Core {
         let applied = part
             .runtime
             .on_event(ev, &mut self.outputs)
-            .map_err(|source| PipelineError::State {
-                partition,
-                path: part.path.clone(),
-                source,
-            })?;
+            .map_err(PipelineError::state(partition, &part.path))?;
         let lateness = self.cfg.allowed_lateness_ms();
         for o in &self.outputs[first_output..] {
             if let Output::Command(c) = o {
@@ -1413,11 +1416,7 @@ impl Core {
         let applied = part
             .runtime
             .on_forwarded(&forward, &mut self.outputs)
-            .map_err(|source| PipelineError::State {
-                partition,
-                path: part.path.clone(),
-                source,
-            })?;
+            .map_err(PipelineError::state(partition, &part.path))?;
         let event_type = match &forward.record {
             Forwarded::Event(ev) => ev.event_type.as_str(),
             Forwarded::Merge { .. } => ALIAS_EVENT_TYPE,
@@ -1545,11 +1544,7 @@ impl Core {
                 fired += part
                     .runtime
                     .fire_due(self.cfg.max_batch_events - fired, &mut self.outputs)
-                    .map_err(|source| PipelineError::State {
-                        partition: *partition,
-                        path: part.path.clone(),
-                        source,
-                    })?;
+                    .map_err(PipelineError::state(*partition, &part.path))?;
                 left |= part.runtime.has_due();
             }
             let lag = (now_millis() - part.runtime.watermark().max(0)) / 1000;
@@ -1646,11 +1641,7 @@ impl Core {
             let batch = part
                 .runtime
                 .prepare()
-                .map_err(|source| PipelineError::State {
-                    partition: *partition,
-                    path: part.path.clone(),
-                    source,
-                })?;
+                .map_err(PipelineError::state(*partition, &part.path))?;
             // From here on the cache may change: the next records' changes go to the next
             // batch, and this one is written to the store once committed.
             prepared.push((*partition, batch));
@@ -1818,11 +1809,7 @@ impl Core {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 continue;
             };
-            result.map_err(|source| PipelineError::State {
-                partition,
-                path: part.path.clone(),
-                source,
-            })?;
+            result.map_err(PipelineError::state(partition, &part.path))?;
             part.runtime.prepared_written();
         }
         let writing = Instant::now();
@@ -1832,11 +1819,7 @@ impl Core {
             };
             part.runtime
                 .write_prepared(batch)
-                .map_err(|source| PipelineError::State {
-                    partition,
-                    path: part.path.clone(),
-                    source,
-                })?;
+                .map_err(PipelineError::state(partition, &part.path))?;
         }
         let write = written.took + writing.elapsed();
         self.metrics
@@ -1965,11 +1948,7 @@ pub fn run(
             "processing-guarantee is at-least-once: after a crash the outputs of the last batch are produced again (same ids)."
         );
     }
-    let rocks = RocksEnv::new(&cfg.rocksdb).map_err(|source| PipelineError::State {
-        partition: -1,
-        path: cfg.state_dir.clone(),
-        source,
-    })?;
+    let rocks = RocksEnv::new(&cfg.rocksdb).map_err(PipelineError::state(-1, &cfg.state_dir))?;
     let outcomes = if cfg.read_outcomes {
         Some(OutcomeInput::new(&cfg)?)
     } else {

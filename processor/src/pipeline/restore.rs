@@ -100,11 +100,7 @@ impl Restore {
         committed: i64,
         version: u64,
     ) -> Result<Restore, PipelineError> {
-        let state_err = |source| PipelineError::State {
-            partition,
-            path: path.clone(),
-            source,
-        };
+        let state_err = PipelineError::state(partition, &path);
         let kafka_err = |action, source| PipelineError::Kafka { action, source };
         RocksStore::destroy(&path).map_err(state_err)?;
         let store = rocks.open(&path).map_err(state_err)?;
@@ -158,11 +154,7 @@ impl Restore {
                     read += 1;
                     self.changes
                         .apply(msg.key().unwrap_or_default(), msg.payload())
-                        .map_err(|source| PipelineError::State {
-                            partition: self.partition,
-                            path: self.path.clone(),
-                            source,
-                        })?;
+                        .map_err(PipelineError::state(self.partition, &self.path))?;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break true,
                 Some(Err(source)) => {
@@ -218,10 +210,6 @@ impl Restore {
     fn write(&mut self, batch: StateBatch) -> Result<(), PipelineError> {
         self.store
             .write(batch)
-            .map_err(|source| PipelineError::State {
-                partition: self.partition,
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(PipelineError::state(self.partition, &self.path))
     }
 }
