@@ -784,10 +784,13 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber, writing to stderr. `RUST_LOG` overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only on a terminal: piped into a file or a log collector, escape codes are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         // Every line carries the fields of the spans it was logged in (group, partition,
