@@ -402,6 +402,10 @@ struct OfflineArgs {
     /// `protections:`, e.g. deploy/examples/protections.yaml. Default: none.
     #[arg(long)]
     protections: Option<PathBuf>,
+    /// Log progress on stderr (lines read, event time reached, events/s) this often; `0s`:
+    /// never. Only the summary at the end otherwise.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    progress_every: Duration,
 }
 
 impl OfflineArgs {
@@ -419,6 +423,7 @@ impl OfflineArgs {
             allowed_lateness: self.allowed_lateness.as_millis() as i64,
             until,
             max_future_skew: self.max_future_skew.as_millis() as i64,
+            progress_every: Some(self.progress_every).filter(|every| !every.is_zero()),
         })
     }
 }

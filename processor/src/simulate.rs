@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Applied, Engine};
 use crate::model::{CustomerEvent, Millis, Output};
@@ -43,6 +43,9 @@ pub struct SimulateOptions {
     pub until: Option<Millis>,
     /// Events more than this ahead of `until` are rejected as future-dated (only with `until`).
     pub max_future_skew: Millis,
+    /// Log progress (lines read, event time reached, rate) at most this often; `None`: never.
+    /// Wall-clock time decides only when a line is logged, never what is output.
+    pub progress_every: Option<Duration>,
 }
 
 /// What an offline run did.
@@ -195,6 +198,7 @@ pub fn simulate_into(
             report.rejected.push((line, why));
         }
     };
+    let mut progress = Progress::new(opts.progress_every, started);
     std::thread::scope(|scope| -> Result<(), SimulateError> {
         let (tx, chunks) = sync_channel(CHANNEL_CHUNKS);
         scope.spawn(move || read_events(events, opts, tx));
@@ -221,6 +225,7 @@ pub fn simulate_into(
                 }
                 hand_over(&mut on_output, &mut buf)?;
             }
+            progress.reading(&report, &runtime);
         }
         Ok(())
     })?;
@@ -228,8 +233,15 @@ pub fn simulate_into(
         // Fired in slices, each handed over before the next: at the end of a long trace
         // millions of customers can be due at once, and their outputs need not all be held.
         if runtime.raise_watermark(until) {
-            while runtime.fire_due(FIRE_SLICE, &mut buf)? > 0 {
+            let mut woken = 0;
+            loop {
+                let n = runtime.fire_due(FIRE_SLICE, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                woken += n;
                 hand_over(&mut on_output, &mut buf)?;
+                progress.firing(woken, &runtime);
             }
         }
         let last = report.lines;
@@ -245,6 +257,76 @@ pub fn simulate_into(
     // store holds nothing durable, so leave it to the process exit.
     std::mem::forget(runtime);
     Ok(report)
+}
+
+/// Progress lines of a long run, at most one per interval (see
+/// [`SimulateOptions::progress_every`]).
+struct Progress {
+    every: Option<Duration>,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(every: Option<Duration>, started: Instant) -> Self {
+        Progress {
+            every,
+            started,
+            last: started,
+        }
+    }
+
+    /// Whether a line is due now (and if so, the interval starts again).
+    fn due(&mut self) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        let now = Instant::now();
+        if now.duration_since(self.last) < every {
+            return false;
+        }
+        self.last = now;
+        true
+    }
+
+    /// While reading events: lines so far, the event time reached, and the rate.
+    fn reading(&mut self, report: &SimulateReport, runtime: &PartitionRuntime) {
+        if !self.due() {
+            return;
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let stats = runtime.stats();
+        tracing::info!(
+            lines = report.lines,
+            refused = report.rejected_total,
+            outputs = stats.commands + stats.journey_events,
+            pending_timers = runtime.pending_timers(),
+            watermark = %format_watermark(runtime.watermark()),
+            events_per_sec = (report.lines as f64 / secs.max(1e-9)) as u64,
+            "reading events"
+        );
+    }
+
+    /// While firing what is due by `--until`: customers woken so far and still pending.
+    fn firing(&mut self, woken: usize, runtime: &PartitionRuntime) {
+        if !self.due() {
+            return;
+        }
+        tracing::info!(
+            woken,
+            pending_timers = runtime.pending_timers(),
+            "firing what is due by --until"
+        );
+    }
+}
+
+/// The watermark for a log line (`none` before the first event).
+fn format_watermark(watermark: Millis) -> String {
+    if watermark == Millis::MIN {
+        "none".to_owned()
+    } else {
+        crate::model::format_millis(watermark)
+    }
 }
 
 /// Identity merges: what one customer hands to another is applied at once (live, it goes
@@ -285,6 +367,7 @@ mod tests {
             allowed_lateness: 5 * 60_000,
             until: Some(crate::model::parse_millis("2026-03-20T00:00:00Z").unwrap()),
             max_future_skew: 0,
+            progress_every: None,
         }
     }
 

@@ -806,6 +806,7 @@ pub fn simulate_journeys(
         allowed_lateness,
         until: Some(until),
         max_future_skew: 86_400_000,
+        progress_every: None,
     };
     simulate(
         engine,

@@ -111,6 +111,49 @@ fn simulate_is_deterministic_byte_for_byte() {
     );
 }
 
+/// A long `simulate` says how far it got on stderr, and saying so changes nothing in the
+/// output. `--progress-every 1ns` logs at every chunk of 1,024 lines: the golden trace has two.
+#[test]
+fn simulate_logs_progress_without_changing_its_output() {
+    let golden = golden_dir();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("expected.json")).unwrap())
+            .unwrap();
+    let journeys = reference_journey();
+    let events = golden.join("events.jsonl");
+    let run = |every: &str| {
+        waymark(&[
+            "--log-level",
+            "info",
+            "simulate",
+            "--journeys",
+            journeys.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--until",
+            expected["until"].as_str().unwrap(),
+            "--progress-every",
+            every,
+        ])
+    };
+    let (ok, logged, stderr) = run("1ns");
+    assert!(ok, "{stderr}");
+    let second = stderr
+        .lines()
+        .find(|l| l.contains("reading events") && l.contains("lines=1024"))
+        .unwrap_or_else(|| panic!("no progress line after the first 1,024 lines:\n{stderr}"));
+    assert!(second.contains("watermark=2026-"), "{second}");
+    assert!(second.contains("events_per_sec="), "{second}");
+    let (ok, quiet, stderr) = run("0s");
+    assert!(ok, "{stderr}");
+    assert!(
+        !stderr.contains("reading events"),
+        "0s must not log progress:\n{stderr}"
+    );
+    assert!(stderr.contains("simulate: 1449 events"), "{stderr}");
+    assert!(logged == quiet, "progress lines changed the output");
+}
+
 /// `waymark backtest` on a loadgen trace: a candidate that sends the invite after 15 minutes
 /// and never calls reports the calls gone, at least as many invites, the same funnel, and the
 /// contact-center cost saved at the price given; `--json` carries the same numbers.

@@ -37,6 +37,7 @@ fn golden() -> (Vec<JourneyEvent>, serde_json::Value) {
             allowed_lateness: 0,
             until: Some(parse_millis(expected["until"].as_str().unwrap()).unwrap()),
             max_future_skew: Millis::MAX / 4,
+            progress_every: None,
         },
     )
     .unwrap();
@@ -427,6 +428,7 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
             allowed_lateness: 0,
             until: Some(t0 + 30 * 24 * HOUR),
             max_future_skew: Millis::MAX / 4,
+            progress_every: None,
         },
     )
     .unwrap();

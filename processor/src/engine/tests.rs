@@ -82,6 +82,7 @@ fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Out
         allowed_lateness: LATENESS,
         until: Some(until),
         max_future_skew: 365 * D,
+        progress_every: None,
     };
     simulate(engine.clone(), input.as_bytes(), &mut out, &opts).unwrap();
     String::from_utf8(out)

@@ -70,6 +70,7 @@ fn run_with_rejections(
         allowed_lateness: LATENESS,
         until: Some(until),
         max_future_skew: 365 * D,
+        progress_every: None,
     };
     let mut outputs = Vec::new();
     let report = crate::simulate::simulate_into(engine.clone(), input.as_bytes(), &opts, |o| {
