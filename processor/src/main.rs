@@ -402,8 +402,8 @@ struct OfflineArgs {
     /// `protections:`, e.g. deploy/examples/protections.yaml. Default: none.
     #[arg(long)]
     protections: Option<PathBuf>,
-    /// Log progress on stderr (lines read, event time reached, events/s) this often; `0s`:
-    /// never. Only the summary at the end otherwise.
+    /// Log progress on stderr (lines read, event time reached, events/s) this often; with
+    /// `0s`, only the summary at the end.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     progress_every: Duration,
 }
