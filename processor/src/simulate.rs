@@ -303,7 +303,7 @@ impl Progress {
             pending_timers = runtime.pending_timers(),
             watermark = %format_watermark(runtime.watermark()),
             events_per_sec = (report.lines as f64 / secs.max(1e-9)) as u64,
-            "reading events"
+            "Reading events."
         );
     }
 
@@ -315,7 +315,7 @@ impl Progress {
         tracing::info!(
             woken,
             pending_timers = runtime.pending_timers(),
-            "firing what is due by --until"
+            "Firing what is due by --until."
         );
     }
 }

@@ -140,14 +140,14 @@ fn simulate_logs_progress_without_changing_its_output() {
     assert!(ok, "{stderr}");
     let second = stderr
         .lines()
-        .find(|l| l.contains("reading events") && l.contains("lines=1024"))
+        .find(|l| l.contains("Reading events.") && l.contains("lines=1024"))
         .unwrap_or_else(|| panic!("no progress line after the first 1,024 lines:\n{stderr}"));
     assert!(second.contains("watermark=2026-"), "{second}");
     assert!(second.contains("events_per_sec="), "{second}");
     let (ok, quiet, stderr) = run("0s");
     assert!(ok, "{stderr}");
     assert!(
-        !stderr.contains("reading events"),
+        !stderr.contains("Reading events."),
         "0s must not log progress:\n{stderr}"
     );
     assert!(stderr.contains("simulate: 1449 events"), "{stderr}");
