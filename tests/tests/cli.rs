@@ -82,13 +82,13 @@ fn help_lists_every_command() {
     }
 }
 
-#[test]
-fn simulate_is_deterministic_byte_for_byte() {
+/// `simulate` of the reference journey over the golden trace, up to its `until`.
+fn golden_simulate_args() -> Vec<String> {
     let golden = golden_dir();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden.join("expected.json")).unwrap())
             .unwrap();
-    let args = [
+    [
         "simulate",
         "--journeys",
         reference_journey().to_str().unwrap(),
@@ -97,7 +97,13 @@ fn simulate_is_deterministic_byte_for_byte() {
         "--until",
         expected["until"].as_str().unwrap(),
     ]
-    .map(str::to_owned);
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn simulate_is_deterministic_byte_for_byte() {
+    let args = golden_simulate_args();
     let run = || Command::new(waymark_bin()).args(&args).output().unwrap();
     let (a, b) = (run(), run());
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
@@ -115,26 +121,12 @@ fn simulate_is_deterministic_byte_for_byte() {
 /// output. `--progress-every 1ns` logs at every chunk of 1,024 lines: the golden trace has two.
 #[test]
 fn simulate_logs_progress_without_changing_its_output() {
-    let golden = golden_dir();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("expected.json")).unwrap())
-            .unwrap();
-    let journeys = reference_journey();
-    let events = golden.join("events.jsonl");
+    let simulate = golden_simulate_args();
     let run = |every: &str| {
-        waymark(&[
-            "--log-level",
-            "info",
-            "simulate",
-            "--journeys",
-            journeys.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-            "--until",
-            expected["until"].as_str().unwrap(),
-            "--progress-every",
-            every,
-        ])
+        let mut args = vec!["--log-level", "info"];
+        args.extend(simulate.iter().map(String::as_str));
+        args.extend(["--progress-every", every]);
+        waymark(&args)
     };
     let (ok, logged, stderr) = run("1ns");
     assert!(ok, "{stderr}");
