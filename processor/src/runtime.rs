@@ -160,6 +160,44 @@ pub struct RuntimeStats {
     pub forwarded: u64,
 }
 
+impl RuntimeStats {
+    /// Adds `other`'s counters to these (runtimes that split one run's customers).
+    pub fn add(&mut self, other: &RuntimeStats) {
+        let RuntimeStats {
+            accepted,
+            late,
+            duplicates,
+            ignored,
+            forgotten,
+            timers_fired,
+            commands,
+            journey_events,
+            merges,
+            forwarded,
+        } = other;
+        self.accepted += accepted;
+        self.late += late;
+        self.duplicates += duplicates;
+        self.ignored += ignored;
+        self.forgotten += forgotten;
+        self.timers_fired += timers_fired;
+        self.commands += commands;
+        self.journey_events += journey_events;
+        self.merges += merges;
+        self.forwarded += forwarded;
+    }
+}
+
+/// The watermark an event lets through, if it moves it: its time minus the allowed lateness.
+/// Forget requests and the sinks' outcomes (wall-clock observations, see
+/// [`PartitionRuntime::on_event`]) do not move it; an `identity.alias` event that is a
+/// duplicate does not either, which only the customer's state tells.
+pub fn watermark_let_through(ev: &CustomerEvent, allowed_lateness: Millis) -> Option<Millis> {
+    let moves =
+        ev.event_type != FORGET_EVENT_TYPE && !ev.event_type.starts_with(OUTCOME_EVENT_PREFIX);
+    moves.then(|| ev.occurred_at.saturating_sub(allowed_lateness))
+}
+
 /// One partition: engine + cached state + timer index + watermark.
 pub struct PartitionRuntime {
     engine: Arc<Engine>,
@@ -176,6 +214,9 @@ pub struct PartitionRuntime {
     stats: RuntimeStats,
     /// Records for other customers (identity merges), in the order they were made.
     forwards: Vec<Forward>,
+    /// When kept (see [`PartitionRuntime::keep_fire_log`]): each customer `fire_due` woke,
+    /// as `(due, customer, index in out of its first output)`.
+    fire_log: Option<Vec<(Millis, CompactString, usize)>>,
 }
 
 impl PartitionRuntime {
@@ -238,6 +279,7 @@ impl PartitionRuntime {
             allowed_lateness,
             stats: RuntimeStats::default(),
             forwards: Vec::new(),
+            fire_log: None,
         })
     }
 
@@ -346,12 +388,12 @@ impl PartitionRuntime {
     /// Takes the event's time into account: the newest event time, and the watermark it lets
     /// through (outcomes excepted, see [`PartitionRuntime::on_event`]).
     fn observe(&mut self, ev: &CustomerEvent, out: &mut Vec<Output>) -> Result<(), StateError> {
-        if !ev.event_type.starts_with(OUTCOME_EVENT_PREFIX) {
+        if let Some(watermark) = watermark_let_through(ev, self.allowed_lateness) {
             if ev.occurred_at > self.newest_event {
                 self.newest_event = ev.occurred_at;
                 self.newest_event_changed = true;
             }
-            self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+            self.advance_to(watermark, out)?;
         }
         Ok(())
     }
@@ -416,6 +458,9 @@ impl PartitionRuntime {
                 break;
             };
             let before = out.len();
+            if let Some(log) = &mut self.fire_log {
+                log.push((due, customer.clone(), before));
+            }
             // `get_mut` marks a customer with a record dirty; the other arms mark it after.
             let (new_due, disposable) = match self.cache.get_mut(&*self.store, &customer)? {
                 Some(state) => match state.pending_merge().filter(|l| l.at <= watermark) {
@@ -453,6 +498,42 @@ impl PartitionRuntime {
         }
         self.stats.timers_fired += woken as u64;
         Ok(woken)
+    }
+
+    /// From now on, keeps a log of the customers [`PartitionRuntime::fire_due`] wakes, so a
+    /// caller can tell whose outputs are whose (see [`PartitionRuntime::take_fire_log`]).
+    pub fn keep_fire_log(&mut self) {
+        self.fire_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The customers woken since the last call, in the order they were woken: `(due, customer,
+    /// index in the output buffer of its first output)`. Empty unless the log is kept.
+    pub fn take_fire_log(&mut self) -> Vec<(Millis, CompactString, usize)> {
+        self.fire_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Takes over `other`'s customers, pending wake-ups and counters, for an offline run that
+    /// split its customers between runtimes and goes on with one (`simulate` on several
+    /// threads). Both must be offline runtimes at the same watermark, with no customer in
+    /// both and no forwards pending.
+    pub fn absorb(&mut self, other: PartitionRuntime) {
+        let PartitionRuntime {
+            cache,
+            mut timers,
+            watermark,
+            newest_event,
+            stats,
+            forwards,
+            ..
+        } = other;
+        debug_assert!(forwards.is_empty() && watermark == self.watermark);
+        self.cache.absorb(cache);
+        self.timers.append(&mut timers);
+        self.newest_event = self.newest_event.max(newest_event);
+        self.stats.add(&stats);
     }
 
     /// Erases a customer's state and pending wake-up (written, and tombstoned in the

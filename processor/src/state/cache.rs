@@ -342,6 +342,20 @@ impl<V> StateCache<V> {
         }
     }
 
+    /// Takes over `other`'s customers; one cached in both keeps `other`'s entry. For offline
+    /// runs that split customers between caches: both must record nothing (see
+    /// [`StateCache::unrecorded`]), so there are no pending changes to carry over.
+    pub fn absorb(&mut self, other: StateCache<V>) {
+        debug_assert!(!self.record && !other.record);
+        for (id, entry) in other.entries.table {
+            *self.entries.get_or_insert_with(&id, || Entry {
+                value: None,
+                dirty: false,
+                used: 0,
+            }) = entry;
+        }
+    }
+
     /// The capacity in entries (customers).
     pub fn capacity(&self) -> usize {
         self.capacity
