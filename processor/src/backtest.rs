@@ -382,6 +382,7 @@ mod tests {
             until: Some(crate::model::parse_millis("2026-03-01T00:00:00Z").unwrap()),
             max_future_skew: 86_400_000,
             progress_every: None,
+            threads: 1,
         };
         let (sa, _) = run_side(a, &history[..], &opts).unwrap();
         let (sb, _) = run_side(b, &history[..], &opts).unwrap();

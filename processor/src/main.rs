@@ -406,6 +406,10 @@ struct OfflineArgs {
     /// `0s`, only the summary at the end.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     progress_every: Duration,
+    /// Engine threads: customers are split between them and the outputs merged back in the
+    /// order one thread gives (the same bytes). Default: the CPUs available, at most 4.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
 }
 
 impl OfflineArgs {
@@ -424,6 +428,10 @@ impl OfflineArgs {
             until,
             max_future_skew: self.max_future_skew.as_millis() as i64,
             progress_every: Some(self.progress_every).filter(|every| !every.is_zero()),
+            threads: match self.threads {
+                Some(n) => usize::from(n),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            },
         })
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! Parsing the input and writing the output each run on a thread of their own, beside the
 //! engine's: chunks of lines and of outputs go through bounded channels, in order, so the
-//! threads change nothing but the time a run takes.
+//! threads change nothing but the time a run takes. So do engine threads
+//! ([`SimulateOptions::threads`], the `sharded` module): customers split between runtimes,
+//! their outputs merged back into the order one runtime gives, byte for byte.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -20,6 +22,8 @@ use crate::engine::{Applied, Engine};
 use crate::model::{CustomerEvent, Millis, Output};
 use crate::runtime::{PartitionRuntime, RuntimeStats, validate};
 use crate::state::StateError;
+
+mod sharded;
 
 /// Customers woken per slice when advancing to `--until` (see [`simulate_into`]).
 const FIRE_SLICE: usize = 10_000;
@@ -46,6 +50,9 @@ pub struct SimulateOptions {
     /// Log progress (lines read, event time reached, rate) at most this often; `None`: never.
     /// Wall-clock time decides only when a line is logged, never what is output.
     pub progress_every: Option<Duration>,
+    /// Engine threads: customers are split between this many runtimes, and their outputs
+    /// merged back into the order one runtime gives (1: one runtime on the calling thread).
+    pub threads: usize,
 }
 
 /// What an offline run did.
@@ -181,7 +188,9 @@ fn read_events(
 }
 
 /// Runs the engine over `events` (JSON lines, parsed on a thread of their own) and hands
-/// every output to `on_output`, in the order `simulate` writes them.
+/// every output to `on_output`, in the order `simulate` writes them. With
+/// [`SimulateOptions::threads`] above 1 the customers are split between that many runtimes
+/// (see the `sharded` module); the outputs and the report are the same.
 pub fn simulate_into(
     engine: Arc<Engine>,
     events: impl BufRead + Send,
@@ -189,46 +198,49 @@ pub fn simulate_into(
     mut on_output: impl FnMut(Output) -> Result<(), SimulateError>,
 ) -> Result<SimulateReport, SimulateError> {
     let started = Instant::now();
-    let mut runtime = PartitionRuntime::offline(engine, opts.allowed_lateness)?;
     let mut report = SimulateReport::default();
     let mut buf: Vec<Output> = Vec::with_capacity(64);
-    let reject = |report: &mut SimulateReport, line: u64, why: String| {
-        report.rejected_total += 1;
-        if report.rejected.len() < 100 {
-            report.rejected.push((line, why));
-        }
-    };
     let mut progress = Progress::new(opts.progress_every, started);
-    std::thread::scope(|scope| -> Result<(), SimulateError> {
+    let ran = std::thread::scope(|scope| -> Result<sharded::Ran, SimulateError> {
         let (tx, chunks) = sync_channel(CHANNEL_CHUNKS);
         scope.spawn(move || read_events(events, opts, tx));
+        let mut chunks = chunks.into_iter();
+        let (mut runtime, rest) = if opts.threads > 1 {
+            match sharded::run(
+                &engine,
+                opts,
+                &mut chunks,
+                &mut report,
+                &mut progress,
+                &mut on_output,
+            )? {
+                sharded::Ran::Continue(runtime, rest) => (*runtime, rest),
+                whole => return Ok(whole),
+            }
+        } else {
+            let runtime = PartitionRuntime::offline(engine.clone(), opts.allowed_lateness)?;
+            (runtime, Vec::new())
+        };
+        for line in rest {
+            one_line(&mut runtime, line, &mut report, &mut buf, &mut on_output)?;
+        }
         for chunk in chunks {
             for line in chunk? {
-                report.lines += 1;
-                let (n, ev) = match line {
-                    Line::Event(n, ev) => (n, ev),
-                    Line::Refused(n, why) => {
-                        reject(&mut report, n, why);
-                        continue;
-                    }
-                };
-                let applied = runtime.on_event(&ev, &mut buf)?;
-                debug_assert!(
-                    !matches!(applied, Applied::Accepted { .. })
-                        || buf.iter().all(|o| !o.id().is_empty())
-                );
-                if let Applied::Refused(why) = applied {
-                    reject(&mut report, n, why);
-                }
-                for why in apply_forwards(&mut runtime, &mut buf)? {
-                    reject(&mut report, n, why);
-                }
-                hand_over(&mut on_output, &mut buf)?;
+                one_line(&mut runtime, line, &mut report, &mut buf, &mut on_output)?;
             }
-            progress.reading(&report, &runtime);
+            progress.reading(&report, Reached::of(&runtime));
         }
-        Ok(())
+        Ok(sharded::Ran::Continue(Box::new(runtime), Vec::new()))
     })?;
+    let mut runtime = match ran {
+        sharded::Ran::Done { stats, watermark } => {
+            report.stats = stats;
+            report.watermark = watermark;
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        sharded::Ran::Continue(runtime, _) => *runtime,
+    };
     if let Some(until) = opts.until {
         // Fired in slices, each handed over before the next: at the end of a long trace
         // millions of customers can be due at once, and their outputs need not all be held.
@@ -241,12 +253,12 @@ pub fn simulate_into(
                 }
                 woken += n;
                 hand_over(&mut on_output, &mut buf)?;
-                progress.firing(woken, &runtime);
+                progress.firing(woken, runtime.pending_timers());
             }
         }
         let last = report.lines;
         for why in apply_forwards(&mut runtime, &mut buf)? {
-            reject(&mut report, last, why);
+            report.reject(last, why);
         }
         hand_over(&mut on_output, &mut buf)?;
     }
@@ -257,6 +269,64 @@ pub fn simulate_into(
     // store holds nothing durable, so leave it to the process exit.
     std::mem::forget(runtime);
     Ok(report)
+}
+
+/// One input line, as one runtime handles it: the event applied (and what its time lets
+/// fire), then the records it made for other customers; every output handed over.
+fn one_line(
+    runtime: &mut PartitionRuntime,
+    line: Line,
+    report: &mut SimulateReport,
+    buf: &mut Vec<Output>,
+    on_output: &mut impl FnMut(Output) -> Result<(), SimulateError>,
+) -> Result<(), SimulateError> {
+    report.lines += 1;
+    let (n, ev) = match line {
+        Line::Event(n, ev) => (n, ev),
+        Line::Refused(n, why) => {
+            report.reject(n, why);
+            return Ok(());
+        }
+    };
+    let applied = runtime.on_event(&ev, buf)?;
+    debug_assert!(
+        !matches!(applied, Applied::Accepted { .. }) || buf.iter().all(|o| !o.id().is_empty())
+    );
+    if let Applied::Refused(why) = applied {
+        report.reject(n, why);
+    }
+    for why in apply_forwards(runtime, buf)? {
+        report.reject(n, why);
+    }
+    hand_over(on_output, buf)
+}
+
+impl SimulateReport {
+    /// Counts a refused line (and keeps the first 100 reasons).
+    fn reject(&mut self, line: u64, why: String) {
+        self.rejected_total += 1;
+        if self.rejected.len() < 100 {
+            self.rejected.push((line, why));
+        }
+    }
+}
+
+/// How far a run got, for a progress line.
+struct Reached {
+    outputs: u64,
+    pending_timers: usize,
+    watermark: Millis,
+}
+
+impl Reached {
+    fn of(runtime: &PartitionRuntime) -> Self {
+        let stats = runtime.stats();
+        Reached {
+            outputs: stats.commands + stats.journey_events,
+            pending_timers: runtime.pending_timers(),
+            watermark: runtime.watermark(),
+        }
+    }
 }
 
 /// Progress lines of a long run, at most one per interval (see
@@ -290,33 +360,28 @@ impl Progress {
     }
 
     /// While reading events: lines so far, the event time reached, and the rate.
-    fn reading(&mut self, report: &SimulateReport, runtime: &PartitionRuntime) {
+    fn reading(&mut self, report: &SimulateReport, reached: Reached) {
         if !self.due() {
             return;
         }
         let secs = self.started.elapsed().as_secs_f64();
-        let stats = runtime.stats();
         tracing::info!(
             lines = report.lines,
             refused = report.rejected_total,
-            outputs = stats.commands + stats.journey_events,
-            pending_timers = runtime.pending_timers(),
-            watermark = %format_watermark(runtime.watermark()),
+            outputs = reached.outputs,
+            pending_timers = reached.pending_timers,
+            watermark = %format_watermark(reached.watermark),
             events_per_sec = (report.lines as f64 / secs.max(1e-9)) as u64,
             "Reading events."
         );
     }
 
     /// While firing what is due by `--until`: customers woken so far and still pending.
-    fn firing(&mut self, woken: usize, runtime: &PartitionRuntime) {
+    fn firing(&mut self, woken: usize, pending_timers: usize) {
         if !self.due() {
             return;
         }
-        tracing::info!(
-            woken,
-            pending_timers = runtime.pending_timers(),
-            "Firing what is due by --until."
-        );
+        tracing::info!(woken, pending_timers, "Firing what is due by --until.");
     }
 }
 
@@ -359,6 +424,7 @@ fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{ALIAS_CANONICAL_ATTRIBUTE, ALIAS_EVENT_TYPE, FORGET_EVENT_TYPE};
 
     const T0: &str = "2026-03-01T21:20:00Z";
 
@@ -368,6 +434,7 @@ mod tests {
             until: Some(crate::model::parse_millis("2026-03-20T00:00:00Z").unwrap()),
             max_future_skew: 0,
             progress_every: None,
+            threads: 1,
         }
     }
 
@@ -375,6 +442,96 @@ mod tests {
         format!(
             r#"{{"event_id":"{event_id}","customer_id":"{customer}","type":"login.created","occurred_at":"{T0}","attributes":{{}}}}"#
         )
+    }
+
+    /// A loadgen trace of a dozen chunks with lines of every kind mixed in: refused lines, a
+    /// type no journey reads, a sink's outcome, forget requests and, if `alias`, an identity
+    /// merge half-way through (where the engine threads hand over to one runtime).
+    fn mixed_trace(alias: bool) -> String {
+        let args = crate::loadgen::LoadgenArgs {
+            customers: 3_000,
+            ..Default::default()
+        };
+        let mut trace = Vec::new();
+        crate::loadgen::write_jsonl(crate::loadgen::generate(&args).unwrap(), &mut trace).unwrap();
+        let mut lines: Vec<String> = String::from_utf8(trace)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(lines.len() > 10 * READ_CHUNK, "{} lines", lines.len());
+        let event = |i: usize, kind: &str, attributes: &str| {
+            let near: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+            format!(
+                r#"{{"event_id":"mixed-{i}","customer_id":"{}","type":"{kind}","occurred_at":"{}","attributes":{attributes}}}"#,
+                near["customer_id"].as_str().unwrap(),
+                near["occurred_at"].as_str().unwrap(),
+            )
+        };
+        let mut extra = vec![
+            (1_500, event(1_500, "page.viewed", "{}")),
+            (
+                2_500,
+                event(2_500, "intervention.delivered", r#"{"command_id":"x"}"#),
+            ),
+            (3_500, event(3_500, FORGET_EVENT_TYPE, "{}")),
+            (7_000, event(7_000, FORGET_EVENT_TYPE, "{}")),
+        ];
+        if alias {
+            let canonical: serde_json::Value = serde_json::from_str(&lines[6_001]).unwrap();
+            let attributes = format!(
+                r#"{{"{ALIAS_CANONICAL_ATTRIBUTE}":"{}"}}"#,
+                canonical["customer_id"].as_str().unwrap()
+            );
+            extra.push((6_000, event(6_000, ALIAS_EVENT_TYPE, &attributes)));
+        }
+        extra.extend((1..10).map(|k| (k * 997, "{not json".to_owned())));
+        extra.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        for (at, line) in extra {
+            lines.insert(at, line);
+        }
+        lines.join("\n")
+    }
+
+    #[test]
+    fn engine_threads_give_the_same_bytes_and_report_as_one() {
+        for alias in [false, true] {
+            let trace = mixed_trace(alias);
+            for until in [opts().until, None] {
+                let run = |threads| {
+                    let opts = SimulateOptions {
+                        until,
+                        threads,
+                        ..opts()
+                    };
+                    let mut out = Vec::new();
+                    let engine = crate::engine::tests::reference();
+                    let report = simulate(engine, trace.as_bytes(), &mut out, &opts).unwrap();
+                    (out, report)
+                };
+                let (one, first) = run(1);
+                // The trace has what it claims.
+                assert_eq!(first.stats.forgotten, 2);
+                assert_eq!(first.stats.ignored, 1);
+                assert_eq!(first.stats.merges > 0, alias);
+                let not_json = first
+                    .rejected
+                    .iter()
+                    .filter(|(_, why)| why.starts_with("not a CustomerEvent JSON object"));
+                assert_eq!(not_json.count(), 9);
+                assert!(one.len() > 1_000_000, "{} bytes", one.len());
+                for threads in [2, 4] {
+                    let (many, report) = run(threads);
+                    let what = format!("{threads} threads, alias {alias}, until {until:?}");
+                    assert!(many == one, "output differs: {what}");
+                    assert_eq!(report.lines, first.lines, "{what}");
+                    assert_eq!(report.rejected, first.rejected, "{what}");
+                    assert_eq!(report.rejected_total, first.rejected_total, "{what}");
+                    assert_eq!(report.stats, first.stats, "{what}");
+                    assert_eq!(report.watermark, first.watermark, "{what}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -472,14 +629,16 @@ mod tests {
         let input: String = (0..2_000)
             .map(|i| login(&format!("e{i}"), &format!("c{i}")) + "\n")
             .collect();
-        let err = simulate(
-            crate::engine::tests::reference(),
-            input.as_bytes(),
-            &mut Failing { left: 10_000 },
-            &opts(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("disk full"), "{err}");
+        for threads in [1, 2] {
+            let err = simulate(
+                crate::engine::tests::reference(),
+                input.as_bytes(),
+                &mut Failing { left: 10_000 },
+                &SimulateOptions { threads, ..opts() },
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("disk full"), "{threads}: {err}");
+        }
     }
 
     /// A reader that fails after its first line.
@@ -507,15 +666,20 @@ mod tests {
 
     #[test]
     fn a_failing_input_stops_the_run_with_its_error() {
-        let err = simulate(
-            crate::engine::tests::reference(),
-            Broken {
-                first: Some(login("e1", "c1") + "\n"),
-            },
-            &mut Vec::new(),
-            &opts(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("connection reset"), "{err}");
+        for threads in [1, 2] {
+            let err = simulate(
+                crate::engine::tests::reference(),
+                Broken {
+                    first: Some(login("e1", "c1") + "\n"),
+                },
+                &mut Vec::new(),
+                &SimulateOptions { threads, ..opts() },
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("connection reset"),
+                "{threads}: {err}"
+            );
+        }
     }
 }

@@ -807,6 +807,7 @@ pub fn simulate_journeys(
         until: Some(until),
         max_future_skew: 86_400_000,
         progress_every: None,
+        threads: 1,
     };
     simulate(
         engine,

@@ -38,6 +38,7 @@ fn golden() -> (Vec<JourneyEvent>, serde_json::Value) {
             until: Some(parse_millis(expected["until"].as_str().unwrap()).unwrap()),
             max_future_skew: Millis::MAX / 4,
             progress_every: None,
+            threads: 1,
         },
     )
     .unwrap();
@@ -429,6 +430,7 @@ fn an_experiment_report_counts_each_arm_as_the_schedule_implies() {
             until: Some(t0 + 30 * 24 * HOUR),
             max_future_skew: Millis::MAX / 4,
             progress_every: None,
+            threads: 1,
         },
     )
     .unwrap();

@@ -77,14 +77,24 @@ fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Out
         .iter()
         .map(|e| serde_json::to_string(e).unwrap() + "\n")
         .collect();
-    let mut out = Vec::new();
-    let opts = SimulateOptions {
-        allowed_lateness: LATENESS,
-        until: Some(until),
-        max_future_skew: 365 * D,
-        progress_every: None,
+    let simulate_on = |threads| {
+        let mut out = Vec::new();
+        let opts = SimulateOptions {
+            allowed_lateness: LATENESS,
+            until: Some(until),
+            max_future_skew: 365 * D,
+            progress_every: None,
+            threads,
+        };
+        simulate(engine.clone(), input.as_bytes(), &mut out, &opts).unwrap();
+        out
     };
-    simulate(engine.clone(), input.as_bytes(), &mut out, &opts).unwrap();
+    let out = simulate_on(1);
+    // Customers split between engine threads give the same bytes (`simulate::sharded`).
+    assert!(
+        simulate_on(3) == out,
+        "simulate on three threads differs from one"
+    );
     String::from_utf8(out)
         .unwrap()
         .lines()
