@@ -305,8 +305,10 @@ impl<F: FnMut(Output) -> Result<(), SimulateError>> Merge<'_, F> {
         };
         let mut cursors = Vec::with_capacity(shards.len());
         let mut woken = vec![0; shards.len()];
-        for i in 0..shards.len() {
-            cursors.push(Cursor::new(next(i)?));
+        for (i, woken) in woken.iter_mut().enumerate() {
+            let part = next(i)?;
+            *woken += part.woken;
+            cursors.push(Cursor::new(part));
         }
         loop {
             // A shard whose slice is merged (and that has more) shows its next one first.
