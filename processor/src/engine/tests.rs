@@ -71,22 +71,31 @@ fn order(id: &str, c: &str, at: Millis, line: &str) -> CustomerEvent {
     )
 }
 
-/// Runs events through `simulate` (one partition, file order) and returns its outputs.
-fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Output> {
-    let input: String = events
+/// The events as `simulate`'s input, and its options for a run up to `until` on `threads`.
+fn simulate_input(
+    events: &[CustomerEvent],
+    until: Millis,
+) -> (String, impl Fn(usize) -> SimulateOptions) {
+    let input = events
         .iter()
         .map(|e| serde_json::to_string(e).unwrap() + "\n")
         .collect();
+    let opts = move |threads| SimulateOptions {
+        allowed_lateness: LATENESS,
+        until: Some(until),
+        max_future_skew: 365 * D,
+        progress_every: None,
+        threads,
+    };
+    (input, opts)
+}
+
+/// Runs events through `simulate` (one partition, file order) and returns its outputs.
+fn run(engine: &Arc<Engine>, events: &[CustomerEvent], until: Millis) -> Vec<Output> {
+    let (input, opts) = simulate_input(events, until);
     let simulate_on = |threads| {
         let mut out = Vec::new();
-        let opts = SimulateOptions {
-            allowed_lateness: LATENESS,
-            until: Some(until),
-            max_future_skew: 365 * D,
-            progress_every: None,
-            threads,
-        };
-        simulate(engine.clone(), input.as_bytes(), &mut out, &opts).unwrap();
+        simulate(engine.clone(), input.as_bytes(), &mut out, &opts(threads)).unwrap();
         out
     };
     let out = simulate_on(1);

@@ -62,24 +62,15 @@ fn run_with_rejections(
     events: &[CustomerEvent],
     until: Millis,
 ) -> (Vec<Output>, Vec<(u64, String)>) {
-    let input: String = events
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
+    let (input, opts) = simulate_input(events, until);
     let simulate_on = |threads| {
-        let opts = SimulateOptions {
-            allowed_lateness: LATENESS,
-            until: Some(until),
-            max_future_skew: 365 * D,
-            progress_every: None,
-            threads,
-        };
         let mut outputs = Vec::new();
-        let report = crate::simulate::simulate_into(engine.clone(), input.as_bytes(), &opts, |o| {
-            outputs.push(o);
-            Ok(())
-        })
-        .unwrap();
+        let report =
+            crate::simulate::simulate_into(engine.clone(), input.as_bytes(), &opts(threads), |o| {
+                outputs.push(o);
+                Ok(())
+            })
+            .unwrap();
         (outputs, report.rejected)
     };
     let one = simulate_on(1);
