@@ -347,7 +347,10 @@ impl PartitionRuntime {
         }
         if !self.engine.is_relevant(&ev.event_type) {
             self.stats.ignored += 1;
-            self.advance_to(ev.occurred_at.saturating_sub(self.allowed_lateness), out)?;
+            // Outcomes are always relevant, so an ignored event always moves the watermark.
+            if let Some(watermark) = watermark_let_through(ev, self.allowed_lateness) {
+                self.advance_to(watermark, out)?;
+            }
             return Ok(Applied::Ignored);
         }
         let before = out.len();
