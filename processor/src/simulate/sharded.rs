@@ -271,31 +271,21 @@ impl<F: FnMut(Output) -> Result<(), SimulateError>> Merge<'_, F> {
         for (n, why) in refused {
             self.report.reject(n, why);
         }
-        let reached = Reached {
-            outputs: 0,
-            pending_timers: parts.iter().map(|p| p.pending_timers).sum(),
-            watermark: parts
-                .iter()
-                .map(|p| p.watermark)
-                .max()
-                .unwrap_or(Millis::MIN),
-        };
+        let pending_timers = parts.iter().map(|p| p.pending_timers).sum();
+        let watermark = parts.iter().map(|p| p.watermark).max();
         let mut cursors: Vec<Cursor> = parts.into_iter().map(Cursor::new).collect();
         while let Some(i) = smallest(&mut cursors) {
             self.hand_over(&mut cursors[i])?;
         }
-        self.progress.reading(
-            self.report,
-            Reached {
-                outputs: self.outputs,
-                ..reached
-            },
-        );
+        let reached = Reached {
+            outputs: self.outputs,
+            pending_timers,
+            watermark: watermark.unwrap_or(Millis::MIN),
+        };
+        self.progress.reading(self.report, reached);
         Ok(())
     }
-}
 
-impl<F: FnMut(Output) -> Result<(), SimulateError>> Merge<'_, F> {
     /// While the shards fire what is due by `--until`, each in slices: merges the slices as
     /// they come, taking a shard's next slice when its current one is merged, until every
     /// shard sent its last (empty) one.
