@@ -97,10 +97,11 @@ pub enum Framing {
 #[serde(rename_all = "kebab-case")]
 pub enum InputFormat {
     /// Avro `CustomerEvent` (`schemas/customer_event.avsc`): a raw datum, or the Confluent wire
-    /// format when a schema registry is configured ([`Framing`]).
+    /// format (magic byte, schema id, datum) when a schema registry is configured.
     #[default]
     Avro,
-    /// One JSON object per value, the JSON-lines form of [`CustomerEvent`] (RFC 3339 times).
+    /// One JSON object per value, in the form `simulate` reads from its JSON-lines input
+    /// (RFC 3339 times).
     Json,
 }
 

@@ -82,6 +82,49 @@ fn help_lists_every_command() {
     }
 }
 
+/// The subcommands a `--help` text lists under "Commands:" (without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        // A command's line starts at two spaces; wrapped descriptions are indented further.
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_commands_help_is_plain_text_for_the_terminal() {
+    // Doc comments become `--help` text: rustdoc's link syntax must not leak into it.
+    let mut pending = vec![Vec::<String>::new()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (ok, stdout, stderr) = waymark(&args);
+        assert!(ok, "waymark {} failed: {stderr}", args.join(" "));
+        for (n, line) in stdout.lines().enumerate() {
+            assert!(
+                !line.contains("[`") && !line.contains("`]"),
+                "waymark {} line {}: rustdoc link syntax in the help text: {line}",
+                args.join(" "),
+                n + 1
+            );
+        }
+        seen += 1;
+        for sub in subcommands(&stdout) {
+            let mut next = path.clone();
+            next.push(sub);
+            pending.push(next);
+        }
+    }
+    // The top level, its 12 commands and their subcommands.
+    assert!(seen > 15, "walked only {seen} help texts");
+}
+
 /// `simulate` of the reference journey over the golden trace, up to its `until`.
 fn golden_simulate_args() -> Vec<String> {
     let golden = golden_dir();
