@@ -173,7 +173,7 @@ pub(super) fn run(
             for s in &shards {
                 s.work
                     .send(Job::Lines(work.clone()))
-                    .map_err(|_| stopped())?;
+                    .map_err(|_| why_stopped(&s.done))?;
             }
             in_flight.push_back(work);
             if in_flight.len() == IN_FLIGHT {
@@ -190,18 +190,19 @@ pub(super) fn run(
     let whole = rest.is_empty();
     if whole && let Some(until) = opts.until {
         for s in &shards {
-            s.work.send(Job::Until(until)).map_err(|_| stopped())?;
+            s.work
+                .send(Job::Until(until))
+                .map_err(|_| why_stopped(&s.done))?;
         }
         merge.firing(&shards)?;
     }
     let mut runtimes = Vec::with_capacity(shards.len());
-    for s in shards {
-        drop(s.work);
-        let runtime = s
-            .thread
+    for Shard { work, done, thread } in shards {
+        drop(work);
+        let runtime = thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            .ok_or_else(stopped)?;
+            .ok_or_else(|| why_stopped(&done))?;
         runtimes.push(runtime);
     }
     if whole {
@@ -221,6 +222,14 @@ pub(super) fn run(
         joined.absorb(runtime);
     }
     Ok(Ran::Continue(Box::new(joined), rest))
+}
+
+/// Why a shard stopped taking work: the error it sent and the calling thread did not take
+/// yet (behind the parts it sent before), else [`stopped`].
+fn why_stopped(done: &Receiver<Result<Done, StateError>>) -> SimulateError {
+    done.try_iter()
+        .find_map(Result::err)
+        .map_or_else(stopped, SimulateError::from)
 }
 
 /// A shard stopped without saying why (its error was reported already, or it panicked).
@@ -487,5 +496,31 @@ fn tag_woken(runtime: &mut PartitionRuntime, line: usize, start: usize, part: &m
             };
             part.groups.push((tag, to - from));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_that_stopped_is_reported_with_the_error_it_sent() {
+        let (tx, rx) = sync_channel(IN_FLIGHT);
+        // Parts the calling thread has not merged yet, then the failure, then the shard is gone.
+        tx.send(Ok(Done::default())).unwrap();
+        tx.send(Err(StateError::Encode {
+            key: "c-1".to_owned(),
+            message: "out of memory".to_owned(),
+        }))
+        .unwrap();
+        drop(tx);
+        let why = why_stopped(&rx).to_string();
+        assert!(
+            why.contains("c-1") && why.contains("out of memory"),
+            "{why}"
+        );
+        // Taken: a second look has nothing left to say but that the shard stopped.
+        let why = why_stopped(&rx).to_string();
+        assert!(why.contains("engine thread of simulate stopped"), "{why}");
     }
 }
