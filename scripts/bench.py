@@ -486,8 +486,7 @@ def latency_customers(rate):
 def workload_peak(engine, label, journeys, customers):
     """Events/s of `engine` (exactly-once) over a backlog of the latency workload: the live
     stream of `customers` customers produced ahead at full speed, then processed as in the
-    throughput phase (from ready, Streams: RUNNING, until every event is processed). Its state
-    grows to those customers, which the throughput phase's small trace never reaches."""
+    throughput phase (from ready, Streams: RUNNING, until every event is processed)."""
     name = f"latency-peak-{engine}"
     cfg = config(name, "exactly-once", journeys=journeys, produce=False,
                  extra=["allowed-lateness-secs: 0"])
@@ -522,13 +521,13 @@ def latency(peaks):
 
     The rate is half of Waymark's peak *on this workload* (BENCH_LATENCY_RATE sets it): a
     live run of R events/s over the warm-up and the measured time holds about R × 32 customers
-    in state, and throughput falls as state grows (see the state-at-scale phase), so the
-    throughput phase's peak on its small trace is not this workload's. The peak is measured on
-    a backlog of the workload sized for half of the throughput phase's peak (`peaks`; else
-    40,000 events/s, above Waymark's peak on this machine), so the run at half of the
-    workload's peak holds fewer customers than the backlog measured. Waymark and the baseline run
-    at that rate and, when the baseline's own peak on the workload is lower, the baseline also
-    at half of its own. Rows: each peak, and p50/p99/max of each run."""
+    in state, and its events, stamped as sent, bring no timer due, so neither its state nor its
+    mix is the throughput trace's, nor is its peak. The peak is measured on a backlog of the
+    workload sized for 40,000 events/s (half of Waymark's peak on it here was 38,536), or for
+    half of the throughput phase's peak (`peaks`) if that is more, so that the run at half of
+    the workload's peak holds no more customers than the backlog measured. Waymark and
+    the baseline run at that rate and, when the baseline's own peak on the workload is lower,
+    the baseline also at half of its own. Rows: each peak, and p50/p99/max of each run."""
     journeys = WORK / "b2b-onboarding-immediate.yaml"
     text = (ROOT / "deploy/journeys/b2b-onboarding.yaml").read_text()
     immediate = text.replace("id: invite-email\n        delay: 1h", "id: invite-email\n        delay: 0s")
@@ -539,7 +538,8 @@ def latency(peaks):
     if LATENCY_RATE:
         rate, which, own = LATENCY_RATE, "BENCH_LATENCY_RATE", 0
     else:
-        sized = latency_customers(peaks.get("waymark", 0) / 2 or 40_000)
+        sized_rate = max(peaks.get("waymark", 0) / 2, 40_000)
+        sized = latency_customers(sized_rate)
         workload = {}
         for engine, label in ENGINES:
             peak, n = workload_peak(engine, label, journeys, sized)
@@ -551,6 +551,9 @@ def latency(peaks):
             rows.append(("latency workload: Waymark ÷ Kafka Streams peak (exactly-once)", "",
                          f"{workload['waymark'] / workload['kstreams']:.2f}"))
         rate, which = workload["waymark"] / 2, "half of Waymark's peak on this workload"
+        if rate > sized_rate:
+            log(f"latency: warning: the run at {rate:,.0f} events/s holds more customers than "
+                f"the backlog its peak was measured on (sized for {sized_rate:,.0f} events/s)")
         own = workload.get("kstreams", 0) / 2
     runs = [(engine, label, rate, which) for engine, label in ENGINES]
     if KSTREAMS and 0 < own < rate:
@@ -903,8 +906,8 @@ def write_report(title, table, n):
         "  allowed lateness 0 (Streams: `--invite-delay-ms 0 --allowed-lateness-ms 0`), fed by",
         "  `waymark loadgen --live --rate R --arrival-window 60d` (each event stamped with the time",
         "  it is sent) at half of Waymark's peak on that workload: its exactly-once throughput",
-        "  over a backlog of the same stream (produced ahead at full speed, sized for half of",
-        "  the throughput phase's peak; stamped as sent, no timer comes due in it, unlike the",
+        "  over a backlog of the same stream (produced ahead at full speed, sized for 40,000",
+        "  events/s or half of the throughput peak; stamped as sent, no timer comes due in it, unlike the",
         "  throughput trace) (Streams also at half of its own peak there, when lower);",
         "  an invite's latency is when `waymark tail --received-at` read it (read_committed) minus",
         f"  its due time, its login's stamp; {LATENCY_SECS} s measured after a {LATENCY_WARMUP} s"
