@@ -286,10 +286,16 @@ def kstreams_throughput(n, name="kstreams"):
     """Events/s of the Kafka Streams baseline over the bench trace, measured as Waymark's is:
     from RUNNING (Waymark: ready) until every event of the trace has been processed."""
     config(name, "exactly-once")  # fresh topics with the trace on them, named as Waymark's
-    proc, status = kstreams_start(name)
+    return kstreams_rate(name, n)
+
+
+def kstreams_rate(name, n, extra=()):
+    """Events/s of the Kafka Streams baseline (with `extra` arguments) over the `n` events on
+    the input topic of `config(name, ...)`: from RUNNING until it has processed them all."""
+    proc, status = kstreams_start(name, extra=extra)
     try:
-        t0 = wait(lambda: status().get("state") == "RUNNING", 180, "Kafka Streams RUNNING")
-        t1 = wait(lambda: int(status().get("records", "0")) >= n, 1800,
+        t0 = wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
+        t1 = wait(lambda: int(status().get("records", "0")) >= n, 3600,
                   f"{n} events processed by Kafka Streams")
     finally:
         stop(proc)
@@ -499,16 +505,9 @@ def workload_peak(engine, label, journeys, customers):
             t1 = wait(lambda: processed() >= n, 3600, f"{n} events processed")
         finally:
             stop(proc)
+        peak = n / (t1 - t0)
     else:
-        proc, status = kstreams_start(name, extra=("--invite-delay-ms", "0",
-                                                   "--allowed-lateness-ms", "0"))
-        try:
-            t0 = wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
-            t1 = wait(lambda: int(status().get("records", "0")) >= n, 3600,
-                      f"{n} events processed by Kafka Streams")
-        finally:
-            stop(proc)
-    peak = n / (t1 - t0)
+        peak = kstreams_rate(name, n, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"))
     log(f"latency: {label}'s peak on the latency workload: {peak:,.0f} events/s ({n:,} events)")
     return peak, n
 
