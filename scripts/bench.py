@@ -37,7 +37,8 @@ traces put it at 1.4-1.6×), and prints a table:
     for a comparison at equal commit intervals.
 
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
-to run.
+to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
+`engine-threads: 1`, to compare a setting on the same machine and trace).
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
@@ -73,6 +74,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
 # State at scale: this many customers for the RSS and restore comparison; 0 skips it.
 STATE_CUSTOMERS = int(os.environ.get("BENCH_STATE_CUSTOMERS", "1000000"))
+WAYMARK_CONFIG = os.environ.get("BENCH_WAYMARK_CONFIG", "").splitlines()
 PHASES = set(os.environ.get("BENCH_PHASES",
                             "throughput,latency,timers,recovery,state,simulate").split(","))
 # Latency: a live stream at this many events/s (default: half of Waymark's exactly-once
@@ -173,7 +175,7 @@ def config(name, guarantee, trace=None, journeys=None, extra=(), produce=True):
         *[f"  {k}: {v}" for k, v in topics.items()],
         f"journeys: {journeys or ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
         f"state-dir: {WORK / name / 'state'}", f"http-addr: {HTTP}",
-        f"processing-guarantee: {guarantee}", *extra,
+        f"processing-guarantee: {guarantee}", *extra, *WAYMARK_CONFIG,
     ]
     path.write_text("\n".join(lines) + "\n")
     subprocess.run([str(WAYMARK), "--config", str(path), "topics", "create", "--brokers",
