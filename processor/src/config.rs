@@ -71,9 +71,6 @@ const fn default_cache_capacity() -> usize {
 const fn default_max_batch_events() -> usize {
     10_000
 }
-const fn default_engine_threads() -> usize {
-    0
-}
 const fn default_journeys_watch_secs() -> u64 {
     10
 }
@@ -328,13 +325,6 @@ pub struct Config {
     /// follow fire the rest). Default 10000.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
-    /// Threads applying records to the engine. Partitions are independent (a customer lives
-    /// in one), so the records read in one go are handled on up to this many threads, each
-    /// partition on one of them, and what they produce goes into the transaction in the order
-    /// the records were read. `0`: one per CPU core (`1` handles everything on the poll
-    /// loop's thread). Default 0.
-    #[serde(default = "default_engine_threads")]
-    pub engine_threads: usize,
     /// Customers kept decoded in memory per partition (write-back cache), in entries; the
     /// others are read from RocksDB when their next event or timer comes. A decoded customer
     /// of the reference journey takes about 2 KiB, so 4 partitions at the default hold about
@@ -562,7 +552,6 @@ impl Default for Config {
             commit_interval_ms: default_commit_interval_ms(),
             backlog_commit_interval_ms: default_backlog_commit_interval_ms(),
             max_batch_events: default_max_batch_events(),
-            engine_threads: default_engine_threads(),
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             journeys_watch_secs: default_journeys_watch_secs(),
@@ -790,14 +779,6 @@ impl Config {
     /// Retention in milliseconds (`None`: keep forever).
     pub fn retention_ms(&self) -> Option<i64> {
         (self.retention_secs > 0).then(|| (self.retention_secs as i64).saturating_mul(1000))
-    }
-
-    /// Threads applying records to the engine: `engine-threads`, or one per CPU core when 0.
-    pub fn engine_thread_count(&self) -> usize {
-        match self.engine_threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        }
     }
 
     /// Allowed lateness in milliseconds.

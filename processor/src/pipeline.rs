@@ -28,16 +28,13 @@
 //! transaction never mixes two batches. Once the transaction ended, the commit thread also
 //! writes the batch's state to the local stores (their customers stay cached until then).
 //!
-//! The records read in one go are applied on engine threads, each partition's on one, and
-//! settled on the poll loop's thread in the order read (see `work`).
-//!
 //! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
 //! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
 //! journey semantics (that is `engine`) or storage details (that is `state`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,7 +54,9 @@ use crate::kafka::{TransactionalContext, client_config, producer_config};
 use crate::model::{Millis, Output, now_millis};
 use crate::registry::Wire;
 use crate::reload::{self, LiveJourneys};
-use crate::runtime::{Forward, META_WATERMARK, PartitionRuntime, Rejection, validate};
+use crate::runtime::{
+    ALIAS_EVENT_TYPE, Forward, Forwarded, META_WATERMARK, PartitionRuntime, Rejection, validate,
+};
 use crate::shutdown::CancellationToken;
 use crate::state::{
     BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
@@ -65,7 +64,6 @@ use crate::state::{
 use crate::telemetry::{BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
 mod restore;
-mod work;
 
 use restore::Restore;
 
@@ -478,20 +476,6 @@ struct Core {
     latencies: BatchLatencies,
     /// When the partitions' state sizes were last sampled for the metrics.
     sized_at: Option<Instant>,
-    /// Threads applying records to the engine (`engine-threads`, resolved).
-    engine_threads: usize,
-    /// Counts revocations and rewinds. The poll loop reads several records before it
-    /// handles them; one of these in between makes the records read before it stale.
-    epochs: Arc<AtomicU64>,
-    /// Per partition, the epoch of its last revocation or rewind: its records read before
-    /// are stale (of a previous assignment, or read again after the rewind).
-    stale_before: BTreeMap<i32, u64>,
-}
-
-/// A record read, with the epoch when it was (see [`Core::stale_before`]).
-struct Polled<'c> {
-    msg: BorrowedMessage<'c>,
-    epoch: u64,
 }
 
 /// Attempts (of 10 s each) to read the group's committed offsets of newly assigned
@@ -653,7 +637,6 @@ impl ConsumerContext for RunContext {
                 core.failed.get_or_insert(e);
             }
             let revoked: Vec<i32> = tpl.elements().iter().map(|el| el.partition()).collect();
-            core.discard_read(&revoked);
             core.detach_outcomes(&revoked);
             for el in tpl.elements() {
                 core.metrics.partition_revoked(el.partition());
@@ -1139,8 +1122,7 @@ impl Core {
             }
         });
         tracing::debug!(%topic, partition, offset = msg.offset(), customer = %ev.customer_id, r#type = %ev.event_type, "Outcome recorded.");
-        let forwards = self.take_forwards(partition);
-        self.send_forwards(forwards)?;
+        self.send_forwards(partition)?;
         self.send_outputs()
     }
 
@@ -1358,18 +1340,6 @@ impl Core {
             .runtime
             .on_event(ev, &mut self.outputs)
             .map_err(PipelineError::state(partition, &part.path))?;
-        self.command_latencies(first_output, ev, kafka_timestamp);
-        Ok(Some((applied, watermark)))
-    }
-
-    /// Times the commands among `self.outputs[first_output..]`, which `ev` (read with
-    /// `kafka_timestamp`, ms) made.
-    fn command_latencies(
-        &mut self,
-        first_output: usize,
-        ev: &crate::model::CustomerEvent,
-        kafka_timestamp: Option<i64>,
-    ) {
         let lateness = self.cfg.allowed_lateness_ms();
         for o in &self.outputs[first_output..] {
             if let Output::Command(c) = o {
@@ -1383,6 +1353,7 @@ impl Core {
                 }
             }
         }
+        Ok(Some((applied, watermark)))
     }
 
     /// The event of a record once decoded and validated; a record that is not is
@@ -1423,17 +1394,46 @@ impl Core {
         Ok(())
     }
 
+    /// A record Waymark wrote for an identity merge: applied to its customer.
+    fn handle_forward(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        self.start_record(msg)?;
+        let forward = match Forward::from_json(msg.payload().unwrap_or_default()) {
+            Ok(f) if msg.key() == Some(f.to.as_bytes()) => f,
+            Ok(f) => {
+                let why = Rejection::KeyMismatch {
+                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+                    customer_id: f.to,
+                };
+                return self.dead_letter(msg, &why);
+            }
+            Err(e) => return self.dead_letter(msg, &Rejection::Undecodable(e)),
+        };
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let watermark = part.runtime.watermark();
+        let applied = part
+            .runtime
+            .on_forwarded(&forward, &mut self.outputs)
+            .map_err(PipelineError::state(partition, &part.path))?;
+        let event_type = match &forward.record {
+            Forwarded::Event(ev) => ev.event_type.as_str(),
+            Forwarded::Merge { .. } => ALIAS_EVENT_TYPE,
+        };
+        self.settle(msg, partition, event_type, applied, watermark)
+    }
+
     /// Counts what an applied record did, dead-letters a refused one, copies a late one to
-    /// the late topic, and sends what it produced: `forwards`, and `self.outputs`.
+    /// the late topic, and sends what it produced.
     fn settle(
         &mut self,
         msg: &BorrowedMessage<'_>,
+        partition: i32,
         event_type: &str,
         applied: Applied,
         watermark: Millis,
-        forwards: Vec<Forward>,
     ) -> Result<(), PipelineError> {
-        let partition = msg.partition();
         let event_type = match applied {
             Applied::Ignored => crate::telemetry::OTHER_EVENT_TYPE,
             _ => event_type,
@@ -1472,13 +1472,17 @@ impl Core {
                 self.dead_letter(msg, &Rejection::Identity(reason))?;
             }
         }
-        self.send_forwards(forwards)?;
+        self.send_forwards(partition)?;
         self.send_outputs()
     }
 
-    /// Produces records for other customers (identity merges) to the input topic, keyed by
-    /// their customer, in the open transaction.
-    fn send_forwards(&mut self, forwards: Vec<Forward>) -> Result<(), PipelineError> {
+    /// Produces the partition's records for other customers (identity merges) to the input
+    /// topic, keyed by their customer, in the open transaction.
+    fn send_forwards(&mut self, partition: i32) -> Result<(), PipelineError> {
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return Ok(());
+        };
+        let forwards = part.runtime.take_forwards();
         if forwards.is_empty() {
             return Ok(());
         }
@@ -1493,108 +1497,36 @@ impl Core {
         Ok(())
     }
 
-    /// Records of `partitions` read but not handled yet are not to be: the partitions were
-    /// revoked, or rewound to be read again.
-    fn discard_read(&mut self, partitions: &[i32]) {
-        let epoch = self.epochs.fetch_add(1, Ordering::SeqCst) + 1;
-        for partition in partitions {
-            self.stale_before.insert(*partition, epoch);
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let partition = msg.partition();
+        if self.restoring.contains_key(&partition) {
+            // Fetched just before the pause; read again after the restore (which seeks back).
+            return Ok(());
         }
-    }
-
-    /// The partition's records for other customers made since the last call.
-    fn take_forwards(&mut self, partition: i32) -> Vec<Forward> {
-        self.partitions
-            .get_mut(&partition)
-            .map(|p| p.runtime.take_forwards())
-            .unwrap_or_default()
-    }
-
-    /// Handles records read in one go: each partition's are applied on an engine thread (see
-    /// [`work`]), then settled here in the order read. Skips the records of partitions being
-    /// restored (fetched just before the pause; read again after the restore, which seeks
-    /// back) and those read before their partition was revoked or rewound.
-    fn handle_batch(&mut self, records: &[Polled<'_>]) -> Result<(), PipelineError> {
-        let mut keep = Vec::with_capacity(records.len());
-        let mut split: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
-        for record in records {
-            let partition = record.msg.partition();
-            let stale = self.restoring.contains_key(&partition)
-                || self
-                    .stale_before
-                    .get(&partition)
-                    .is_some_and(|&epoch| epoch > record.epoch);
-            keep.push(!stale);
-            if !stale {
-                self.open_partition(partition)?;
-                split.entry(partition).or_default().push(&record.msg);
-            }
+        if is_forward(msg) {
+            return self.handle_forward(msg);
         }
-        let shared = work::Shared {
-            input: &self.input,
-            max_future_skew: self.cfg.max_future_skew_ms(),
+        let payload = msg.payload().unwrap_or_default();
+        let decoded = self.input.decode(payload);
+        if let Err(e) = &decoded
+            && e.is_retryable()
+        {
+            // The record may be fine: do not dead-letter it, and do not count it as read (the
+            // revocation that follows commits what was read before it). The pipeline restarts
+            // from there and reads this record again.
+            return Err(PipelineError::Registry(e.to_string()));
+        }
+        self.start_record(msg)?;
+        let Some(ev) = self.admit(msg, decoded)? else {
+            self.metrics
+                .events(crate::telemetry::OTHER_EVENT_TYPE, EventResult::Rejected, 1);
+            return Ok(());
         };
-        let jobs: Vec<_> = self
-            .partitions
-            .iter_mut()
-            .filter_map(|(partition, part)| {
-                let msgs = split.remove(partition)?;
-                Some((msgs.len(), (*partition, part, msgs)))
-            })
-            .collect();
-        let mut done = BTreeMap::new();
-        for result in work::on_threads(jobs, self.engine_threads, |(partition, part, msgs)| {
-            work::work(partition, part, &msgs, &shared).map(|done| (partition, done))
-        })? {
-            let (partition, d) = result?;
-            done.insert(partition, d);
-        }
-        let mut retry = None;
-        for (record, keep) in records.iter().zip(keep) {
-            let msg = &record.msg;
-            let Some(d) = done.get_mut(&msg.partition()).filter(|_| keep) else {
-                continue;
-            };
-            // None: after a record to read again, which stopped its partition.
-            match d.results.next() {
-                None => {}
-                Some(work::Worked::Retry(e)) => {
-                    // Not counted as read, not dead-lettered; the other partitions' records
-                    // are settled first, so what a revocation commits is whole.
-                    retry.get_or_insert(e);
-                }
-                Some(work::Worked::Rejected { why, event }) => {
-                    self.start_record(msg)?;
-                    if event {
-                        self.metrics.events(
-                            crate::telemetry::OTHER_EVENT_TYPE,
-                            EventResult::Rejected,
-                            1,
-                        );
-                    }
-                    self.dead_letter(msg, &why)?;
-                }
-                Some(work::Worked::Applied(effect)) => {
-                    self.start_record(msg)?;
-                    let first_output = self.outputs.len();
-                    self.outputs.extend(d.outputs.by_ref().take(effect.outputs));
-                    if let work::Source::Event(ev) = &effect.record {
-                        self.command_latencies(first_output, ev, msg.timestamp().to_millis());
-                    }
-                    self.settle(
-                        msg,
-                        effect.record.event_type(),
-                        effect.applied,
-                        effect.watermark,
-                        effect.forwards,
-                    )?;
-                }
-            }
-        }
-        match retry {
-            Some(e) => Err(PipelineError::Registry(e)),
-            None => Ok(()),
-        }
+        let Some((applied, watermark)) = self.apply(partition, &ev, msg.timestamp().to_millis())?
+        else {
+            return Ok(());
+        };
+        self.settle(msg, partition, &ev.event_type, applied, watermark)
     }
 
     /// Advances the watermark of caught-up partitions to the wall clock − allowed lateness.
@@ -1642,8 +1574,7 @@ impl Core {
         // Identity merges whose alias event's time the wall clock reached.
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
-            let forwards = self.take_forwards(partition);
-            self.send_forwards(forwards)?;
+            self.send_forwards(partition)?;
         }
         if !self.outputs.is_empty() {
             // `more_due`: over max-batch-events were due; the rest fire at the next commits.
@@ -1705,22 +1636,15 @@ impl Core {
         // The state changes of this batch go to the changelog in the same transaction, so the
         // changelog always holds exactly the state the committed offsets produced.
         let mut phase = PhaseTimer::new(&self.metrics);
-        // Each partition's changed customers are encoded on the engine threads. From here on
-        // the caches may change: the next records' changes go to the next batch, and this one
-        // is written to the store once committed.
-        let jobs: Vec<_> = self
-            .partitions
-            .iter_mut()
-            .map(|(partition, part)| (part.runtime.changed_customers(), (*partition, part)))
-            .collect();
-        let mut prepared = Vec::with_capacity(jobs.len());
-        for result in work::on_threads(jobs, self.engine_threads, |(partition, part)| {
-            part.runtime
+        let mut prepared = Vec::with_capacity(self.partitions.len());
+        for (partition, part) in self.partitions.iter_mut() {
+            let batch = part
+                .runtime
                 .prepare()
-                .map(|batch| (partition, batch))
-                .map_err(PipelineError::state(partition, &part.path))
-        })? {
-            prepared.push(result?);
+                .map_err(PipelineError::state(*partition, &part.path))?;
+            // From here on the cache may change: the next records' changes go to the next
+            // batch, and this one is written to the store once committed.
+            prepared.push((*partition, batch));
         }
         for (partition, batch) in &prepared {
             self.send_changelog(*partition, &batch.batch)?;
@@ -1951,7 +1875,6 @@ impl Core {
         self.outputs.clear();
         self.latencies.clear();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-        self.discard_read(&partitions);
         for partition in partitions {
             let (committed, outcomes_from) = self
                 .partitions
@@ -2046,7 +1969,6 @@ pub fn run(
     wire.register::<crate::model::JourneyEvent>(&cfg.topics.journey_events)
         .map_err(registry_error)?;
     let input_topic = cfg.topics.customer_events.clone();
-    let epochs = Arc::new(AtomicU64::new(0));
     let interval = Duration::from_millis(cfg.commit_interval_ms);
     let backlog_interval = Duration::from_millis(cfg.backlog_commit_interval_ms);
     let max_batch = cfg.max_batch_events;
@@ -2071,9 +1993,6 @@ pub fn run(
         failed: None,
         latencies: BatchLatencies::default(),
         sized_at: None,
-        engine_threads: cfg.engine_thread_count(),
-        epochs: epochs.clone(),
-        stale_before: BTreeMap::new(),
         cfg,
     }));
     let consumer: BaseConsumer<RunContext> = {
@@ -2114,49 +2033,29 @@ pub fn run(
     let mut batch = 0usize;
     // The open batch was kept open past `interval` because the input is behind.
     let mut extended = false;
-    let mut records: Vec<Polled<'_>> = Vec::with_capacity(work::GATHER_MAX);
     loop {
         let restoring = !lock(&core).restoring.is_empty();
-        // What has arrived, up to the batch's room, is read before it is handled (on the
-        // engine threads). `ended`: the error or end of partition that stopped the reading.
-        let room = max_batch.saturating_sub(batch).clamp(1, work::GATHER_MAX);
-        let mut wait = Duration::from_millis(if restoring { 0 } else { 20 });
-        let mut ended = None;
-        records.clear();
-        while records.len() < room {
-            match consumer.poll(wait) {
-                Some(Ok(msg)) => records.push(Polled {
-                    msg,
-                    epoch: epochs.load(Ordering::SeqCst),
-                }),
-                Some(Err(e)) => {
-                    ended = Some(e);
-                    break;
-                }
-                None => break,
-            }
-            wait = Duration::ZERO;
-        }
+        let polled = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
         let mut core = lock(&core);
         if let Some(e) = core.failed.take() {
             return Err(e);
         }
-        // Nothing more to read right now: a batch kept open for a backlog is done.
-        let idle = records.is_empty();
-        if !records.is_empty() {
-            core.handle_batch(&records)?;
-            batch += records.len();
-        }
         if !core.restoring.is_empty() {
             core.step_restores(&consumer)?;
         }
-        match ended {
-            Some(KafkaError::PartitionEOF(partition)) => {
+        // Nothing more to read right now: a batch kept open for a backlog is done.
+        let idle = !matches!(polled, Some(Ok(_)));
+        match polled {
+            Some(Ok(msg)) => {
+                core.handle(&msg)?;
+                batch += 1;
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
                 if let Some(p) = core.partitions.get_mut(&partition) {
                     p.caught_up = true;
                 }
             }
-            Some(e) => {
+            Some(Err(e)) => {
                 if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
                     return Err(PipelineError::ClientFatal {
                         client: "consumer",
@@ -2208,7 +2107,6 @@ pub fn run(
             }
         }
     }
-    drop(records);
     health.ready.store(false, Ordering::Relaxed);
     let summary = lock(&core).summary;
     consumer.unsubscribe();

@@ -616,11 +616,6 @@ impl PartitionRuntime {
         self.store.get_meta(key)
     }
 
-    /// Customers changed since the last [`PartitionRuntime::prepare`].
-    pub fn changed_customers(&self) -> usize {
-        self.cache.dirty_len()
-    }
-
     /// Encodes every change since the last flush into a batch and takes it out of the cache's
     /// keeping (see [`StateCache::hand_off`]): events may be handled before it is written with
     /// [`PartitionRuntime::write_prepared`], and what they change goes to the next batch.
