@@ -38,7 +38,7 @@ traces put it at 1.4-1.6×), and prints a table:
 
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
-`engine-threads: 1`, to compare a setting on the same machine and trace).
+`cache-capacity: 100000`, to compare a setting on the same machine and trace).
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
@@ -920,6 +920,8 @@ def write_report(title, table, n):
         f"  customer keeps a pending timer; measured over {TIMER_SECS} s from a minute after the",
         "  backlog was processed; lateness = read (read_committed) − (due time + allowed lateness).",
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
+        "- `BENCH_WAYMARK_CONFIG` adds YAML lines to every Waymark config of the run (say",
+        "  `cache-capacity: 100000`), to compare a setting on the same machine and trace.",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
         "",
     ]
