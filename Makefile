@@ -33,7 +33,7 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 	KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 bash scripts/kafka.sh start
 	WAYMARK_TEST_BROKERS=127.0.0.1:19092 WAYMARK_CHAOS_CUSTOMERS=30000 $(CARGO) test --release -p waymark-e2e --test chaos -- --nocapture
 
-bench: build ## Against Kafka Streams: throughput, immediate-action latency at half peak, timer lateness with 5.1M pending, RSS and restore at 1M customers; recovery after kill -9, simulate at 10M events; a table (BENCH_PHASES picks parts)
+bench: build ## Against Kafka Streams: throughput, immediate-action latency at half peak, timer lateness with 5.1M pending, RSS and restore at 1M customers; recovery after kill -9, simulate at 10M events and per event against its state size; a table (BENCH_PHASES picks parts)
 	python3 scripts/bench.py
 
 bench-micro: ## Criterion micro-benchmarks: engine step, state cache over RocksDB, Avro decode/encode

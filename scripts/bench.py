@@ -34,7 +34,12 @@ traces put it at 1.4-1.6×), and prints a table:
     state from the changelog with the state directory deleted; the table shows each one's
     throughput, peak RSS and restore time, and Waymark's ratio to the baseline; Streams
     also runs the trace with commit.interval.ms 1000, Waymark's backlog-commit-interval-ms,
-    for a comparison at equal commit intervals.
+    for a comparison at equal commit intervals;
+  * simulate (`simulate`): `waymark simulate` over BENCH_SIM_CUSTOMERS customers (default
+    2,650,000, about 10M events; 0 skips it): time, CPU per event and peak RSS; and on one
+    engine thread over traces of BENCH_SIM_SCALING customers (default 5000,50000,500000):
+    microseconds per event against the size of the state the engine reads (the fastest of
+    three runs each).
 
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
@@ -72,6 +77,10 @@ KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # `simulate` at scale: this many customers (2.65M ≈ 10M events); 0 skips it.
 SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
+# `simulate` on one engine thread over traces of these many customers: CPU per event against
+# the size of the state it reads (the engine's own work, and what the memory adds to it).
+SIM_SCALING = [int(n) for n in os.environ.get("BENCH_SIM_SCALING", "5000,50000,500000").split(",")
+               if n.strip() and int(n) > 0]
 # State at scale: this many customers for the RSS and restore comparison; 0 skips it.
 STATE_CUSTOMERS = int(os.environ.get("BENCH_STATE_CUSTOMERS", "1000000"))
 WAYMARK_CONFIG = os.environ.get("BENCH_WAYMARK_CONFIG", "").splitlines()
@@ -666,6 +675,49 @@ def timers():
     return rows
 
 
+def simulate_cpu(trace, until, threads=None):
+    """Runs `simulate` over `trace` (output discarded): (wall seconds, CPU seconds, peak RSS
+    MiB)."""
+    cmd = [str(WAYMARK), "simulate", "--journeys", str(ROOT / "deploy/journeys/b2b-onboarding.yaml"),
+           "--events", str(trace), "--until", until]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.monotonic() - t
+    if status != 0:
+        raise SystemExit(f"bench: simulate over {trace} failed")
+    return secs, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def simulate_scaling(until):
+    """`simulate` on one engine thread over traces of SIM_SCALING customers: microseconds per
+    event, wall (the engine thread is the bound) and CPU (all threads: parsing and writing run
+    beside it), of the fastest of three runs, against the smallest trace. What grows with the
+    state is memory: every event and wake-up reads a customer that is rarely in the CPU's
+    caches."""
+    rows = []
+    first = None
+    for n in SIM_SCALING:
+        trace = WORK / f"scaling-{n}.jsonl"
+        subprocess.run([str(WAYMARK), "loadgen", "--customers", str(n), "--seed", "42",
+                        "--output", str(trace)], check=True, stderr=subprocess.DEVNULL)
+        events = sum(1 for _ in open(trace))
+        # The same work three times: the fastest run is the one the machine's neighbours
+        # disturbed least.
+        secs, cpu, rss = min(simulate_cpu(trace, until, threads=1) for _ in range(3))
+        trace.unlink()
+        wall_us, cpu_us = secs * 1e6 / events, cpu * 1e6 / events
+        first = first or wall_us
+        log(f"simulate scaling: {n:,} customers, {wall_us:.1f} µs/event, {cpu_us:.1f} CPU-µs/event")
+        rows.append((f"simulate, one engine thread, {n:,} customers / {events:,} events: µs per "
+                     "event (ratio: to the smallest state)",
+                     f"{wall_us:.1f} µs wall, {cpu_us:.1f} CPU-µs ({events / secs:,.0f} events/s, "
+                     f"peak RSS {rss:,.0f} MiB)", f"{wall_us / first:.2f}"))
+    return rows
+
+
 def simulate_at_scale(until):
     """`simulate` over a large loadgen trace (goal: 10M events over 1M customers in ≤ 20 s):
     time, events/s and the process's peak RSS."""
@@ -674,19 +726,11 @@ def simulate_at_scale(until):
     subprocess.run([str(WAYMARK), "loadgen", "--customers", str(SIM_CUSTOMERS), "--seed", "7",
                     "--output", str(big)], check=True, stderr=subprocess.DEVNULL)
     events = sum(1 for _ in open(big))
-    t = time.monotonic()
-    proc = subprocess.Popen([str(WAYMARK), "simulate", "--journeys",
-                             str(ROOT / "deploy/journeys/b2b-onboarding.yaml"), "--events",
-                             str(big), "--until", until], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.monotonic() - t
-    if status != 0:
-        raise SystemExit(f"bench: simulate over {big} failed")
+    secs, cpu, rss_mib = simulate_cpu(big, until)
     big.unlink()
-    rss_mib = usage.ru_maxrss / 1024
     return (f"simulate, {SIM_CUSTOMERS:,} customers / {events:,} events (goal 10M in ≤ 20 s)",
-            f"{secs:.1f} s, {events / secs:,.0f} events/s, peak RSS {rss_mib:,.0f} MiB", "")
+            f"{secs:.1f} s, {events / secs:,.0f} events/s, {cpu * 1e6 / events:.1f} CPU-µs per "
+            f"event, peak RSS {rss_mib:,.0f} MiB", "")
 
 
 def main():
@@ -708,6 +752,8 @@ def main():
         rows += latency(peaks)
     if "timers" in PHASES and TIMER_CUSTOMERS:
         rows += timers()
+    if "simulate" in PHASES and SIM_SCALING:
+        rows += simulate_scaling(until)
     if "simulate" in PHASES and SIM_CUSTOMERS:
         rows.append(simulate_at_scale(until))
     if "recovery" in PHASES:
@@ -730,13 +776,8 @@ def throughput(events, n):
     """Rows: simulate (the baseline of the ratios), Waymark exactly-once and at-least-once,
     and the Streams baseline, on the bench trace."""
     rows = []
-    t = time.monotonic()
-    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    subprocess.run([str(WAYMARK), "simulate", "--journeys",
-                    str(ROOT / "deploy/journeys/b2b-onboarding.yaml"), "--events", str(events),
-                    "--until", until], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    sim = n / (time.monotonic() - t)
+    secs, _, _ = simulate_cpu(events, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    sim = n / secs
     rows.append(("simulate (offline baseline)", f"{sim:,.0f} events/s", "1.00"))
 
     # Per exactly-once round: the CPU split and the commits' share of the run.
@@ -919,6 +960,10 @@ def write_report(title, table, n):
         "  per hour, and a customer whose invite went out waits for its 2-day task, so every",
         f"  customer keeps a pending timer; measured over {TIMER_SECS} s from a minute after the",
         "  backlog was processed; lateness = read (read_committed) − (due time + allowed lateness).",
+        f"- simulate: `waymark simulate --until <now>` over `waymark loadgen --customers {SIM_CUSTOMERS}",
+        "  --seed 7` (output discarded; CPU is user + system of the process); the scaling rows run",
+        f"  it with `--threads 1` over `--seed 42` traces of {', '.join(f'{c:,}' for c in SIM_SCALING)}"
+        " customers (BENCH_SIM_SCALING), the fastest of three runs each.",
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
         "- `BENCH_WAYMARK_CONFIG` adds YAML lines to every Waymark config of the run (say",
         "  `cache-capacity: 100000`), to compare a setting on the same machine and trace.",
