@@ -166,8 +166,9 @@ fn a_registry_that_stays_unavailable_is_reported_as_such_after_the_retry_time() 
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert_eq!(seen.lock().unwrap().len(), 1);
-    // Nobody listening at all.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Nobody listening at all. On 127.0.0.2: the fake registries of tests running beside this
+    // one listen on 127.0.0.1, and one of them may be given this port as soon as it is freed.
+    let closed = TcpListener::bind("127.0.0.2:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let err = client(&format!("http://{addr}"), 0)
