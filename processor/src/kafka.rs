@@ -498,7 +498,8 @@ pub struct TailOptions {
     pub idle_exit: Option<Duration>,
     /// Stop after this many records.
     pub max_records: Option<u64>,
-    /// Add `received_at`, when this reader got each record (wall clock, RFC 3339).
+    /// Add `received_at`, when this reader got each record (wall clock, RFC 3339), and
+    /// `produced_at`, the record's Kafka timestamp (when its producer created it).
     pub received_at: bool,
     /// How Waymark's records are framed (bare Avro, or with the schema registry).
     pub wire: crate::registry::Wire,
@@ -633,6 +634,9 @@ pub fn tail(
                 if opts.received_at {
                     v["received_at"] =
                         crate::model::format_millis(crate::model::now_millis()).into();
+                    if let Some(ms) = msg.timestamp().to_millis() {
+                        v["produced_at"] = crate::model::format_millis(ms).into();
+                    }
                 }
                 serde_json::to_writer(&mut *out, &v).map_err(std::io::Error::other)?;
                 out.write_all(b"\n")?;

@@ -503,8 +503,10 @@ struct TailArgs {
     /// Exit after this many records.
     #[arg(long)]
     max_records: Option<u64>,
-    /// Add `received_at` to each line: when this reader got the record (wall clock). A
-    /// command's `received_at` minus its `due_at` is how late it became readable.
+    /// Add `received_at` to each line: when this reader got the record (wall clock); and
+    /// `produced_at`: the record's Kafka timestamp, when Waymark produced it. A command's
+    /// `received_at` minus its `due_at` is how late it became readable; `produced_at` splits
+    /// that into the time to handle its event and the time for its transaction to commit.
     #[arg(long)]
     received_at: bool,
     /// Topics to read (default: every command topic and journey-events).

@@ -129,6 +129,13 @@ fn an_immediate_action_goes_out_with_its_event_on_a_live_stream() {
             due <= received && received <= now_millis(),
             "received_at is not when it was read: {command}"
         );
+        // Produced while its login was handled, after the login was stamped and before the
+        // transaction holding it committed and it could be read.
+        let produced = millis(&command, "produced_at");
+        assert!(
+            due <= produced && produced <= received,
+            "produced_at is not when the processor produced it: {command}"
+        );
     }
     tail.kill().unwrap();
     tail.wait().unwrap();
