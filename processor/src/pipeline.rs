@@ -61,7 +61,7 @@ use crate::shutdown::CancellationToken;
 use crate::state::{
     BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
 };
-use crate::telemetry::{BatchLatencies, CommitPhase, EventResult, Health, Metrics};
+use crate::telemetry::{BatchEnd, BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
 mod restore;
 
@@ -1735,10 +1735,14 @@ impl Core {
         let Some(flight) = self.in_flight.take() else {
             return Ok(());
         };
+        let waiting = (!flight.handle.is_finished()).then(Instant::now);
         let result = flight
             .handle
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Some(since) = waiting {
+            self.metrics.commit_waited(since.elapsed().as_secs_f64());
+        }
         self.conclude(consumer, flight.done, result)?;
         if self.in_transaction {
             self.begin()?;
@@ -2074,20 +2078,33 @@ pub fn run(
         // A commit is due every `interval`; while the input is behind, the batch stays open
         // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
         let elapsed = last_commit.elapsed();
-        let mut due = batch >= max_batch || elapsed >= backlog_interval;
-        if !due && elapsed >= interval {
-            if shutdown.is_cancelled() || (extended && idle) {
-                due = true;
+        let mut end = if batch >= max_batch {
+            Some(BatchEnd::MaxBatch)
+        } else if elapsed >= backlog_interval {
+            Some(if extended {
+                BatchEnd::BacklogInterval
+            } else {
+                BatchEnd::Interval
+            })
+        } else {
+            None
+        };
+        if end.is_none() && elapsed >= interval {
+            if shutdown.is_cancelled() {
+                end = Some(BatchEnd::Shutdown);
+            } else if extended && idle {
+                end = Some(BatchEnd::CaughtUp);
             } else if !extended {
                 if backlog_interval > interval && core.backlog(&consumer) > batch as i64 {
                     extended = true;
                     core.metrics.batch_extended();
                 } else {
-                    due = true;
+                    end = Some(BatchEnd::Interval);
                 }
             }
         }
-        if due {
+        if let Some(reason) = end {
+            core.metrics.batch_ended(reason);
             extended = false;
             core.commit(&consumer)?;
             let mut reload = journeys.next();

@@ -40,6 +40,10 @@ pub const COMMIT_SECONDS: &str = "waymark_pipeline_commit_duration_seconds";
 pub const COMMIT_PHASE_SECONDS: &str = "waymark_pipeline_commit_phase_duration_seconds";
 /// Batches kept open past `commit-interval-ms` because the input was behind.
 pub const BATCHES_EXTENDED_TOTAL: &str = "waymark_pipeline_batches_extended_total";
+/// Batches committed, by what ended them ([`BatchEnd`]).
+pub const BATCH_ENDS_TOTAL: &str = "waymark_pipeline_batch_ends_total";
+/// Time the processing loop waited for the commit in flight before it could start the next.
+pub const COMMIT_WAIT_SECONDS: &str = "waymark_pipeline_commit_wait_seconds";
 /// Customers with a pending timer, per partition.
 pub const TIMERS_PENDING: &str = "waymark_runtime_timers_pending";
 /// How far the partition's watermark is behind the wall clock, seconds.
@@ -103,6 +107,8 @@ pub const METRIC_NAMES: &[&str] = &[
     COMMIT_SECONDS,
     COMMIT_PHASE_SECONDS,
     BATCHES_EXTENDED_TOTAL,
+    BATCH_ENDS_TOTAL,
+    COMMIT_WAIT_SECONDS,
     TIMERS_PENDING,
     WATERMARK_LAG_SECONDS,
     PARTITIONS_ASSIGNED,
@@ -190,6 +196,33 @@ impl CommitPhase {
     }
 }
 
+/// What ended a batch: the `reason` label of [`BATCH_ENDS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// `commit-interval-ms` passed and the input was not behind.
+    Interval,
+    /// A batch kept open for a backlog read every partition to its end.
+    CaughtUp,
+    /// A batch kept open for a backlog reached `backlog-commit-interval-ms`.
+    BacklogInterval,
+    /// The batch reached `max-batch-events`.
+    MaxBatch,
+    /// Shutting down.
+    Shutdown,
+}
+
+impl BatchEnd {
+    fn label(self) -> &'static str {
+        match self {
+            BatchEnd::Interval => "interval",
+            BatchEnd::CaughtUp => "caught_up",
+            BatchEnd::BacklogInterval => "backlog_interval",
+            BatchEnd::MaxBatch => "max_batch",
+            BatchEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Labels of [`EVENTS_TOTAL`]'s `type` for events whose type is not a journey's: the upstream
 /// may send any number of types, and a label must stay bounded.
 pub const OTHER_EVENT_TYPE: &str = "other";
@@ -220,6 +253,8 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_phase_seconds: HistogramVec,
     batches_extended: IntCounter,
+    batch_ends: IntCounterVec,
+    commit_wait: Histogram,
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
@@ -355,6 +390,18 @@ impl Metrics {
                 BATCHES_EXTENDED_TOTAL,
                 "Batches kept open past commit-interval-ms because the input was behind \
                  (up to backlog-commit-interval-ms).",
+            ),
+            batch_ends: r.counters(
+                BATCH_ENDS_TOTAL,
+                "Batches committed, by what ended them: interval, caught_up, backlog_interval, \
+                 max_batch, shutdown.",
+                &["reason"],
+            ),
+            commit_wait: r.histogram(
+                COMMIT_WAIT_SECONDS,
+                "Time the processing loop waited for the commit in flight before starting the next.",
+                0.0005,
+                14,
             ),
             timers_pending: r.gauges(TIMERS_PENDING, "Customers with a pending timer.", partition),
             watermark_lag: r.gauges(
@@ -561,6 +608,16 @@ impl Metrics {
     /// Counts a batch kept open past `commit-interval-ms` because the input was behind.
     pub fn batch_extended(&self) {
         self.batches_extended.inc();
+    }
+
+    /// Counts a batch committed, by what ended it.
+    pub fn batch_ended(&self, reason: BatchEnd) {
+        self.batch_ends.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// Observes how long the loop waited for the commit in flight.
+    pub fn commit_waited(&self, seconds: f64) {
+        self.commit_wait.observe(seconds);
     }
 
     /// Observes, at a commit, the latencies of what it made visible, and clears `batch`.

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use waymark::telemetry::{BATCHES_EXTENDED_TOTAL, TIMER_LATENESS_SECONDS, TRANSACTIONS_TOTAL};
+use waymark::telemetry::{
+    BATCH_ENDS_TOTAL, BATCHES_EXTENDED_TOTAL, TIMER_LATENESS_SECONDS, TRANSACTIONS_TOTAL,
+};
 use waymark_e2e::*;
 
 #[test]
@@ -30,6 +32,9 @@ fn a_backlog_commits_in_a_few_large_transactions_with_the_same_output() {
         .unwrap();
     let extended = processor.metric(BATCHES_EXTENDED_TOTAL);
     let committed = processor.metric(TRANSACTIONS_TOTAL);
+    let ended =
+        |reason: &str| processor.metric(&format!("{BATCH_ENDS_TOTAL}{{reason=\"{reason}\"}}"));
+    let (caught_up, waited_out) = (ended("caught_up"), ended("backlog_interval"));
     let log = processor.stop();
     assert_same_outputs(&kafka, &simulated);
     assert!(
@@ -37,10 +42,16 @@ fn a_backlog_commits_in_a_few_large_transactions_with_the_same_output() {
         "no batch was kept open for the backlog of {produced} events; log:\n{log}"
     );
     // One transaction every 100 ms would be dozens for this backlog; kept open, a batch ends
-    // when a partition reaches its end, so there are a few.
+    // once the consumer has read all there is, so there are a few.
     assert!(
         committed <= 8.0,
         "{committed} transactions for a backlog of {produced} events ({extended} batches kept open)"
+    );
+    // What ended the batches kept open: catching up, never the minute.
+    assert!(
+        caught_up >= 1.0 && waited_out == 0.0,
+        "batches kept open ended caught up {caught_up} times and at backlog-commit-interval-ms \
+         {waited_out} times; log:\n{log}"
     );
     assert!(!log.contains("ERROR"), "{log}");
 }
