@@ -184,10 +184,16 @@ impl rdkafka::consumer::ConsumerContext for ToolContext {}
 
 /// Calls `f(partition, lag)` for every partition of `topic` this consumer fetches, from the
 /// client's statistics JSON (`statistics.interval.ms`): records up to the partition's end (the
-/// last stable offset under read_committed) not yet fetched, plus those fetched and still
-/// queued. librdkafka's own `consumer_lag` counts from the consumer's committed offset, which
-/// an exactly-once pipeline never moves (its offsets commit through the producer's
-/// transactions), so it would only grow.
+/// last stable offset under read_committed) not yet handed to the application, whether still
+/// at the broker or fetched and queued in the client: from `app_offset`, the offset after the
+/// last record the application polled, or, before the first one, from the committed offset,
+/// else the fetch position.
+///
+/// Not `fetchq_cnt`: a subscribed consumer forwards every partition's fetch queue to one
+/// queue, and librdkafka reports that queue's whole length for each partition, so adding it
+/// counted the records queued once per assigned partition. Nor librdkafka's own
+/// `consumer_lag`, which counts from the committed offset, which an exactly-once pipeline
+/// never moves (its offsets commit through the producer's transactions): it would only grow.
 pub fn each_consumer_lag(statistics: &[u8], topic: &str, mut f: impl FnMut(i32, i64)) {
     let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
         return;
@@ -196,7 +202,13 @@ pub fn each_consumer_lag(statistics: &[u8], topic: &str, mut f: impl FnMut(i32, 
         return;
     };
     for p in partitions.values() {
-        let (Some(partition), Some(next)) = (p["partition"].as_i64(), p["next_offset"].as_i64())
+        let Some(partition) = p["partition"].as_i64() else {
+            continue;
+        };
+        let offset = |field: &str| p[field].as_i64().filter(|o| *o >= 0);
+        let Some(next) = offset("app_offset")
+            .or_else(|| offset("committed_offset"))
+            .or_else(|| offset("next_offset"))
         else {
             continue;
         };
@@ -205,11 +217,10 @@ pub fn each_consumer_lag(statistics: &[u8], topic: &str, mut f: impl FnMut(i32, 
             (_, Some(hi)) => hi,
             _ => continue,
         };
-        if partition < 0 || next < 0 || end < 0 || p["fetch_state"] != "active" {
+        if partition < 0 || end < 0 || p["fetch_state"] != "active" {
             continue;
         }
-        let queued = p["fetchq_cnt"].as_i64().unwrap_or(0).max(0);
-        f(partition as i32, (end - next).max(0) + queued);
+        f(partition as i32, (end - next).max(0));
     }
 }
 
@@ -827,21 +838,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn consumer_lag_counts_from_the_fetch_position_to_the_last_stable_offset() {
+    fn consumer_lag_counts_from_the_application_position_to_the_last_stable_offset() {
         // Shaped like librdkafka's statistics: partition -1 is the internal "unassigned" one,
-        // partition 2 is known but not fetched by this consumer.
+        // partition 2 is known but not fetched by this consumer. Every fetch queue is
+        // forwarded to the consumer's queue, so each partition reports its whole length (50):
+        // it must not count. Partition 3 has handed nothing to the application yet (from its
+        // committed offset); partition 4 has no committed offset either (its fetch position).
         let stats = serde_json::json!({"topics": {"events": {"partitions": {
-            "-1": {"partition": -1, "fetch_state": "none", "next_offset": -1001, "ls_offset": -1001, "hi_offset": -1001, "fetchq_cnt": 0},
-            "0": {"partition": 0, "fetch_state": "active", "next_offset": 90, "ls_offset": 100, "hi_offset": 105, "fetchq_cnt": 7, "consumer_lag": -1},
-            "1": {"partition": 1, "fetch_state": "active", "next_offset": 42, "ls_offset": 42, "hi_offset": 42, "fetchq_cnt": 0},
-            "2": {"partition": 2, "fetch_state": "none", "next_offset": -1001, "ls_offset": 10, "hi_offset": 10, "fetchq_cnt": 0}
+            "-1": {"partition": -1, "fetch_state": "none", "next_offset": -1001, "app_offset": -1001, "committed_offset": -1001, "ls_offset": -1001, "hi_offset": -1001, "fetchq_cnt": 0},
+            "0": {"partition": 0, "fetch_state": "active", "next_offset": 95, "app_offset": 83, "committed_offset": 60, "ls_offset": 100, "hi_offset": 105, "fetchq_cnt": 50, "consumer_lag": -1},
+            "1": {"partition": 1, "fetch_state": "active", "next_offset": 42, "app_offset": 42, "committed_offset": 40, "ls_offset": 42, "hi_offset": 42, "fetchq_cnt": 50},
+            "2": {"partition": 2, "fetch_state": "none", "next_offset": -1001, "app_offset": -1001, "committed_offset": -1001, "ls_offset": 10, "hi_offset": 10, "fetchq_cnt": 50},
+            "3": {"partition": 3, "fetch_state": "active", "next_offset": 30, "app_offset": -1001, "committed_offset": 20, "ls_offset": 30, "hi_offset": 30, "fetchq_cnt": 50},
+            "4": {"partition": 4, "fetch_state": "active", "next_offset": 7, "app_offset": -1001, "committed_offset": -1001, "ls_offset": 9, "hi_offset": 9, "fetchq_cnt": 50}
         }}}});
         let mut lags = Vec::new();
         each_consumer_lag(stats.to_string().as_bytes(), "events", |p, lag| {
             lags.push((p, lag))
         });
         lags.sort();
-        assert_eq!(lags, [(0, 17), (1, 0)]);
+        assert_eq!(lags, [(0, 17), (1, 0), (3, 10), (4, 2)]);
         let mut none = 0;
         each_consumer_lag(b"not json", "events", |_, _| none += 1);
         each_consumer_lag(stats.to_string().as_bytes(), "other", |_, _| none += 1);
