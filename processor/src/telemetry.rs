@@ -201,7 +201,8 @@ impl CommitPhase {
 pub enum BatchEnd {
     /// `commit-interval-ms` passed and the input was not behind.
     Interval,
-    /// A batch kept open for a backlog read every partition to its end.
+    /// A batch kept open for a backlog found nothing more to read: a poll came back empty
+    /// or with a partition's end.
     CaughtUp,
     /// A batch kept open for a backlog reached `backlog-commit-interval-ms`.
     BacklogInterval,

@@ -42,7 +42,7 @@ fn a_backlog_commits_in_a_few_large_transactions_with_the_same_output() {
         "no batch was kept open for the backlog of {produced} events; log:\n{log}"
     );
     // One transaction every 100 ms would be dozens for this backlog; kept open, a batch ends
-    // once the consumer has read all there is, so there are a few.
+    // when the consumer finds nothing more to read, so there are a few.
     assert!(
         committed <= 8.0,
         "{committed} transactions for a backlog of {produced} events ({extended} batches kept open)"
