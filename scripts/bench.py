@@ -620,9 +620,10 @@ def latency(peaks):
                            f"{' (' + phases + ' ms)' if phases else ''}, {extended:,.0f} kept "
                            "open for a backlog")
         stop_engine()
+        timed = [(due, got, made) for (due, got), made in zip(commands, probe.produced)]
         # Every command's due time, when it became readable and when it was produced.
         (WORK / f"{name}-latencies.tsv").write_text(
-            "".join(f"{due}\t{got}\t{made}\n" for (due, got), made in zip(commands, probe.produced)))
+            "".join(f"{due}\t{got}\t{made}\n" for due, got, made in timed))
         since = t0 + LATENCY_WARMUP * 1000
         lat = [got - due for due, got in commands if due >= since]
         if not lat:
@@ -634,9 +635,8 @@ def latency(peaks):
         # Kafka Streams gives an output its input's timestamp: no split.
         split, halves = "", [("",) * 2] * len(windows)
         if engine == "waymark":
-            handled = [(due, made) for (due, _), made in zip(commands, probe.produced)]
-            committing = [(due, due + got - made)
-                          for (due, got), made in zip(commands, probe.produced)]
+            handled = [(due, made) for due, _, made in timed]
+            committing = [(due, due + got - made) for due, got, made in timed]
             h50, h99, _ = percentiles([made - due for due, made in handled if due >= since])
             c50, c99, _ = percentiles([got - due for due, got in committing if due >= since])
             split = (f"; event → produced p50 {h50:,} ms, p99 {h99:,} ms, produced → readable "
