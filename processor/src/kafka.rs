@@ -80,6 +80,80 @@ where
     }
 }
 
+/// The queue a subscribed consumer's `poll` reads: the records fetched from every assigned
+/// partition and their end-of-partition events, in one queue. A `PartitionEOF` only says that
+/// the fetcher had reached that partition's end when it fetched; records fetched afterwards,
+/// from any partition, may still wait behind it (librdkafka prefetches up to
+/// `queued.min.messages`, 100,000 records by default). Only an empty queue says that every
+/// record fetched so far was handled.
+pub struct ConsumerQueue<'a> {
+    queue: std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>,
+    _consumer: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> ConsumerQueue<'a> {
+    /// The queue of `consumer`; `None` when it has no consumer group (no `group.id`).
+    pub fn of<C: rdkafka::consumer::ConsumerContext>(
+        consumer: &'a BaseConsumer<C>,
+    ) -> Option<Self> {
+        // SAFETY: `native_ptr` is the live librdkafka handle owned by `consumer`, which the
+        // returned value borrows for `'a`, so the queue reference is destroyed (in `drop`)
+        // before the handle.
+        let queue = unsafe {
+            rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
+        };
+        std::ptr::NonNull::new(queue).map(|queue| ConsumerQueue {
+            queue,
+            _consumer: std::marker::PhantomData,
+        })
+    }
+
+    /// Nothing waits in the queue: every record fetched so far was polled.
+    pub fn is_empty(&self) -> bool {
+        // SAFETY: `queue` is a live queue reference (see `of`); reading its length locks it.
+        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.queue.as_ptr()) == 0 }
+    }
+}
+
+/// Whether a consumer has handled everything of one partition that was there when it last
+/// fetched it: it delivered the partition's end (`PartitionEOF`), no record of the partition
+/// came since, and the [`ConsumerQueue`] was empty since (the end alone may have records of
+/// other partitions, and newer ones of this one, queued behind it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionEnd {
+    at_end: bool,
+    caught_up: bool,
+}
+
+impl PartitionEnd {
+    /// A record of the partition was polled.
+    pub fn record(&mut self) {
+        *self = PartitionEnd::default();
+    }
+
+    /// The partition's end was polled.
+    pub fn end(&mut self) {
+        self.at_end = true;
+    }
+
+    /// The consumer's queue was seen empty.
+    pub fn drained(&mut self) {
+        self.caught_up |= self.at_end;
+    }
+
+    /// The end was read, and the queue was empty since, with no record of the partition.
+    pub fn caught_up(self) -> bool {
+        self.caught_up
+    }
+}
+
+impl Drop for ConsumerQueue<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `queue` came from `rd_kafka_queue_get_consumer` and is destroyed only here.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.queue.as_ptr()) }
+    }
+}
+
 /// The fatal error of a librdkafka client, as `Code: reason`, if it has one: such a client can
 /// do nothing more and must be replaced.
 pub fn fatal_error<C: rdkafka::ClientContext>(
@@ -836,6 +910,36 @@ pub fn read_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_is_caught_up_once_its_end_was_read_and_the_queue_drained_since() {
+        let mut end = PartitionEnd::default();
+        end.drained();
+        assert!(
+            !end.caught_up(),
+            "an empty queue before the end was read says nothing"
+        );
+        end.end();
+        assert!(
+            !end.caught_up(),
+            "the end alone: records fetched after it may wait in the queue"
+        );
+        end.drained();
+        assert!(end.caught_up(), "the end, then an empty queue");
+        end.drained();
+        assert!(end.caught_up(), "stays caught up while nothing arrives");
+        end.record();
+        assert!(!end.caught_up(), "a record of the partition arrived");
+        end.drained();
+        assert!(!end.caught_up(), "its end was not read again");
+        end.end();
+        end.record();
+        end.drained();
+        assert!(
+            !end.caught_up(),
+            "a record after the end: the end is no longer the partition's"
+        );
+    }
 
     #[test]
     fn consumer_lag_counts_from_the_application_position_to_the_last_stable_offset() {
