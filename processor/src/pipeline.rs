@@ -361,8 +361,8 @@ struct Partition {
     committed_offset: Option<i64>,
     /// State version committed with it (see [`META_STATE_VERSION`]).
     version: u64,
-    /// The consumer reached the end of the partition and nothing arrived since.
-    caught_up: bool,
+    /// Whether the consumer has read everything of the partition it fetched.
+    end: crate::kafka::PartitionEnd,
     /// Next offset of the `intervention-outcomes` partition of the same number to read, once
     /// an outcome of it was processed in the open transaction.
     outcome_pending: Option<i64>,
@@ -729,7 +729,7 @@ impl Core {
             pending_offset: None,
             committed_offset,
             version,
-            caught_up: false,
+            end: Default::default(),
             outcome_pending: None,
             outcome_committed: None,
         };
@@ -1388,7 +1388,7 @@ impl Core {
         self.summary.records += 1;
         self.latencies.read();
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.caught_up = false;
+            p.end.record();
             p.pending_offset = Some(msg.offset() + 1);
         }
         Ok(())
@@ -1539,7 +1539,7 @@ impl Core {
         let mut fired = 0;
         let mut left = false;
         for (partition, part) in self.partitions.iter_mut() {
-            if part.caught_up {
+            if part.end.caught_up() {
                 part.runtime.raise_watermark(wall);
                 fired += part
                     .runtime
@@ -1834,6 +1834,13 @@ impl Core {
         Ok(())
     }
 
+    /// The consumer's queue is empty: the partitions whose end it delivered are caught up.
+    fn drained(&mut self) {
+        for part in self.partitions.values_mut() {
+            part.end.drained();
+        }
+    }
+
     /// Events waiting in the assigned input partitions: from the next offset to read to the
     /// high watermark the consumer last saw (cached by librdkafka; no request to the broker).
     /// Partitions not read yet in this assignment are not counted.
@@ -2033,6 +2040,10 @@ pub fn run(
         })?;
     health.live.store(true, Ordering::Relaxed);
     tracing::info!(topic = %input_topic, "Processing.");
+    let queue = crate::kafka::ConsumerQueue::of(&consumer).ok_or_else(|| PipelineError::Kafka {
+        action: "open the consumer's queue",
+        source: KafkaError::Subscription("the consumer has no consumer group".into()),
+    })?;
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
     // The open batch was kept open past `interval` because the input is behind.
@@ -2040,6 +2051,10 @@ pub fn run(
     loop {
         let restoring = !lock(&core).restoring.is_empty();
         let polled = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
+        // Every record fetched so far is handled once this one is. A partition's end says
+        // less: it waits in the queue behind the records fetched before it, and records
+        // fetched after it (up to `queued.min.messages`) wait behind it.
+        let drained = queue.is_empty();
         let mut core = lock(&core);
         if let Some(e) = core.failed.take() {
             return Err(e);
@@ -2047,8 +2062,6 @@ pub fn run(
         if !core.restoring.is_empty() {
             core.step_restores(&consumer)?;
         }
-        // Nothing more to read right now: a batch kept open for a backlog is done.
-        let idle = !matches!(polled, Some(Ok(_)));
         match polled {
             Some(Ok(msg)) => {
                 core.handle(&msg)?;
@@ -2056,7 +2069,7 @@ pub fn run(
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 if let Some(p) = core.partitions.get_mut(&partition) {
-                    p.caught_up = true;
+                    p.end.end();
                 }
             }
             Some(Err(e)) => {
@@ -2069,6 +2082,9 @@ pub fn run(
                 tracing::warn!(error = %e, "Consumer error.");
             }
             None => {}
+        }
+        if drained {
+            core.drained();
         }
         batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
         if core.commit_done() {
@@ -2092,7 +2108,8 @@ pub fn run(
         if end.is_none() && elapsed >= interval {
             if shutdown.is_cancelled() {
                 end = Some(BatchEnd::Shutdown);
-            } else if extended && idle {
+            } else if extended && drained {
+                // Nothing more to read right now: the batch kept open for a backlog is done.
                 end = Some(BatchEnd::CaughtUp);
             } else if !extended {
                 if backlog_interval > interval && core.backlog(&consumer) > batch as i64 {

@@ -201,8 +201,9 @@ impl CommitPhase {
 pub enum BatchEnd {
     /// `commit-interval-ms` passed and the input was not behind.
     Interval,
-    /// A batch kept open for a backlog found nothing more to read: a poll came back empty
-    /// or with a partition's end.
+    /// A batch kept open for a backlog found nothing more to read: the consumer's queue of
+    /// fetched records was empty. (A partition's end does not say it: it waits in that queue
+    /// behind the records fetched before it, with those fetched since behind it.)
     CaughtUp,
     /// A batch kept open for a backlog reached `backlog-commit-interval-ms`.
     BacklogInterval,

@@ -5,10 +5,14 @@
 //! customers due at once (after an outage), each transaction fires at most
 //! `max-batch-events` of them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use waymark::telemetry::{
-    BATCH_ENDS_TOTAL, BATCHES_EXTENDED_TOTAL, TIMER_LATENESS_SECONDS, TRANSACTIONS_TOTAL,
+    BATCH_ENDS_TOTAL, BATCHES_EXTENDED_TOTAL, EVENTS_TOTAL, TIMER_LATENESS_SECONDS,
+    TRANSACTIONS_TOTAL,
 };
 use waymark_e2e::*;
 
@@ -52,6 +56,119 @@ fn a_backlog_commits_in_a_few_large_transactions_with_the_same_output() {
         caught_up >= 1.0 && waited_out == 0.0,
         "batches kept open ended caught up {caught_up} times and at backlog-commit-interval-ms \
          {waited_out} times; log:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn a_batch_kept_open_ends_once_every_fetched_record_is_handled_not_at_a_partition_end() {
+    // Partition 1 holds a backlog while partition 0 gets a new event every few milliseconds:
+    // the consumer keeps reaching partition 0's end, and each end waits in the consumer's
+    // queue between the chunks of partition 1 fetched before and after it. A batch kept open
+    // for the backlog must end when the queue is empty, not at the first of those ends (that
+    // made it commit every ~100 ms while thousands of fetched records waited: a processor
+    // behind live traffic caught up no faster than the traffic came in).
+    const BACKLOG: usize = 200_000;
+    // Record batches of 1,000 events and fetches of one batch per partition: the backlog
+    // arrives in many chunks, with partition 0's ends between them; and all of it is fetched
+    // ahead (`queued.min.messages`).
+    let scenario = Scenario::with_kafka_properties(
+        "backlog-ends",
+        2,
+        "input-format: json\nbacklog-commit-interval-ms: 60000\nmax-batch-events: 1000000",
+        &[
+            ("max.partition.fetch.bytes", "65536"),
+            ("queued.min.messages", "1000000"),
+        ],
+    )
+    .unwrap();
+    let topic = scenario.topics.customer_events.clone();
+    let small_batches = [("batch.num.messages".to_owned(), "1000".to_owned())].into();
+    let producer: BaseProducer = waymark::kafka::producer_config(&brokers(), &small_batches)
+        .create()
+        .unwrap();
+    let send = |partition: i32, event: &waymark::model::CustomerEvent| {
+        let value = serde_json::to_vec(event).unwrap();
+        let mut record = BaseRecord::to(&topic)
+            .partition(partition)
+            .key(&event.customer_id)
+            .payload(&value);
+        // The producer's queue holds 100,000 records; serve deliveries when it is full.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("producing to {topic} [{partition}]: {e}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    };
+    let now = now_millis();
+    for i in 0..BACKLOG {
+        let customer = format!("b{i:05}");
+        let email = format!("{customer}@example.com");
+        let login = customer_event(
+            &format!("login-{i}"),
+            &customer,
+            "login.created",
+            now,
+            &[("email", &email), ("sales_rep", "rep-1")],
+        );
+        send(1, &login);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let (caught_up, max_batch, waited_out, extended, log) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // An event type no journey uses: read, ignored, never an output.
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let view = customer_event(
+                    &format!("view-{i}"),
+                    &format!("t{i}"),
+                    "page.viewed",
+                    now_millis(),
+                    &[],
+                );
+                send(0, &view);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            producer.flush(Duration::from_secs(30)).unwrap();
+        });
+        let processor = scenario.start().unwrap();
+        let logins = format!("{EVENTS_TOTAL}{{result=\"accepted\",type=\"login.created\"}}");
+        let handled = processor.await_metric(&logins, BACKLOG as f64, Duration::from_secs(60));
+        // The batch holding the end of the backlog ends within a poll of it.
+        std::thread::sleep(Duration::from_millis(500));
+        let ended =
+            |reason: &str| processor.metric(&format!("{BATCH_ENDS_TOTAL}{{reason=\"{reason}\"}}"));
+        let counts = (
+            ended("caught_up"),
+            ended("max_batch"),
+            ended("backlog_interval"),
+            processor.metric(BATCHES_EXTENDED_TOTAL),
+        );
+        stop.store(true, Ordering::Relaxed);
+        let log = processor.stop();
+        handled.unwrap();
+        (counts.0, counts.1, counts.2, counts.3, log)
+    });
+    assert!(
+        extended >= 1.0,
+        "no batch was kept open for a backlog of {BACKLOG} events; log:\n{log}"
+    );
+    // One batch kept open works off the backlog; a second may be when the queue ran empty
+    // while a fetch was on its way. Ended at partition 0's ends, there were 8.
+    assert!(
+        caught_up <= 2.0 && max_batch == 0.0 && waited_out == 0.0,
+        "the backlog's batches ended caught up {caught_up} times ({extended} kept open), at \
+         max-batch-events {max_batch} and at backlog-commit-interval-ms {waited_out} times; \
+         log:\n{log}"
     );
     assert!(!log.contains("ERROR"), "{log}");
 }
