@@ -376,16 +376,21 @@ pub fn run(
     tracing::info!(%topic, group = %cfg.analytics.group_id, "Analytics view reading.");
     let interval = Duration::from_millis(cfg.analytics.commit_interval_ms);
     let mut last_write = Instant::now();
-    let mut eof: BTreeMap<i32, bool> = BTreeMap::new();
+    let queue = crate::kafka::ConsumerQueue::of(&consumer).ok_or_else(|| ViewError::Kafka {
+        action: "open the consumer's queue",
+        source: KafkaError::Subscription("the consumer has no consumer group".into()),
+    })?;
+    let mut ends: BTreeMap<i32, crate::kafka::PartitionEnd> = BTreeMap::new();
     loop {
         let polled = consumer.poll(Duration::from_millis(50));
+        let drained = queue.is_empty();
         let mut core = lock(&core);
         if let Some(e) = core.failed.take() {
             return Err(e);
         }
         match polled {
             Some(Ok(msg)) => {
-                eof.insert(msg.partition(), false);
+                ends.entry(msg.partition()).or_default().record();
                 core.apply(
                     msg.partition(),
                     msg.offset(),
@@ -393,7 +398,7 @@ pub fn run(
                 )?;
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                eof.insert(partition, true);
+                ends.entry(partition).or_default().end();
             }
             Some(Err(e)) => {
                 if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
@@ -403,12 +408,18 @@ pub fn run(
             }
             None => {}
         }
+        if drained {
+            ends.values_mut()
+                .for_each(crate::kafka::PartitionEnd::drained);
+        }
         if last_write.elapsed() >= interval {
             core.write(&consumer)?;
             last_write = Instant::now();
             let owned: Vec<i32> = core.aggregates.keys().copied().collect();
-            let caught_up =
-                !owned.is_empty() && owned.iter().all(|p| eof.get(p).copied().unwrap_or(false));
+            let caught_up = !owned.is_empty()
+                && owned
+                    .iter()
+                    .all(|p| ends.get(p).is_some_and(|e| e.caught_up()));
             core.live.caught_up.store(caught_up, Ordering::Relaxed);
             if shutdown.is_cancelled() {
                 break;
