@@ -174,6 +174,68 @@ fn a_batch_kept_open_ends_once_every_fetched_record_is_handled_not_at_a_partitio
 }
 
 #[test]
+fn an_open_upstream_transaction_does_not_hold_a_batch_open() {
+    // The high watermark counts the records of a transaction upstream has not committed yet;
+    // read_committed cannot read them (nor anything after them). They make the input look
+    // behind, so the batch is kept open, but it must end as soon as everything readable is
+    // handled, not after backlog-commit-interval-ms. (And the partition counts as caught
+    // up at the transaction's first record: the wall clock fires the login's invite.)
+    let scenario =
+        Scenario::new("backlog-open-txn", 1, "backlog-commit-interval-ms: 60000").unwrap();
+    let topic = scenario.topics.customer_events.clone();
+    let login = customer_event(
+        "login-1",
+        "c1",
+        "login.created",
+        now_millis() - 2 * 3_600_000,
+        &[("email", "c1@example.com"), ("sales_rep", "rep-1")],
+    );
+    let events = scenario.dir.path().join("login.jsonl");
+    write_events(&events, std::slice::from_ref(&login)).unwrap();
+    scenario.produce_file(&events).unwrap();
+
+    let mut transactional = std::collections::BTreeMap::new();
+    transactional.insert(
+        "transactional.id".to_owned(),
+        format!("{}-upstream", scenario.id),
+    );
+    let upstream: BaseProducer = waymark::kafka::producer_config(&brokers(), &transactional)
+        .create()
+        .unwrap();
+    upstream.init_transactions(Duration::from_secs(30)).unwrap();
+    upstream.begin_transaction().unwrap();
+    for i in 0..5_000 {
+        let value = format!("not committed yet {i}");
+        let record = BaseRecord::to(&topic).key("c2").payload(&value);
+        upstream.send(record).map_err(|(e, _)| e).unwrap();
+        upstream.poll(Duration::ZERO);
+    }
+    upstream.flush(Duration::from_secs(30)).unwrap();
+
+    let processor = scenario.start().unwrap();
+    let simulated = simulate_file(&events, now_millis()).unwrap();
+    let kafka = scenario
+        .await_outputs(simulated.len(), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the login's outputs, with a batch held open? {e}"));
+    let extended = processor.metric(BATCHES_EXTENDED_TOTAL);
+    let waited_out = processor.metric(&format!(
+        "{BATCH_ENDS_TOTAL}{{reason=\"backlog_interval\"}}"
+    ));
+    let log = processor.stop();
+    upstream.abort_transaction(Duration::from_secs(30)).unwrap();
+    assert_same_outputs(&kafka, &simulated);
+    assert!(
+        extended >= 1.0,
+        "the open transaction's records did not make the input look behind; nothing tested"
+    );
+    assert!(
+        waited_out == 0.0,
+        "{waited_out} batches ended at backlog-commit-interval-ms; log:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
 fn timers_due_together_fire_in_transactions_of_max_batch_events() {
     const CUSTOMERS: usize = 100;
     const PER_TRANSACTION: usize = 10;
