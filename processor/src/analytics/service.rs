@@ -416,6 +416,8 @@ pub fn run(
             core.write(&consumer)?;
             last_write = Instant::now();
             let owned: Vec<i32> = core.aggregates.keys().copied().collect();
+            // A partition revoked and assigned again starts over.
+            ends.retain(|p, _| core.aggregates.contains_key(p));
             let caught_up = !owned.is_empty()
                 && owned
                     .iter()
