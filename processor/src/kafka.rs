@@ -92,17 +92,19 @@ pub struct ConsumerQueue<'a> {
 }
 
 impl<'a> ConsumerQueue<'a> {
-    /// The queue of `consumer`; `None` when it has no consumer group (no `group.id`).
+    /// The queue of `consumer`; an error when it has no consumer group (no `group.id`).
     pub fn of<C: rdkafka::consumer::ConsumerContext>(
         consumer: &'a BaseConsumer<C>,
-    ) -> Option<Self> {
+    ) -> Result<Self, KafkaError> {
         // SAFETY: `native_ptr` is the live librdkafka handle owned by `consumer`, which the
         // returned value borrows for `'a`, so the queue reference is destroyed (in `drop`)
         // before the handle.
         let queue = unsafe {
             rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
         };
-        std::ptr::NonNull::new(queue).map(|queue| ConsumerQueue {
+        let queue = std::ptr::NonNull::new(queue)
+            .ok_or_else(|| KafkaError::Subscription("the consumer has no consumer group".into()))?;
+        Ok(ConsumerQueue {
             queue,
             _consumer: std::marker::PhantomData,
         })
@@ -112,6 +114,13 @@ impl<'a> ConsumerQueue<'a> {
     pub fn is_empty(&self) -> bool {
         // SAFETY: `queue` is a live queue reference (see `of`); reading its length locks it.
         unsafe { rdkafka::bindings::rd_kafka_queue_length(self.queue.as_ptr()) == 0 }
+    }
+}
+
+impl Drop for ConsumerQueue<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `queue` came from `rd_kafka_queue_get_consumer` and is destroyed only here.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.queue.as_ptr()) }
     }
 }
 
@@ -144,13 +153,6 @@ impl PartitionEnd {
     /// The end was read, and the queue was empty since, with no record of the partition.
     pub fn caught_up(self) -> bool {
         self.caught_up
-    }
-}
-
-impl Drop for ConsumerQueue<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `queue` came from `rd_kafka_queue_get_consumer` and is destroyed only here.
-        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.queue.as_ptr()) }
     }
 }
 

@@ -2040,10 +2040,11 @@ pub fn run(
         })?;
     health.live.store(true, Ordering::Relaxed);
     tracing::info!(topic = %input_topic, "Processing.");
-    let queue = crate::kafka::ConsumerQueue::of(&consumer).ok_or_else(|| PipelineError::Kafka {
-        action: "open the consumer's queue",
-        source: KafkaError::Subscription("the consumer has no consumer group".into()),
-    })?;
+    let queue =
+        crate::kafka::ConsumerQueue::of(&consumer).map_err(|source| PipelineError::Kafka {
+            action: "open the consumer's queue",
+            source,
+        })?;
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
     // The open batch was kept open past `interval` because the input is behind.

@@ -376,9 +376,9 @@ pub fn run(
     tracing::info!(%topic, group = %cfg.analytics.group_id, "Analytics view reading.");
     let interval = Duration::from_millis(cfg.analytics.commit_interval_ms);
     let mut last_write = Instant::now();
-    let queue = crate::kafka::ConsumerQueue::of(&consumer).ok_or_else(|| ViewError::Kafka {
+    let queue = crate::kafka::ConsumerQueue::of(&consumer).map_err(|source| ViewError::Kafka {
         action: "open the consumer's queue",
-        source: KafkaError::Subscription("the consumer has no consumer group".into()),
+        source,
     })?;
     let mut ends: BTreeMap<i32, crate::kafka::PartitionEnd> = BTreeMap::new();
     loop {
