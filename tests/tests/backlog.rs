@@ -93,7 +93,8 @@ fn a_batch_kept_open_ends_once_every_fetched_record_is_handled_not_at_a_partitio
             .partition(partition)
             .key(&event.customer_id)
             .payload(&value);
-        // The producer's queue holds 100,000 records; serve deliveries when it is full.
+        // The producer's queue is bounded (`queue.buffering.max.messages`): when it is full,
+        // serve deliveries and try again.
         loop {
             match producer.send(record) {
                 Ok(()) => break,
