@@ -22,6 +22,9 @@ setup: ## Install the system packages the build and tests need (idempotent)
 build: ## Build the waymark binary (release profile, shared by tests and demo)
 	$(CARGO) build --release --workspace --all-targets
 
+dist: ## Build the binary to deploy and benchmark: $(CARGO_TARGET_DIR)/dist/waymark (fat LTO; ~20 min the first time)
+	$(CARGO) build --profile dist -p waymark
+
 lint: ## cargo fmt --check and cargo clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
@@ -33,7 +36,7 @@ chaos: build ## SIGKILL `waymark run` 5 times during a ~110k-event run on a test
 	KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 bash scripts/kafka.sh start
 	WAYMARK_TEST_BROKERS=127.0.0.1:19092 WAYMARK_CHAOS_CUSTOMERS=30000 $(CARGO) test --release -p waymark-e2e --test chaos -- --nocapture
 
-bench: build ## Against Kafka Streams: throughput, immediate-action latency at half peak, timer lateness with 5.1M pending, RSS and restore at 1M customers; recovery after kill -9, simulate at 10M events and per event against its state size; a table (BENCH_PHASES picks parts)
+bench: dist ## Against Kafka Streams: throughput, immediate-action latency at half peak, timer lateness with 5.1M pending, RSS and restore at 1M customers; recovery after kill -9, simulate at 10M events and per event against its state size; a table (BENCH_PHASES picks parts)
 	python3 scripts/bench.py
 
 bench-micro: ## Criterion micro-benchmarks: engine step, state cache over RocksDB, Avro decode/encode
@@ -66,4 +69,4 @@ clean: ## Remove local state and demo output (keeps the build cache)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo test setup build lint unit chaos bench bench-micro golden kstreams-check kafka-start kafka-topics kafka-stop clean help
+.PHONY: demo test setup build dist lint unit chaos bench bench-micro golden kstreams-check kafka-start kafka-topics kafka-stop clean help

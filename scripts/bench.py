@@ -46,6 +46,8 @@ traces put it at 1.4-1.6×), and prints a table:
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
 `cache-capacity: 100000`, to compare a setting on the same machine and trace).
+The binary measured is the `dist` profile's (`make dist`, fat LTO: what a deployment should
+run); BENCH_PROFILE=release measures the tests' build instead.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
@@ -66,7 +68,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("WAYMARK_CACHE", Path.home() / ".cache/waymark"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
-WAYMARK = TARGET / "release/waymark"
+# The binary measured: the `dist` profile's (`make dist`: fat LTO, what a deployment should
+# run); BENCH_PROFILE=release measures the tests' build instead.
+PROFILE = os.environ.get("BENCH_PROFILE", "dist")
+WAYMARK = TARGET / PROFILE / "waymark"
 PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
 BROKERS = f"127.0.0.1:{PORT}"
 CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "500000")
@@ -784,6 +789,10 @@ def simulate_at_scale(until):
 
 
 def main():
+    if not WAYMARK.is_file():
+        raise SystemExit(f"bench: no Waymark binary at {WAYMARK}; build it with `make dist` (or "
+                         f"`cargo build --profile {PROFILE} -p waymark`), or run `make bench`, "
+                         "which builds it first")
     WORK.mkdir(parents=True, exist_ok=True)
     log(f"broker on {BROKERS}")
     kafka("start")
@@ -972,7 +981,7 @@ def write_report(title, table, n):
         "## Machine and versions",
         "",
         f"- CPU: {cpu} × {os.cpu_count()}; broker on the same machine",
-        f"- {version([str(WAYMARK), '--version'])}",
+        f"- {version([str(WAYMARK), '--version'])}, cargo profile `{PROFILE}`",
         f"- {version(['rustc', '--version'])}",
         f"- Apache Kafka {kafka_version.group(1) if kafka_version else 'unknown'} (KRaft, one node); "
         f"Kafka Streams baseline: {version(['java', '-version'])}",
@@ -1021,6 +1030,8 @@ def write_report(title, table, n):
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
         "- `BENCH_WAYMARK_CONFIG` adds YAML lines to every Waymark config of the run (say",
         "  `cache-capacity: 100000`), to compare a setting on the same machine and trace.",
+        f"- the binary: cargo profile `{PROFILE}` (`dist`: fat LTO, one codegen unit; "
+        "`BENCH_PROFILE=release` measures the tests' build).",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
         "",
     ]
