@@ -22,7 +22,7 @@ setup: ## Install the system packages the build and tests need (idempotent)
 build: ## Build the waymark binary (release profile, shared by tests and demo)
 	$(CARGO) build --release --workspace --all-targets
 
-dist: ## Build the binary to deploy and benchmark: $(CARGO_TARGET_DIR)/dist/waymark (fat LTO; ~20 min the first time)
+dist: ## Build the binary to deploy and benchmark: dist/waymark in CARGO_TARGET_DIR (fat LTO; ~20 min the first time)
 	$(CARGO) build --profile dist -p waymark
 
 lint: ## cargo fmt --check and cargo clippy -D warnings
