@@ -24,9 +24,10 @@
 //!
 //! The broker's part of a transaction's commit (adding the offsets, flushing, ending it) runs
 //! on a commit thread while the poll loop handles the next batch; that batch's records are
-//! held in memory and produced in the next transaction once the commit is done, so a
+//! held in memory and produced in the next transaction once the one in flight ended, so a
 //! transaction never mixes two batches. Once the transaction ended, the commit thread also
-//! writes the batch's state to the local stores (their customers stay cached until then).
+//! writes the batch's state to the local stores (their customers stay cached until then);
+//! the next transaction opens meanwhile, and the next commit waits for those writes.
 //!
 //! Owns the poll loop (a dedicated thread), the partition lifecycle on rebalance, dead-lettering
 //! and late-event copies, and the wall-clock watermark of caught-up partitions. Must not hold
@@ -465,6 +466,8 @@ struct Core {
     txn_open: bool,
     /// The commit whose broker part is under way, if one is.
     in_flight: Option<InFlight>,
+    /// The last commit whose transaction ended, until its state is written.
+    writing: Option<Writing>,
     /// Records produced while a commit is in flight: at most one batch's (the next commit
     /// waits for the one in flight).
     held: Vec<HeldRecord>,
@@ -582,15 +585,6 @@ struct StatesWritten {
     took: Duration,
 }
 
-/// When the broker's part of a commit ended, and the state writes done after it on the
-/// commit thread.
-struct Ended {
-    /// When the transaction ended.
-    at: Instant,
-    /// The state writes done after it (none when the stores are written by `conclude`).
-    written: StatesWritten,
-}
-
 /// What a commit leaves to do once the broker's part succeeded (see [`Core::conclude`]).
 struct Committed {
     /// The state batches the commit thread does not write (at least once, or a store with
@@ -605,8 +599,24 @@ struct Committed {
 
 /// An exactly-once commit whose broker part runs on the commit thread.
 struct InFlight {
-    handle: std::thread::JoinHandle<Result<Ended, TxnFailure>>,
+    /// The broker's part: when the transaction ended, or why it failed. The commit thread
+    /// sends it before it writes the state, so the next transaction need not wait for that.
+    ended: std::sync::mpsc::Receiver<Result<Instant, TxnFailure>>,
+    /// What came through `ended`, once it did.
+    result: Option<Result<Instant, TxnFailure>>,
+    /// The commit thread; once the transaction ended, it writes the batch's state.
+    handle: std::thread::JoinHandle<StatesWritten>,
     done: Committed,
+}
+
+/// A commit whose transaction ended: its state is being written to the local stores (on the
+/// commit thread, if `handle` is set). Its customers stay cached until [`Core::finish_writes`].
+struct Writing {
+    handle: Option<std::thread::JoinHandle<StatesWritten>>,
+    /// How long the commit took up to the end of its transaction.
+    committed: Duration,
+    /// How long the writes on the poll thread took (stores without a writer).
+    written_here: Duration,
 }
 
 /// A record produced while a commit was in flight, sent in the next transaction.
@@ -1593,9 +1603,10 @@ impl Core {
     ///
     /// With exactly-once, the broker's part of the commit (adding the offsets, flushing,
     /// ending the transaction) runs on a thread of its own while the loop handles the next
-    /// records: what they produce is held back until the commit is done, then sent in the next
-    /// transaction (see [`Core::finish_commit`]). At most one commit is in flight; starting
-    /// the next one, a revocation, a reload and shutdown wait for it first.
+    /// records: what they produce is held back until the transaction ended, then sent in the
+    /// next transaction (see [`Core::finish_transaction`]). At most one commit is in flight;
+    /// starting the next one, a revocation, a reload and shutdown wait for it, and for its
+    /// state writes, first.
     fn commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -1684,12 +1695,19 @@ impl Core {
         if self.transactional {
             self.txn_open = false;
             let producer = self.producer.clone();
+            let (tell, ended) = std::sync::mpsc::sync_channel(1);
             let handle = std::thread::Builder::new()
                 .name("waymark-commit".into())
                 .spawn(move || {
-                    let at = end_transaction(&producer, &offsets, group.as_ref(), phase)?;
-                    let written = write_states(jobs);
-                    Ok(Ended { at, written })
+                    let result = end_transaction(&producer, &offsets, group.as_ref(), phase);
+                    let ok = result.is_ok();
+                    // The poll loop opens the next transaction while the state is written.
+                    let _ = tell.send(result);
+                    if ok {
+                        write_states(jobs)
+                    } else {
+                        StatesWritten::default()
+                    }
                 })
                 .map_err(|e| {
                     PipelineError::Setup(format!(
@@ -1697,7 +1715,12 @@ impl Core {
                          raise the process's thread or memory limits"
                     ))
                 })?;
-            self.in_flight = Some(InFlight { handle, done });
+            self.in_flight = Some(InFlight {
+                ended,
+                result: None,
+                handle,
+                done,
+            });
             return Ok(());
         }
         // At least once: every output is acknowledged before the offsets move on.
@@ -1713,37 +1736,61 @@ impl Core {
             })
             .map(|()| {
                 phase.done(CommitPhase::End);
-                Ended {
-                    at: Instant::now(),
-                    written: StatesWritten::default(),
-                }
+                Instant::now()
             })
             .map_err(|e| TxnFailure {
                 action: "commit the consumed offsets",
                 call: TxnCall::Failed(e),
             });
-        self.conclude(consumer, done, result)
+        self.conclude(consumer, done, result, None)?;
+        self.finish_writes()
     }
 
-    /// Waits for the commit in flight, if any, and concludes it (see [`Core::conclude`]);
-    /// then opens the next transaction and sends what the records handled meanwhile held
-    /// back.
+    /// Waits for the commit in flight, if any, and for its state to be written: see
+    /// [`Core::finish_transaction`] and [`Core::finish_writes`].
     fn finish_commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), PipelineError> {
-        let Some(flight) = self.in_flight.take() else {
+        self.finish_transaction(consumer)?;
+        self.finish_writes()
+    }
+
+    /// Waits for the broker's part of the commit in flight, if any, and concludes it (see
+    /// [`Core::conclude`]); then opens the next transaction and sends what the records
+    /// handled meanwhile held back. The commit thread may still be writing the state.
+    fn finish_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        let Some(mut flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let waiting = (!flight.handle.is_finished()).then(Instant::now);
-        let result = flight
-            .handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        if let Some(since) = waiting {
-            self.metrics.commit_waited(since.elapsed().as_secs_f64());
+        let result = match flight.result.take() {
+            Some(result) => result,
+            None => {
+                let since = Instant::now();
+                let result = flight.ended.recv();
+                self.metrics.commit_waited(since.elapsed().as_secs_f64());
+                match result {
+                    Ok(result) => result,
+                    // The commit thread ended without a word: it panicked.
+                    Err(_) => std::panic::resume_unwind(
+                        flight
+                            .handle
+                            .join()
+                            .err()
+                            .unwrap_or_else(|| Box::new("the commit thread stopped early")),
+                    ),
+                }
+            }
+        };
+        if result.is_err() {
+            // Nothing was written: the thread is done (and the stores may be reopened).
+            let _ = flight.handle.join();
+            return self.conclude(consumer, flight.done, result, None);
         }
-        self.conclude(consumer, flight.done, result)?;
+        self.conclude(consumer, flight.done, result, Some(flight.handle))?;
         if self.in_transaction {
             self.begin()?;
             for record in std::mem::take(&mut self.held) {
@@ -1753,22 +1800,74 @@ impl Core {
         Ok(())
     }
 
-    /// Whether the commit in flight, if any, is done (so [`Core::finish_commit`] does not
-    /// wait).
-    fn commit_done(&self) -> bool {
-        self.in_flight
-            .as_ref()
-            .is_some_and(|flight| flight.handle.is_finished())
+    /// Whether the broker's part of the commit in flight, if any, is done (so
+    /// [`Core::finish_transaction`] does not wait).
+    fn transaction_ended(&mut self) -> bool {
+        let Some(flight) = &mut self.in_flight else {
+            return false;
+        };
+        if flight.result.is_none() {
+            flight.result = flight.ended.try_recv().ok();
+        }
+        flight.result.is_some() || flight.handle.is_finished()
+    }
+
+    /// Whether the state of the last commit is written (so [`Core::finish_writes`] does
+    /// not wait).
+    fn states_written(&self) -> bool {
+        self.writing.as_ref().is_some_and(|w| {
+            w.handle
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished)
+        })
+    }
+
+    /// Waits for the state writes of the last commit whose transaction ended, if any: then
+    /// its customers may be evicted from the caches. A failed write stops the pipeline (the
+    /// store is behind the committed offsets; the changelog repairs it on restart).
+    fn finish_writes(&mut self) -> Result<(), PipelineError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        let written = match writing.handle {
+            Some(handle) => {
+                let waiting = (!handle.is_finished()).then(Instant::now);
+                let written = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                if let Some(since) = waiting {
+                    self.metrics.commit_waited(since.elapsed().as_secs_f64());
+                }
+                written
+            }
+            None => StatesWritten::default(),
+        };
+        for (partition, result) in written.results {
+            let Some(part) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            result.map_err(PipelineError::state(partition, &part.path))?;
+            part.runtime.prepared_written();
+        }
+        let write = written.took + writing.written_here;
+        self.metrics
+            .commit_phase(CommitPhase::StateWrite, write.as_secs_f64());
+        self.metrics
+            .transaction(true, (writing.committed + write).as_secs_f64());
+        Ok(())
     }
 
     /// After the broker's part of a commit: on success, moves the partitions' committed
-    /// positions and writes the batch's state to the local stores; on failure, aborts and
-    /// rewinds to the last committed positions (the records handled since are read again).
+    /// positions and writes the batch's state to the stores the commit thread does not write
+    /// (`writes`: the commit thread writing the others; see [`Core::finish_writes`]); on
+    /// failure, aborts and rewinds to the last committed positions (the records handled since
+    /// are read again).
     fn conclude<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         done: Committed,
-        result: Result<Ended, TxnFailure>,
+        result: Result<Instant, TxnFailure>,
+        writes: Option<std::thread::JoinHandle<StatesWritten>>,
     ) -> Result<(), PipelineError> {
         let Committed {
             prepared,
@@ -1776,7 +1875,7 @@ impl Core {
             mut latencies,
             started,
         } = done;
-        let Ended { at: ended, written } = match result {
+        let ended = match result {
             Ok(ended) => ended,
             Err(failure) => {
                 self.metrics
@@ -1809,14 +1908,17 @@ impl Core {
                 part.outcome_pending = None;
             }
         }
-        for (partition, result) in written.results {
-            let Some(part) = self.partitions.get_mut(&partition) else {
-                continue;
-            };
-            result.map_err(PipelineError::state(partition, &part.path))?;
-            part.runtime.prepared_written();
-        }
+        self.metrics.committed(&mut latencies, now_millis());
+        debug_assert!(
+            self.writing.is_none(),
+            "a commit's writes were not waited for"
+        );
         let writing = Instant::now();
+        self.writing = Some(Writing {
+            handle: writes,
+            committed: ended.duration_since(started),
+            written_here: Duration::ZERO,
+        });
         for (partition, batch) in prepared {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 continue;
@@ -1825,12 +1927,9 @@ impl Core {
                 .write_prepared(batch)
                 .map_err(PipelineError::state(partition, &part.path))?;
         }
-        let write = written.took + writing.elapsed();
-        self.metrics
-            .commit_phase(CommitPhase::StateWrite, write.as_secs_f64());
-        self.metrics
-            .transaction(true, (ended.duration_since(started) + write).as_secs_f64());
-        self.metrics.committed(&mut latencies, now_millis());
+        if let Some(w) = &mut self.writing {
+            w.written_here = writing.elapsed();
+        }
         Ok(())
     }
 
@@ -1998,6 +2097,7 @@ pub fn run(
         in_transaction: false,
         txn_open: false,
         in_flight: None,
+        writing: None,
         held: Vec::new(),
         outputs: Vec::with_capacity(256),
         summary: RunSummary::default(),
@@ -2088,9 +2188,13 @@ pub fn run(
             core.drained();
         }
         batch += core.poll_outcomes(max_batch.saturating_sub(batch).max(1))?;
-        if core.commit_done() {
-            // The commit in flight is done: open the next transaction and send what waited.
-            core.finish_commit(&consumer)?;
+        if core.transaction_ended() {
+            // The transaction in flight ended: open the next one and send what waited.
+            core.finish_transaction(&consumer)?;
+        }
+        if core.states_written() {
+            // The last commit's state is in the stores: its customers may be evicted.
+            core.finish_writes()?;
         }
         // A commit is due every `interval`; while the input is behind, the batch stays open
         // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
