@@ -377,6 +377,8 @@ impl PartitionRuntime {
                 self.move_timer(&ev.customer_id, old_due, new_due);
                 if disposable {
                     self.cache.remove(&ev.customer_id);
+                } else {
+                    self.cache.seal(&ev.customer_id);
                 }
             }
             Applied::Duplicate => self.stats.duplicates += 1,
@@ -496,6 +498,7 @@ impl PartitionRuntime {
                 self.timers.insert((next, customer.clone()));
                 self.cache.set_timer(&customer, None, Some(next));
             }
+            self.cache.seal(&customer);
             woken += 1;
             self.count(&out[before..]);
         }

@@ -100,10 +100,19 @@ pub fn decode_value<V: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<V, St
 struct Entry<V> {
     /// The decoded record; `None` if the customer has no record (never had one, or removed).
     value: Option<V>,
-    /// Whether `value` differs from the store (or may: it was handed out mutably).
-    dirty: bool,
+    /// Whether `value` differs from the store (or may: it was handed out mutably): 0 if not,
+    /// else one more than its place in [`StateCache::dirty`].
+    dirty: u32,
     /// Access clock value of the last access; unique per entry, larger is more recent.
     used: u64,
+}
+
+/// A dirty entry: its id, and its record encoded by [`StateCache::seal`] if it has not changed
+/// since.
+#[derive(Debug)]
+struct Dirty {
+    id: String,
+    sealed: Option<Vec<u8>>,
 }
 
 /// A flush encoded by [`StateCache::prepare`] and not yet written.
@@ -175,8 +184,8 @@ impl FlushStats {
 pub struct StateCache<V> {
     /// Cached customers by id.
     entries: Entries<V>,
-    /// Ids of the dirty entries, each once.
-    dirty: Vec<String>,
+    /// The dirty entries, each once.
+    dirty: Vec<Dirty>,
     /// Pending timer index changes: `true` adds the entry, `false` removes it. The last change
     /// of a `(due, id)` wins, as it would in a batch.
     timers: BTreeMap<(Millis, String), bool>,
@@ -298,7 +307,7 @@ fn slot<'a, V: DeserializeOwned>(
         };
         Ok::<_, StateError>(Entry {
             value,
-            dirty: false,
+            dirty: 0,
             used: *clock,
         })
     })?;
@@ -306,12 +315,22 @@ fn slot<'a, V: DeserializeOwned>(
     Ok(entry)
 }
 
-/// Marks `entry` (of `id`) dirty, remembering the id once; does nothing in a cache that
-/// records no changes (`record` false, see [`StateCache::unrecorded`]).
-fn mark<V>(entry: &mut Entry<V>, dirty: &mut Vec<String>, id: &str, record: bool) {
-    if record && !entry.dirty {
-        entry.dirty = true;
-        dirty.push(id.to_owned());
+/// Marks `entry` (of `id`) dirty, remembering the id once, and drops its sealed record (it
+/// may change now); does nothing in a cache that records no changes (`record` false, see
+/// [`StateCache::unrecorded`]).
+fn mark<V>(entry: &mut Entry<V>, dirty: &mut Vec<Dirty>, id: &str, record: bool) {
+    if !record {
+        return;
+    }
+    match entry.dirty.checked_sub(1) {
+        Some(at) => dirty[at as usize].sealed = None,
+        None => {
+            dirty.push(Dirty {
+                id: id.to_owned(),
+                sealed: None,
+            });
+            entry.dirty = u32::try_from(dirty.len()).expect("fewer than 2^32 dirty customers");
+        }
     }
 }
 
@@ -350,7 +369,7 @@ impl<V> StateCache<V> {
         for (id, entry) in other.entries.table {
             *self.entries.get_or_insert_with(&id, || Entry {
                 value: None,
-                dirty: false,
+                dirty: 0,
                 used: 0,
             }) = entry;
         }
@@ -405,7 +424,7 @@ impl<V> StateCache<V> {
         let clock = self.clock;
         let entry = self.entries.get_or_insert_with(id, || Entry {
             value: None,
-            dirty: false,
+            dirty: 0,
             used: clock,
         });
         entry.value = value;
@@ -513,16 +532,16 @@ impl<V> StateCache<V> {
         self.scratch.extend(
             self.entries
                 .iter()
-                .filter(|(_, e)| !e.dirty)
+                .filter(|(_, e)| e.dirty == 0)
                 .map(|(_, e)| e.used),
         );
         let before = self.entries.len();
         if excess >= self.scratch.len() {
-            self.entries.retain(|e| e.dirty);
+            self.entries.retain(|e| e.dirty != 0);
         } else {
             // Access times are unique, so exactly `excess` clean entries are at or below it.
             let (_, &mut cutoff, _) = self.scratch.select_nth_unstable(excess - 1);
-            self.entries.retain(|e| e.dirty || e.used > cutoff);
+            self.entries.retain(|e| e.dirty != 0 || e.used > cutoff);
         }
         before - self.entries.len()
     }
@@ -561,6 +580,26 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         let entry = slot(&mut self.entries, &mut self.clock, store, id)?;
         mark(entry, &mut self.dirty, id, self.record);
         Ok(entry.value.get_or_insert_with(make))
+    }
+
+    /// Encodes `id`'s record now for the next flush, if it is dirty: call it once a step is
+    /// done changing the customer, while its record is in the CPU's caches (at the flush, a
+    /// batch later, it no longer is). Changing the customer again drops the encoding (every
+    /// way to change it marks it dirty); a record that does not encode is left to the flush,
+    /// which reports the error.
+    pub fn seal(&mut self, id: &str) {
+        if !self.record {
+            return;
+        }
+        let Some(entry) = self.entries.get(id) else {
+            return;
+        };
+        let (Some(at), Some(value)) = (entry.dirty.checked_sub(1), &entry.value) else {
+            return;
+        };
+        if let Ok(bytes) = encode_value(id, value) {
+            self.dirty[at as usize].sealed = Some(bytes);
+        }
     }
 
     /// Writes every dirty record, pending timer move and pending meta value to `store` in one
@@ -636,10 +675,16 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         })
     }
 
-    /// The records of the customers `ids` (dirty, hence cached) encoded; `None`: delete it.
-    fn encode<'a>(&'a self, ids: &'a [String]) -> Result<Vec<Encoded<'a>>, StateError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+    /// The records of the dirty customers `dirty` encoded (sealed ones as sealed); `None`:
+    /// delete it.
+    fn encode<'a>(&'a self, dirty: &'a [Dirty]) -> Result<Vec<Encoded<'a>>, StateError> {
+        let mut out = Vec::with_capacity(dirty.len());
+        for Dirty { id, sealed } in dirty {
+            if let Some(bytes) = sealed {
+                // Sealed: it has a record, unchanged since (a change drops the seal).
+                out.push((id.as_str(), Some(bytes.clone())));
+                continue;
+            }
             // Dirty entries are never evicted, so every dirty id is cached.
             let Some(entry) = self.entries.get(id) else {
                 continue;
@@ -698,9 +743,9 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
 
     /// Marks every dirty entry clean and drops the pending timer moves and meta values.
     fn forget_pending(&mut self) {
-        for id in self.dirty.drain(..) {
+        for Dirty { id, .. } in self.dirty.drain(..) {
             if let Some(entry) = self.entries.get_mut(&id) {
-                entry.dirty = false;
+                entry.dirty = 0;
             }
         }
         self.timers.clear();

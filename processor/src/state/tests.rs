@@ -677,6 +677,50 @@ mod cache {
     }
 
     #[test]
+    fn a_sealed_record_is_flushed_as_sealed_and_a_change_after_the_seal_is_not_lost() {
+        let mut store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::new(10);
+        cache.get_or_insert_with(&store, "a", || rec(1)).unwrap();
+        cache.seal("a");
+        cache.get_or_insert_with(&store, "b", || rec(2)).unwrap();
+        cache.seal("b");
+        // Changed again after its seal, through each way a change is made.
+        cache.get_mut(&store, "b").unwrap().unwrap().n = 20;
+        cache.get_or_insert_with(&store, "c", || rec(3)).unwrap();
+        cache.seal("c");
+        cache.get_or_insert_with(&store, "c", || rec(0)).unwrap().n = 30;
+        cache.insert("d", rec(4));
+        cache.seal("d");
+        cache.insert("d", rec(40));
+        cache.insert("e", rec(5));
+        cache.seal("e");
+        cache.remove("e");
+        // Sealing a clean or unknown customer does nothing.
+        cache.seal("nobody");
+
+        cache.flush(&mut store).unwrap();
+        // `label` tells which record the number was set on.
+        let put =
+            |id: &str, n: u32, of: u32| Some(encode_value(id, &Rec { n, ..rec(of) }).unwrap());
+        assert_eq!(store.get_customer("a").unwrap(), put("a", 1, 1));
+        assert_eq!(store.get_customer("b").unwrap(), put("b", 20, 2));
+        assert_eq!(store.get_customer("c").unwrap(), put("c", 30, 3));
+        assert_eq!(store.get_customer("d").unwrap(), put("d", 40, 40));
+        assert_eq!(
+            store.get_customer("e").unwrap(),
+            None,
+            "removed after its seal"
+        );
+
+        // Clean now: a seal encodes nothing, and a later change is encoded at the flush.
+        cache.seal("a");
+        assert!(cache.is_clean());
+        cache.get_mut(&store, "a").unwrap().unwrap().n = 100;
+        cache.flush(&mut store).unwrap();
+        assert_eq!(store.get_customer("a").unwrap(), put("a", 100, 1));
+    }
+
+    #[test]
     fn flush_writes_everything_in_one_batch() {
         let mut store = SpyStore::default();
         let mut batch = StateBatch::new();
