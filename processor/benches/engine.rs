@@ -173,6 +173,23 @@ fn codec(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function(
+        "decode CustomerEvent (Avro, through apache-avro's Value)",
+        |b| {
+            b.iter(|| {
+                for bytes in &avro {
+                    std::hint::black_box(
+                        codec::decode_validated::<CustomerEvent>(
+                            bytes,
+                            codec::Framing::Raw,
+                            &codec::InMemorySchemas::new(),
+                        )
+                        .unwrap(),
+                    );
+                }
+            })
+        },
+    );
     group.throughput(Throughput::Elements(commands.len() as u64));
     group.bench_function("encode InterventionCommand (Avro)", |b| {
         b.iter(|| {

@@ -209,6 +209,38 @@ proptest! {
         prop_assert_eq!(encode(&cmd, Framing::Raw).unwrap(), encode_validated(&cmd, Framing::Raw).unwrap());
     }
 
+    /// The direct reader of customer events reads what the validating path reads, and
+    /// rejects (leaving the error to that path) what it rejects: on valid datums, and on
+    /// truncated, extended, corrupted and arbitrary bytes.
+    #[test]
+    fn the_direct_customer_event_reader_equals_the_validating_decoder(
+        ev in any_customer_event(),
+        cut in any::<prop::sample::Index>(),
+        flip in (any::<prop::sample::Index>(), 1..=255u8),
+        noise in prop::collection::vec(any::<u8>(), 0..48),
+    ) {
+        let bytes = encode(&ev, Framing::Raw).unwrap();
+        prop_assert_eq!(CustomerEvent::read_datum(&bytes), Some(ev.clone()));
+        let mut flipped = bytes.clone();
+        flipped[flip.0.index(bytes.len())] ^= flip.1;
+        let variants = [
+            bytes[..cut.index(bytes.len())].to_vec(),
+            [&bytes[..], &[0]].concat(),
+            flipped,
+            noise,
+        ];
+        for datum in variants {
+            let validated =
+                decode_validated::<CustomerEvent>(&datum, Framing::Raw, &no_registry()).ok();
+            match CustomerEvent::read_datum(&datum) {
+                Some(direct) => prop_assert_eq!(Some(&direct), validated.as_ref()),
+                None => prop_assert!(validated.is_none(), "the validating path read {validated:?}"),
+            }
+            let decoded = decode::<CustomerEvent>(&datum, Framing::Raw, &no_registry()).ok();
+            prop_assert_eq!(decoded, validated);
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let schemas = InMemorySchemas::new().with_current::<CustomerEvent>(1);
@@ -224,6 +256,40 @@ proptest! {
             prop_assert!(CodecError::KINDS.contains(&e.kind()));
         }
     }
+}
+
+/// Map blocks with a negative count (followed by their size in bytes) and a repeated key
+/// read the same both ways: the last value wins.
+#[test]
+fn the_direct_customer_event_reader_reads_sized_blocks_and_repeated_keys_as_apache_avro() {
+    let mut datum = Vec::new();
+    for s in ["e1", "c1", "login.created"] {
+        binary::string(&mut datum, s);
+    }
+    binary::long(&mut datum, 1_772_448_620_903);
+    let mut block = Vec::new();
+    for s in ["plan", "basic", "plan", "pro"] {
+        binary::string(&mut block, s);
+    }
+    binary::long(&mut datum, -2);
+    binary::long(&mut datum, block.len() as i64);
+    datum.extend_from_slice(&block);
+    binary::long(&mut datum, 1);
+    binary::string(&mut datum, "email");
+    binary::string(&mut datum, "a@example.com");
+    binary::long(&mut datum, 0);
+
+    let validated =
+        decode_validated::<CustomerEvent>(&datum, Framing::Raw, &no_registry()).unwrap();
+    let direct = CustomerEvent::read_datum(&datum).expect("the direct reader reads it");
+    assert_eq!(direct, validated);
+    assert_eq!(
+        direct.attributes,
+        BTreeMap::from([
+            ("email".to_owned(), "a@example.com".to_owned()),
+            ("plan".to_owned(), "pro".to_owned()),
+        ])
+    );
 }
 
 #[test]
