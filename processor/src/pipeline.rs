@@ -1766,24 +1766,25 @@ impl Core {
         let Some(mut flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let result = match flight.result.take() {
-            Some(result) => result,
-            None => {
+        let received = match flight.result.take() {
+            Some(result) => Ok(result),
+            None => flight.ended.try_recv().or_else(|_| {
                 let since = Instant::now();
                 let result = flight.ended.recv();
                 self.metrics.commit_waited(since.elapsed().as_secs_f64());
-                match result {
-                    Ok(result) => result,
-                    // The commit thread ended without a word: it panicked.
-                    Err(_) => std::panic::resume_unwind(
-                        flight
-                            .handle
-                            .join()
-                            .err()
-                            .unwrap_or_else(|| Box::new("the commit thread stopped early")),
-                    ),
-                }
-            }
+                result
+            }),
+        };
+        let result = match received {
+            Ok(result) => result,
+            // The commit thread ended without a word: it panicked.
+            Err(_) => std::panic::resume_unwind(
+                flight
+                    .handle
+                    .join()
+                    .err()
+                    .unwrap_or_else(|| Box::new("the commit thread stopped early")),
+            ),
         };
         if result.is_err() {
             // Nothing was written: the thread is done (and the stores may be reopened).
