@@ -1088,8 +1088,8 @@ mod binary {
 
         pub fn string(&mut self) -> Option<String> {
             let len = usize::try_from(self.long()?).ok()?;
-            let bytes = self.0.get(..len)?;
-            self.0 = &self.0[len..];
+            let (bytes, rest) = self.0.split_at_checked(len)?;
+            self.0 = rest;
             String::from_utf8(bytes.to_vec()).ok()
         }
 

@@ -1915,11 +1915,6 @@ impl Core {
             "a commit's writes were not waited for"
         );
         let writing = Instant::now();
-        self.writing = Some(Writing {
-            handle: writes,
-            committed: ended.duration_since(started),
-            written_here: Duration::ZERO,
-        });
         for (partition, batch) in prepared {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 continue;
@@ -1928,9 +1923,11 @@ impl Core {
                 .write_prepared(batch)
                 .map_err(PipelineError::state(partition, &part.path))?;
         }
-        if let Some(w) = &mut self.writing {
-            w.written_here = writing.elapsed();
-        }
+        self.writing = Some(Writing {
+            handle: writes,
+            committed: ended.duration_since(started),
+            written_here: writing.elapsed(),
+        });
         Ok(())
     }
 
