@@ -513,10 +513,10 @@ impl Aggregates {
         let before = inst.position(steps);
         let agg = self
             .journeys
-            .entry((journey.clone(), inst.version))
+            .entry((journey.to_string(), inst.version))
             .or_default();
-        let step = ev.step.clone().unwrap_or_default();
-        let action = ev.action.clone().unwrap_or_default();
+        let step = ev.step.as_deref().unwrap_or_default().to_owned();
+        let action = ev.action.as_deref().unwrap_or_default().to_owned();
         match ev.event_type {
             JourneyEventType::Entered => unreachable!("handled above"),
             JourneyEventType::StepCompleted => {

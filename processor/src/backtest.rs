@@ -36,10 +36,10 @@ impl Side {
             Output::Command(c) => {
                 *self
                     .commands
-                    .entry((c.journey.clone(), c.action.clone(), c.channel))
+                    .entry((c.journey.to_string(), c.action.to_string(), c.channel))
                     .or_default() += 1;
                 self.per_customer
-                    .entry(c.customer_id.clone())
+                    .entry(c.customer_id.to_string())
                     .or_default()
                     .insert(format!(
                         "{}/{}/{}@{}",
@@ -52,12 +52,13 @@ impl Side {
             Output::JourneyEvent(e) => {
                 let what = e
                     .step
-                    .clone()
-                    .or_else(|| e.action.clone())
-                    .unwrap_or_default();
+                    .as_deref()
+                    .or(e.action.as_deref())
+                    .unwrap_or_default()
+                    .to_owned();
                 *self
                     .journey_events
-                    .entry((e.journey.clone(), e.event_type, what))
+                    .entry((e.journey.to_string(), e.event_type, what))
                     .or_default() += 1;
             }
         }

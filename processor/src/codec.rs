@@ -1129,22 +1129,22 @@ mod binary {
     }
 
     /// `["null", "string"]`.
-    pub fn optional(out: &mut Vec<u8>, s: &Option<String>) {
+    pub fn optional<S: AsRef<str>>(out: &mut Vec<u8>, s: &Option<S>) {
         match s {
             None => long(out, 0),
             Some(s) => {
                 long(out, 1);
-                string(out, s);
+                string(out, s.as_ref());
             }
         }
     }
 
-    pub fn string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+    pub fn string_map<K: AsRef<str>, V: AsRef<str>>(out: &mut Vec<u8>, map: &BTreeMap<K, V>) {
         if !map.is_empty() {
             long(out, map.len() as i64);
             for (k, v) in map {
-                string(out, k);
-                string(out, v);
+                string(out, k.as_ref());
+                string(out, v.as_ref());
             }
         }
         long(out, 0);
@@ -1152,15 +1152,19 @@ mod binary {
 }
 
 /// `["null", "string"]`: the null branch is index 0.
-fn optional(s: &Option<String>) -> Value {
+fn optional<S: AsRef<str>>(s: &Option<S>) -> Value {
     match s {
         None => Value::Union(0, Box::new(Value::Null)),
-        Some(s) => Value::Union(1, Box::new(string(s))),
+        Some(s) => Value::Union(1, Box::new(string(s.as_ref()))),
     }
 }
 
-fn string_map(map: &BTreeMap<String, String>) -> Value {
-    Value::Map(map.iter().map(|(k, v)| (k.clone(), string(v))).collect())
+fn string_map<K: AsRef<str>, V: AsRef<str>>(map: &BTreeMap<K, V>) -> Value {
+    Value::Map(
+        map.iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), string(v.as_ref())))
+            .collect(),
+    )
 }
 
 fn field(name: &str, value: Value) -> (String, Value) {
@@ -1257,21 +1261,21 @@ impl Fields {
         )
     }
 
-    fn string(&mut self, name: &str) -> Result<String, CodecError> {
+    fn string<S: From<String>>(&mut self, name: &str) -> Result<S, CodecError> {
         match self.take(name)? {
-            Value::String(s) => Ok(s),
+            Value::String(s) => Ok(s.into()),
             other => Err(self.wrong_type(name, "a string", &other)),
         }
     }
 
-    fn optional_string(&mut self, name: &str) -> Result<Option<String>, CodecError> {
+    fn optional_string<S: From<String>>(&mut self, name: &str) -> Result<Option<S>, CodecError> {
         let value = match self.take(name)? {
             Value::Union(_, inner) => *inner,
             other => other,
         };
         match value {
             Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s)),
+            Value::String(s) => Ok(Some(s.into())),
             other => Err(self.wrong_type(name, "null or a string", &other)),
         }
     }
@@ -1293,12 +1297,15 @@ impl Fields {
         u32::try_from(n).map_err(|_| self.bad(name, format!("{n} is outside 0..=4294967295")))
     }
 
-    fn string_map(&mut self, name: &str) -> Result<BTreeMap<String, String>, CodecError> {
+    fn string_map<K: From<String> + Ord, V: From<String>>(
+        &mut self,
+        name: &str,
+    ) -> Result<BTreeMap<K, V>, CodecError> {
         match self.take(name)? {
             Value::Map(map) => map
                 .into_iter()
                 .map(|(k, v)| match v {
-                    Value::String(v) => Ok((k, v)),
+                    Value::String(v) => Ok((k.into(), v.into())),
                     other => Err(self.wrong_type(name, "a map of strings", &other)),
                 })
                 .collect(),

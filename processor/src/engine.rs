@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use compact_str::CompactString;
+use compact_str::{CompactString, format_compact};
 use serde::{Deserialize, Serialize};
 
 use crate::journey::{
@@ -963,25 +963,27 @@ fn materialize(
     blocked: Option<&Blocked>,
     out: &mut Vec<Output>,
 ) {
-    let version = inst.id_version.to_string();
-    let number = inst.number.to_string();
+    let mut version = itoa::Buffer::new();
+    let version = version.format(inst.id_version);
+    let mut number = itoa::Buffer::new();
+    let number = number.format(inst.number);
     let jev = |event_type: JourneyEventType, step: Option<&str>, extra: &str| {
         let step_or_extra = step.unwrap_or(extra);
         JourneyEvent {
             journey_event_id: stable_id(&[
                 &journey.name,
-                &version,
+                version,
                 customer_id,
-                &number,
+                number,
                 event_type.as_str(),
                 step_or_extra,
             ]),
-            journey: journey.name.clone(),
+            journey: journey.name.as_str().into(),
             journey_version: journey.version,
-            customer_id: customer_id.to_owned(),
+            customer_id: customer_id.into(),
             instance: inst.number,
             event_type,
-            step: step.map(str::to_owned),
+            step: step.map(CompactString::from),
             at: c.due,
             command_id: None,
             action: None,
@@ -1027,18 +1029,18 @@ fn materialize(
             let mut e = jev(
                 JourneyEventType::CommandDeferred,
                 None,
-                &format!("{}.{}", r.id, a.id),
+                &format_compact!("{}.{}", r.id, a.id),
             );
             e.command_id = Some(stable_id(&[
                 &journey.name,
-                &version,
+                version,
                 customer_id,
-                &number,
+                number,
                 &r.id,
                 &a.id,
             ]));
-            e.action = Some(a.id.clone());
-            e.variant = effective.experiment.map(|(_, arm)| arm.to_owned());
+            e.action = Some(a.id.as_str().into());
+            e.variant = effective.experiment.map(|(_, arm)| arm.into());
             e.reason = Some(format!(
                 "quiet hours for {} in {}; deferred to {}",
                 effective.channel,
@@ -1051,10 +1053,12 @@ fn materialize(
             let r = &journey.rules[rule];
             let a = &r.actions[action];
             let command_id =
-                stable_id(&[&journey.name, &version, customer_id, &number, &r.id, &a.id]);
-            let emitted_key = format!("{}.{}", r.id, a.id);
+                stable_id(&[&journey.name, version, customer_id, number, &r.id, &a.id]);
+            let emitted_key = format_compact!("{}.{}", r.id, a.id);
             let effective = a.effective(customer_id);
-            let variant = effective.experiment.map(|(_, arm)| arm.to_owned());
+            let variant = effective
+                .experiment
+                .map(|(_, arm)| CompactString::from(arm));
             let withheld = match (blocked, effective.experiment) {
                 (Some(why), _) => Some(why.describe()),
                 (None, Some((x, _))) if effective.held_out => {
@@ -1065,7 +1069,7 @@ fn materialize(
             if let Some(reason) = withheld {
                 let mut e = jev(JourneyEventType::CommandSuppressed, None, &emitted_key);
                 e.command_id = Some(command_id);
-                e.action = Some(a.id.clone());
+                e.action = Some(a.id.as_str().into());
                 e.reason = Some(reason);
                 e.variant = variant;
                 out.push(Output::JourneyEvent(e));
@@ -1074,20 +1078,20 @@ fn materialize(
             let lookup = |k: &str| state.profile_at(k, c.due);
             let command = InterventionCommand {
                 command_id: command_id.clone(),
-                journey: journey.name.clone(),
+                journey: journey.name.as_str().into(),
                 journey_version: journey.version,
-                customer_id: customer_id.to_owned(),
+                customer_id: customer_id.into(),
                 instance: inst.number,
-                rule: r.id.clone(),
-                action: a.id.clone(),
+                rule: r.id.as_str().into(),
+                action: a.id.as_str().into(),
                 channel: effective.channel,
                 due_at: c.due,
-                template: effective.template.map(str::to_owned),
+                template: effective.template.map(CompactString::from),
                 variant: variant.clone(),
                 params: a
                     .params
                     .iter()
-                    .map(|(k, v)| (k.clone(), fill_placeholders(v, lookup)))
+                    .map(|(k, v)| (k.as_str().into(), fill_placeholders(v, lookup)))
                     .collect(),
                 attributes: journey
                     .profile
@@ -1095,13 +1099,13 @@ fn materialize(
                     .filter_map(|k| {
                         state
                             .profile_at(k, c.due)
-                            .map(|v| (k.clone(), v.to_owned()))
+                            .map(|v| (k.as_str().into(), v.into()))
                     })
                     .collect(),
             };
             let mut e = jev(JourneyEventType::CommandEmitted, None, &emitted_key);
             e.command_id = Some(command_id);
-            e.action = Some(a.id.clone());
+            e.action = Some(a.id.as_str().into());
             e.variant = variant;
             out.push(Output::Command(command));
             out.push(Output::JourneyEvent(e));

@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
@@ -1398,11 +1399,11 @@ pub fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Replaces every `{{name}}` in `s` with `lookup(name)` (empty when absent).
-pub fn fill_placeholders<'a>(s: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+pub fn fill_placeholders<'a>(s: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> CompactString {
     if !s.contains("{{") {
-        return s.to_owned();
+        return s.into();
     }
-    let mut out = String::with_capacity(s.len());
+    let mut out = CompactString::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);

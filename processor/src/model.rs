@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, UTC: the one time type of the engine.
@@ -165,6 +166,10 @@ impl fmt::Display for Channel {
 }
 
 /// A request to a channel sink: deliver this intervention to this customer.
+///
+/// Its short strings (names, the customer id, params and attributes) are [`CompactString`]s,
+/// as in the state: up to 24 bytes are kept inline, so most outputs are built without an
+/// allocation per field. They serialize exactly as strings. The ids (UUIDs) stay `String`s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterventionCommand {
@@ -172,17 +177,17 @@ pub struct InterventionCommand {
     /// or retry yields the same id, so sinks de-duplicate on it.
     pub command_id: String,
     /// Journey name.
-    pub journey: String,
+    pub journey: CompactString,
     /// Journey version the customer's instance runs on.
     pub journey_version: u32,
     /// The customer; also the Kafka key.
-    pub customer_id: String,
+    pub customer_id: CompactString,
     /// Instance number of the customer in this journey (1 for the first entry).
     pub instance: u32,
     /// The rule that produced the command.
-    pub rule: String,
+    pub rule: CompactString,
     /// The action of that rule.
-    pub action: String,
+    pub action: CompactString,
     /// Delivery channel.
     pub channel: Channel,
     /// Event time the action was due at.
@@ -190,17 +195,17 @@ pub struct InterventionCommand {
     pub due_at: Millis,
     /// Template the sink renders (email/SMS), if any.
     #[serde(default)]
-    pub template: Option<String>,
+    pub template: Option<CompactString>,
     /// A/B variant the customer is assigned to, if the action is under an experiment.
     #[serde(default)]
-    pub variant: Option<String>,
+    pub variant: Option<CompactString>,
     /// Action parameters from the journey definition, with `{{attribute}}` placeholders
     /// filled from the customer's profile (e.g. `assignee: rep-17`).
     #[serde(default)]
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<CompactString, CompactString>,
     /// Customer profile attributes the sink needs (`email`, `phone`, `tz`, `sales_rep`, ...).
     #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: BTreeMap<CompactString, CompactString>,
 }
 
 /// What kind of journey event happened.
@@ -259,17 +264,18 @@ impl JourneyEventType {
 }
 
 /// Something that happened to a customer in a journey: the input of analytics and audit.
+/// Its short strings are [`CompactString`]s (see [`InterventionCommand`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JourneyEvent {
     /// Stable id derived from (journey, version, customer, instance, type, step or command).
     pub journey_event_id: String,
     /// Journey name.
-    pub journey: String,
+    pub journey: CompactString,
     /// Journey version of the instance.
     pub journey_version: u32,
     /// The customer; also the Kafka key.
-    pub customer_id: String,
+    pub customer_id: CompactString,
     /// Instance number (1 for the first entry).
     pub instance: u32,
     /// What happened.
@@ -277,7 +283,7 @@ pub struct JourneyEvent {
     pub event_type: JourneyEventType,
     /// The step concerned, if any.
     #[serde(default)]
-    pub step: Option<String>,
+    pub step: Option<CompactString>,
     /// Event time it happened at.
     #[serde(with = "rfc3339")]
     pub at: Millis,
@@ -286,14 +292,14 @@ pub struct JourneyEvent {
     pub command_id: Option<String>,
     /// The action concerned (`command_emitted`, `command_suppressed`).
     #[serde(default)]
-    pub action: Option<String>,
+    pub action: Option<CompactString>,
     /// Why (`command_suppressed`, `command_deferred`, `exited`).
     #[serde(default)]
     pub reason: Option<String>,
     /// For a command under an A/B experiment: the customer's arm (a variant id, or
     /// `holdout`).
     #[serde(default)]
-    pub variant: Option<String>,
+    pub variant: Option<CompactString>,
 }
 
 /// What a sink reports about a command it handled.

@@ -74,7 +74,7 @@ fn variants_and_the_holdout_go_through_kafka_and_the_report_equals_simulate() {
     let mut progress: std::collections::BTreeMap<(String, String), Progress> = Default::default();
     for e in &journey_events {
         let p = progress
-            .entry((e.customer_id.clone(), e.journey.clone()))
+            .entry((e.customer_id.to_string(), e.journey.to_string()))
             .or_default();
         folded.apply(&defs, p, e);
     }

@@ -84,7 +84,7 @@ fn a_bounced_invite_becomes_an_sms_and_every_outcome_is_recorded_on_its_customer
     assert_eq!(text.journey, "email-bounce-fallback");
     assert_eq!(text.action, "invite-sms");
     assert_eq!(
-        text.attributes.get("phone").map(String::as_str),
+        text.attributes.get("phone").map(|p| p.as_str()),
         Some("+16125550101")
     );
 

@@ -25,13 +25,13 @@ fn command(customer: &str, phone: &str) -> InterventionCommand {
         template: Some("payment-account-reminder".into()),
         variant: None,
         params: [(
-            "link".to_owned(),
-            "https://billing.example.com/payment-account/new".to_owned(),
+            "link".into(),
+            "https://billing.example.com/payment-account/new".into(),
         )]
         .into(),
         attributes: [
-            ("phone".to_owned(), phone.to_owned()),
-            ("sales_rep".to_owned(), "Rita Reyes".to_owned()),
+            ("phone".into(), phone.into()),
+            ("sales_rep".into(), "Rita Reyes".into()),
         ]
         .into(),
     }

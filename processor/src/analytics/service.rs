@@ -156,7 +156,7 @@ impl Core {
                 return Ok(());
             }
         };
-        let key = (ev.customer_id.clone(), ev.journey.clone());
+        let key = (ev.customer_id.to_string(), ev.journey.to_string());
         let mut entry = match self.dirty.remove(&key) {
             Some(e) => e,
             None => self

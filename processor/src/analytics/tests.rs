@@ -61,7 +61,7 @@ fn fold(events: &[JourneyEvent], order: &Definitions) -> (Aggregates, BTreeMap<S
     let mut agg = Aggregates::default();
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     for e in events {
-        let p = progress.entry(e.customer_id.clone()).or_default();
+        let p = progress.entry(e.customer_id.to_string()).or_default();
         agg.apply(order, p, e);
     }
     (agg, progress)
@@ -177,7 +177,7 @@ fn partitions_merge_into_the_whole() {
         let p = e.customer_id.bytes().map(usize::from).sum::<usize>() % 3;
         parts[p].apply(
             &order,
-            progress.entry(e.customer_id.clone()).or_default(),
+            progress.entry(e.customer_id.to_string()).or_default(),
             e,
         );
     }
@@ -197,7 +197,7 @@ fn je(customer: &str, n: u32, t: JourneyEventType, step: &str, at: Millis) -> Jo
         customer_id: customer.into(),
         instance: 1,
         event_type: t,
-        step: (!step.is_empty()).then(|| step.to_owned()),
+        step: (!step.is_empty()).then(|| step.into()),
         at,
         command_id: None,
         action: None,

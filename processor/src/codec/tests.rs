@@ -130,9 +130,14 @@ prop_compose! {
         attributes in any_map(),
     ) -> InterventionCommand {
         let (command_id, journey, customer_id, rule, action) = ids;
+        let compact = |m: BTreeMap<String, String>| {
+            m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+        };
         InterventionCommand {
-            command_id, journey, journey_version, customer_id, instance, rule, action, channel,
-            due_at, template, variant, params, attributes,
+            command_id, journey: journey.into(), journey_version, customer_id: customer_id.into(),
+            instance, rule: rule.into(), action: action.into(), channel, due_at,
+            template: template.map(Into::into), variant: variant.map(Into::into),
+            params: compact(params), attributes: compact(attributes),
         }
     }
 }
@@ -149,8 +154,10 @@ prop_compose! {
         let (journey_event_id, journey, customer_id) = ids;
         let (step, command_id, action, reason, variant) = optionals;
         JourneyEvent {
-            journey_event_id, journey, journey_version, customer_id, instance, event_type, step,
-            at, command_id, action, reason, variant,
+            journey_event_id, journey: journey.into(), journey_version,
+            customer_id: customer_id.into(), instance, event_type, step: step.map(Into::into),
+            at, command_id, action: action.map(Into::into), reason,
+            variant: variant.map(Into::into),
         }
     }
 }

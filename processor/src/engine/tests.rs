@@ -119,9 +119,12 @@ fn sent_by(
     let mut v: Vec<_> = outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Command(c) => {
-                Some((c.customer_id.clone(), c.action.clone(), which(c), c.due_at))
-            }
+            Output::Command(c) => Some((
+                c.customer_id.to_string(),
+                c.action.to_string(),
+                which(c),
+                c.due_at,
+            )),
             _ => None,
         })
         .collect();
@@ -133,7 +136,7 @@ fn commands(outputs: &[Output]) -> Vec<(String, Channel, Millis)> {
     let mut v: Vec<_> = outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Command(c) => Some((c.action.clone(), c.channel, c.due_at)),
+            Output::Command(c) => Some((c.action.to_string(), c.channel, c.due_at)),
             _ => None,
         })
         .collect();
@@ -146,7 +149,7 @@ fn journey_events(outputs: &[Output], t: JourneyEventType) -> Vec<(String, Milli
         .iter()
         .filter_map(|o| match o {
             Output::JourneyEvent(e) if e.event_type == t => {
-                Some((e.step.clone().unwrap_or_default(), e.at))
+                Some((e.step.as_deref().unwrap_or_default().to_owned(), e.at))
             }
             _ => None,
         })
@@ -701,7 +704,9 @@ fn commands_carry_the_profile_as_of_their_due_time() {
         let cmds: BTreeMap<String, InterventionCommand> = out
             .iter()
             .filter_map(|o| match o {
-                Output::Command(c) if c.customer_id == "c1" => Some((c.action.clone(), c.clone())),
+                Output::Command(c) if c.customer_id == "c1" => {
+                    Some((c.action.to_string(), c.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -828,9 +833,9 @@ fn outcome(
     crate::model::InterventionOutcome {
         outcome_id: stable_id(&[&command.command_id, status]),
         command_id: command.command_id.clone(),
-        customer_id: command.customer_id.clone(),
-        journey: command.journey.clone(),
-        action: command.action.clone(),
+        customer_id: command.customer_id.to_string(),
+        journey: command.journey.to_string(),
+        action: command.action.to_string(),
         channel: command.channel,
         status: status.into(),
         at,
@@ -941,7 +946,7 @@ fn a_bounced_invite_email_becomes_an_sms_and_a_delivered_one_does_not() {
     assert_eq!(sms[0].action, "invite-sms");
     assert_eq!(sms[0].due_at, bounced.occurred_at);
     assert_eq!(
-        sms[0].attributes.get("phone").map(String::as_str),
+        sms[0].attributes.get("phone").map(CompactString::as_str),
         Some("+16125550100")
     );
 }
@@ -983,7 +988,10 @@ fn suppressed(outputs: &[Output]) -> Vec<(String, String)> {
         .iter()
         .filter_map(|o| match o {
             Output::JourneyEvent(e) if e.event_type == JourneyEventType::CommandSuppressed => {
-                Some((e.action.clone().unwrap(), e.reason.clone().unwrap()))
+                Some((
+                    e.action.clone().unwrap().to_string(),
+                    e.reason.clone().unwrap(),
+                ))
             }
             _ => None,
         })
@@ -1201,10 +1209,10 @@ fn golden_trace_matches_expected_output() {
             Output::JourneyEvent(j) => match j.event_type {
                 JourneyEventType::Entered => g.entered += 1,
                 JourneyEventType::StepCompleted => {
-                    g.completed.insert(j.step.clone().unwrap());
+                    g.completed.insert(j.step.clone().unwrap().to_string());
                 }
                 JourneyEventType::StepAbandoned => {
-                    g.abandoned.insert(j.step.clone().unwrap());
+                    g.abandoned.insert(j.step.clone().unwrap().to_string());
                 }
                 JourneyEventType::GoalReached => g.goal = true,
                 _ => {}
@@ -1402,7 +1410,7 @@ proptest! {
         let mut entered: BTreeMap<String, usize> = BTreeMap::new();
         for o in &out {
             if let Output::JourneyEvent(j) = o && j.event_type == JourneyEventType::Entered {
-                *entered.entry(j.customer_id.clone()).or_default() += 1;
+                *entered.entry(j.customer_id.to_string()).or_default() += 1;
             }
         }
         prop_assert!(entered.values().all(|n| *n == 1));

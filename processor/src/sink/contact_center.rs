@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 use super::{DeliveryError, Provider};
@@ -40,7 +41,7 @@ pub struct Task<'a> {
     /// The action.
     pub action: &'a str,
     /// Customer attributes (email, phone, time zone, …) for the agent.
-    pub customer: &'a std::collections::BTreeMap<String, String>,
+    pub customer: &'a std::collections::BTreeMap<CompactString, CompactString>,
 }
 
 /// Creates contact-center tasks over HTTP.
@@ -69,7 +70,7 @@ pub fn task(command: &InterventionCommand) -> Result<Task<'_>, DeliveryError> {
         command
             .params
             .get(k)
-            .map(String::as_str)
+            .map(CompactString::as_str)
             .filter(|v| !v.trim().is_empty())
     };
     let kind = param("task").unwrap_or("assist");
@@ -262,7 +263,7 @@ mod tests {
             variant: None,
             params: params
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
             attributes: Default::default(),
         }

@@ -184,6 +184,7 @@ impl Provider for EmailProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use compact_str::format_compact;
 
     fn command(template: &str, variant: Option<&str>) -> InterventionCommand {
         InterventionCommand {
@@ -197,13 +198,9 @@ mod tests {
             channel: Channel::Email,
             due_at: 0,
             template: Some(template.into()),
-            variant: variant.map(str::to_owned),
-            params: [(
-                "link".to_owned(),
-                "https://billing.example.com/x".to_owned(),
-            )]
-            .into(),
-            attributes: [("email".to_owned(), "ana@example.com".to_owned())].into(),
+            variant: variant.map(Into::into),
+            params: [("link".into(), "https://billing.example.com/x".into())].into(),
+            attributes: [("email".into(), "ana@example.com".into())].into(),
         }
     }
 
@@ -272,13 +269,17 @@ mod tests {
                             template.as_deref().unwrap_or(&action.id),
                             variant.as_deref(),
                         );
-                        c.journey.clone_from(&journey.name);
-                        c.action.clone_from(&action.id);
-                        c.params = action.params.clone();
+                        c.journey = journey.name.as_str().into();
+                        c.action = action.id.as_str().into();
+                        c.params = action
+                            .params
+                            .iter()
+                            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                            .collect();
                         c.attributes = journey
                             .profile
                             .iter()
-                            .map(|p| (p.clone(), format!("<{p}>")))
+                            .map(|p| (p.as_str().into(), format_compact!("<{p}>")))
                             .collect();
                         let what =
                             format!("{}: {}.{} on {channel}", journey.name, rule.id, action.id);

@@ -372,9 +372,9 @@ impl<P: Provider> Runner<'_, P> {
         let outcome = InterventionOutcome {
             outcome_id: crate::engine::stable_id(&[&command.command_id, status]),
             command_id: command.command_id.clone(),
-            customer_id: command.customer_id.clone(),
-            journey: command.journey.clone(),
-            action: command.action.clone(),
+            customer_id: command.customer_id.to_string(),
+            journey: command.journey.to_string(),
+            action: command.action.to_string(),
             channel: command.channel,
             status: status.to_owned(),
             at: now_millis(),

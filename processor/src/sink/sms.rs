@@ -131,7 +131,7 @@ impl SmsProvider {
                 format!("{} is missing", dir.join("body.txt").display()),
             )
         })?;
-        Ok((to.clone(), body.trim().to_owned()))
+        Ok((to.to_string(), body.trim().to_owned()))
     }
 }
 

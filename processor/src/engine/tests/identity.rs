@@ -47,9 +47,13 @@ fn moves(outputs: &[Output]) -> Vec<(String, String, String)> {
         .iter()
         .filter_map(|o| match o {
             Output::JourneyEvent(e) => Some((
-                e.customer_id.clone(),
+                e.customer_id.to_string(),
                 e.event_type.as_str().to_owned(),
-                e.step.clone().or(e.reason.clone()).unwrap_or_default(),
+                e.step
+                    .as_deref()
+                    .or(e.reason.as_deref())
+                    .unwrap_or_default()
+                    .to_owned(),
             )),
             _ => None,
         })

@@ -666,7 +666,7 @@ proptest! {
         let mut per: BTreeMap<(String, u32), usize> = BTreeMap::new();
         for o in &a {
             if let Output::Command(c) = o && SAVE_ACTIONS.contains(&c.action.as_str()) {
-                *per.entry((c.customer_id.clone(), c.instance)).or_default() += 1;
+                *per.entry((c.customer_id.to_string(), c.instance)).or_default() += 1;
             }
         }
         prop_assert!(per.values().all(|n| *n == 1), "{:?}", per);

@@ -63,7 +63,7 @@ fn an_instance_keeps_the_version_it_entered_with_and_new_entries_get_the_new_one
         .iter()
         .filter_map(|o| match o {
             Output::JourneyEvent(j) if j.event_type == JourneyEventType::Entered => {
-                Some((j.customer_id.clone(), j.journey_version))
+                Some((j.customer_id.to_string(), j.journey_version))
             }
             _ => None,
         })
