@@ -188,7 +188,7 @@ pub struct StateCache<V> {
     dirty: Vec<Dirty>,
     /// Pending timer index changes: `true` adds the entry, `false` removes it. The last change
     /// of a `(due, id)` wins, as it would in a batch.
-    timers: BTreeMap<(Millis, String), bool>,
+    timers: BTreeMap<(Millis, CompactString), bool>,
     /// Pending meta values.
     meta: BTreeMap<String, Vec<u8>>,
     /// Entries kept after a flush (see the type doc).
@@ -452,10 +452,10 @@ impl<V> StateCache<V> {
             return;
         }
         if let Some(due) = old {
-            self.timers.insert((due, id.to_owned()), false);
+            self.timers.insert((due, id.into()), false);
         }
         if let Some(due) = new {
-            self.timers.insert((due, id.to_owned()), true);
+            self.timers.insert((due, id.into()), true);
         }
     }
 
@@ -495,20 +495,20 @@ impl<V> StateCache<V> {
         let mut merged = Vec::with_capacity(limit.min(stored.len() + self.timers.len()));
         let mut stored = stored
             .into_iter()
-            .filter(|key| self.timers.get(key) != Some(&false))
+            .filter(|(due, id)| self.timers.get(&(*due, id.as_str().into())) != Some(&false))
             .peekable();
         let mut added = pending
             .filter(|(_, add)| **add)
-            .map(|(key, _)| key)
+            .map(|((due, id), _)| (*due, id.to_string()))
             .peekable();
         while merged.len() < limit {
             let next = match (stored.peek(), added.peek()) {
                 (None, None) => break,
                 (Some(_), None) => stored.next(),
-                (None, Some(_)) => added.next().cloned(),
+                (None, Some(_)) => added.next(),
                 (Some(s), Some(a)) => match s.cmp(a) {
                     std::cmp::Ordering::Less => stored.next(),
-                    std::cmp::Ordering::Greater => added.next().cloned(),
+                    std::cmp::Ordering::Greater => added.next(),
                     std::cmp::Ordering::Equal => {
                         added.next();
                         stored.next()
