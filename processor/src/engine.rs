@@ -14,10 +14,13 @@
 //! An event that arrives after the watermark passed its time (late) still updates the state:
 //! whatever it cancels and has not been emitted is cancelled; what was emitted is not retracted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use compact_str::{CompactString, format_compact};
+// foldhash: several times cheaper than SipHash on the engine's per-event lookups; nothing
+// iterates these maps, so their order cannot reach an output.
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::journey::{
