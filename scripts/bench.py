@@ -9,7 +9,8 @@ traces put it at 1.4-1.6×), and prints a table:
 
   * `waymark simulate` throughput (the offline baseline every other figure is compared with);
   * `waymark run` throughput with processing-guarantee exactly-once, then at-least-once, on
-    the same trace (fresh topics each);
+    the same trace (fresh topics each), and once more exactly-once with every customer kept
+    decoded (what the state cache's misses cost);
   * the peer baseline: the same journey as a Kafka Streams application
     (scripts/bench/kstreams/, exactly-once v2, BENCH_KSTREAMS_THREADS stream threads, default
     2 = this machine's cores), on the same broker, trace and partition count, with Waymark's
@@ -842,8 +843,8 @@ def throughput(events, n):
     # Per exactly-once round: the CPU split and the commits' share of the run.
     splits = []
 
-    def waymark_throughput(name, guarantee, counted=True):
-        cfg = config(name, guarantee)
+    def waymark_throughput(name, guarantee, counted=True, extra=()):
+        cfg = config(name, guarantee, extra=extra)
         proc = start(cfg, f"{name}.log")
         t0 = wait(ready, 120, "ready")
         cpu = CpuSplit(proc.pid)
@@ -874,6 +875,13 @@ def throughput(events, n):
             ks.append(kstreams_throughput(n, f"kstreams-{r}"))
             log(f"round {r + 1}/{ROUNDS}: kafka streams {ks[-1]:,.0f} events/s")
     alo = waymark_throughput("at-least-once", "at-least-once")
+    # The same with every customer of the trace kept decoded (no eviction, no read of a
+    # customer back from RocksDB): how much of `run` the state cache's misses cost, and so the
+    # bound of a faster read path at this size. Not a setting to copy: it holds the whole
+    # state decoded in memory (about 2 KiB a customer).
+    cached = waymark_throughput("all-cached", "exactly-once", counted=False,
+                                extra=(f"cache-capacity: {CUSTOMERS}",))
+    log(f"waymark exactly-once, every customer cached: {cached:,.0f} events/s")
     rates = {"exactly-once": median(eos), "at-least-once": alo}
     spread = lambda xs: f" (runs: {', '.join(f'{x:,.0f}' for x in xs)})"
     rows.append((f"run, exactly-once, {PARTITIONS} partitions, median of {ROUNDS}",
@@ -883,6 +891,10 @@ def throughput(events, n):
                  f"{alo / sim:.2f}"))
     rows.append(("exactly-once ÷ at-least-once", "",
                  f"{rates['exactly-once'] / rates['at-least-once']:.2f}"))
+    rows.append(("run, exactly-once, every customer kept decoded (`cache-capacity` ≥ the "
+                 "trace's customers; the bound without state reads), one run",
+                 f"{cached:,.0f} events/s",
+                 f"{cached / rates['exactly-once']:.2f} (÷ the median above)"))
     # The median round's split says what bounds `run`: one busy pipeline thread (about one
     # core) with CPU idle is Waymark's own limit; no idle CPU is the machine's.
     _, split = sorted(splits, key=lambda r: r[0])[len(splits) // 2]
@@ -995,6 +1007,8 @@ def write_report(title, table, n):
         "  RocksDB stores), checked equal to `waymark simulate` by `make test`; for the median",
         "  exactly-once round of Waymark, the CPU cores the processor, the broker and nobody",
         "  (idle) used, from /proc, and the share of the run spent in commits (its histogram);",
+        "  one more exactly-once run with `cache-capacity` at the trace's customer count keeps",
+        "  every customer decoded: the bound of `run` without reads of state from RocksDB;",
         "- recovery: `kill -9` a third of the way through, restart, time to ready and to the first",
         "  committed output; restore: the state directory deleted, rebuilt from the changelog.",
         f"- state at scale: `waymark loadgen --customers {STATE_CUSTOMERS} --seed 11 --start <15 days",
