@@ -402,6 +402,27 @@ impl Fnv {
     }
 }
 
+/// The stable id of one of an instance's outputs: [`stable_id`] of its journey, the version
+/// in its ids, the customer, the instance number and what it is (`what`: a journey event's
+/// type and step or detail, or a command's rule and action).
+fn instance_output_id(
+    journey: &Journey,
+    inst: &Instance,
+    customer_id: &str,
+    what: [&str; 2],
+) -> String {
+    let mut version = itoa::Buffer::new();
+    let mut number = itoa::Buffer::new();
+    stable_id(&[
+        &journey.name,
+        version.format(inst.id_version),
+        customer_id,
+        number.format(inst.number),
+        what[0],
+        what[1],
+    ])
+}
+
 /// Namespace of every Waymark id (UUID v5).
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5761_796d_6172_6b00_8000_0000_0000_0001);
 
@@ -966,21 +987,15 @@ fn materialize(
     blocked: Option<&Blocked>,
     out: &mut Vec<Output>,
 ) {
-    let mut version = itoa::Buffer::new();
-    let version = version.format(inst.id_version);
-    let mut number = itoa::Buffer::new();
-    let number = number.format(inst.number);
     let jev = |event_type: JourneyEventType, step: Option<&str>, extra: &str| {
         let step_or_extra = step.unwrap_or(extra);
         JourneyEvent {
-            journey_event_id: stable_id(&[
-                &journey.name,
-                version,
+            journey_event_id: instance_output_id(
+                journey,
+                inst,
                 customer_id,
-                number,
-                event_type.as_str(),
-                step_or_extra,
-            ]),
+                [event_type.as_str(), step_or_extra],
+            ),
             journey: journey.name.as_str().into(),
             journey_version: journey.version,
             customer_id: customer_id.into(),
@@ -1034,14 +1049,12 @@ fn materialize(
                 None,
                 &format_compact!("{}.{}", r.id, a.id),
             );
-            e.command_id = Some(stable_id(&[
-                &journey.name,
-                version,
+            e.command_id = Some(instance_output_id(
+                journey,
+                inst,
                 customer_id,
-                number,
-                &r.id,
-                &a.id,
-            ]));
+                [&r.id, &a.id],
+            ));
             e.action = Some(a.id.as_str().into());
             e.variant = effective.experiment.map(|(_, arm)| arm.into());
             e.reason = Some(format!(
@@ -1055,8 +1068,7 @@ fn materialize(
         Kind::Command { rule, action } => {
             let r = &journey.rules[rule];
             let a = &r.actions[action];
-            let command_id =
-                stable_id(&[&journey.name, version, customer_id, number, &r.id, &a.id]);
+            let command_id = instance_output_id(journey, inst, customer_id, [&r.id, &a.id]);
             let emitted_key = format_compact!("{}.{}", r.id, a.id);
             let effective = a.effective(customer_id);
             let variant = effective
@@ -1338,16 +1350,7 @@ impl Engine {
                             None => reason,
                         };
                         let command_id = matches!(status, "sent" | "suppressed").then(|| {
-                            let version = inst.id_version.to_string();
-                            let number = inst.number.to_string();
-                            stable_id(&[
-                                &journey.name,
-                                &version,
-                                customer_id,
-                                &number,
-                                &rule.id,
-                                &action.id,
-                            ])
+                            instance_output_id(journey, inst, customer_id, [&rule.id, &action.id])
                         });
                         let outcomes = command_id
                             .as_deref()

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use super::{
     CustomerState, DEFERRED, EndKind, Engine, IdentityLink, Instance, MERGED_EXIT_REASON,
-    NOT_CHOSEN, SUPPRESSED, insert_in_order, keep_profile_value, output_key, stable_id,
+    NOT_CHOSEN, SUPPRESSED, insert_in_order, instance_output_id, keep_profile_value, output_key,
     was_handled,
 };
 use crate::journey::Journey;
@@ -190,14 +190,12 @@ fn shapes(journey: &Journey, carry: Carry) -> Vec<(&'static [u8], &str, &str)> {
 /// The `exited` journey event of an alias's instance that moved to the canonical customer.
 fn merged_exit(journey: &Journey, customer_id: &str, inst: &Instance, at: Millis) -> JourneyEvent {
     JourneyEvent {
-        journey_event_id: stable_id(&[
-            &journey.name,
-            &inst.id_version.to_string(),
+        journey_event_id: instance_output_id(
+            journey,
+            inst,
             customer_id,
-            &inst.number.to_string(),
-            JourneyEventType::Exited.as_str(),
-            MERGED_EXIT_REASON,
-        ]),
+            [JourneyEventType::Exited.as_str(), MERGED_EXIT_REASON],
+        ),
         journey: journey.name.as_str().into(),
         journey_version: journey.version,
         customer_id: customer_id.into(),
