@@ -13,7 +13,9 @@ use compact_str::CompactString;
 
 use crate::engine::{Applied, CustomerState, Engine};
 use crate::model::{CustomerEvent, Millis, OUTCOME_EVENT_PREFIX, Output};
-use crate::state::{MemoryStore, PreparedBatch, StateCache, StateError, StateStore, StoreWriter};
+use crate::state::{
+    MemoryStore, PreparedBatch, StateCache, StateError, StateStore, StoreReader, StoreWriter,
+};
 
 /// Event type of a right-to-be-forgotten request (`waymark forget`): the customer's state is
 /// erased, locally and (through the state changelog) everywhere the partition is restored.
@@ -648,6 +650,26 @@ impl PartitionRuntime {
     /// [`PartitionRuntime::store_writer`]: the cache may evict its customers again.
     pub fn prepared_written(&mut self) {
         self.cache.handed_off_written();
+    }
+
+    /// A reader of this partition's store for another thread, if the store has one (see
+    /// [`StateStore::reader`]): to read customers ahead of their records, after
+    /// [`PartitionRuntime::uncached`] and before [`PartitionRuntime::preload`].
+    pub fn store_reader(&self) -> Option<Box<dyn StoreReader>> {
+        self.store.reader()
+    }
+
+    /// `None` if `customer` is cached; else the ticket to [`PartitionRuntime::preload`] the
+    /// record read for it from now on.
+    pub fn uncached(&self, customer: &str) -> Option<u64> {
+        (!self.cache.contains(customer)).then(|| self.cache.evictions())
+    }
+
+    /// Caches `customer`'s record as a [`PartitionRuntime::store_reader`] read it (decoded;
+    /// `None`: the store has none) after [`PartitionRuntime::uncached`] gave `ticket`, unless
+    /// it may be stale by now (see [`StateCache::preload`]). Returns whether it was cached.
+    pub fn preload(&mut self, customer: &str, state: Option<CustomerState>, ticket: u64) -> bool {
+        self.cache.preload(customer, state, ticket)
     }
 }
 

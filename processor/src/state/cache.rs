@@ -199,6 +199,8 @@ pub struct StateCache<V> {
     scratch: Vec<u64>,
     /// Whether changes are recorded for a flush; see [`StateCache::unrecorded`].
     record: bool,
+    /// Eviction passes that removed customers (see [`StateCache::preload`]).
+    evictions: u64,
 }
 
 impl<V> Default for StateCache<V> {
@@ -347,6 +349,7 @@ impl<V> StateCache<V> {
             clock: 0,
             scratch: Vec::new(),
             record: true,
+            evictions: 0,
         }
     }
 
@@ -406,6 +409,40 @@ impl<V> StateCache<V> {
     /// Whether the next flush would write nothing.
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty() && self.timers.is_empty() && self.meta.is_empty()
+    }
+
+    /// Whether `id` is cached (with a record or known to have none).
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.get(id).is_some()
+    }
+
+    /// How many eviction passes removed customers so far (see [`StateCache::preload`]).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Caches `value` as `id`'s stored record (`None`: it has none), read from the store
+    /// elsewhere after [`evictions`](Self::evictions) returned `evictions`; returns whether it
+    /// was cached now. Nothing happens if `id` is cached already, or if customers were evicted
+    /// since: an evicted customer may have been written after the read. Otherwise the read is
+    /// current — a customer not cached has no write pending (changes go through the cache,
+    /// and only written customers are evicted) — and the entry is clean. Counts as an access.
+    pub fn preload(&mut self, id: &str, value: Option<V>, evictions: u64) -> bool {
+        if evictions != self.evictions {
+            return false;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        let mut installed = false;
+        self.entries.get_or_insert_with(id, || {
+            installed = true;
+            Entry {
+                value,
+                dirty: 0,
+                used: clock,
+            }
+        });
+        installed
     }
 
     /// Sets `id`'s record to `value` without reading the store; marks it dirty.
@@ -543,7 +580,11 @@ impl<V> StateCache<V> {
             let (_, &mut cutoff, _) = self.scratch.select_nth_unstable(excess - 1);
             self.entries.retain(|e| e.dirty != 0 || e.used > cutoff);
         }
-        before - self.entries.len()
+        let evicted = before - self.entries.len();
+        if evicted > 0 {
+            self.evictions += 1;
+        }
+        evicted
     }
 }
 

@@ -220,6 +220,13 @@ pub trait StateStore: Send {
         None
     }
 
+    /// A reader of this store's customer records for another thread, if the store has one
+    /// (RocksDB: yes; the in-memory store: no). It sees what was written before each read; the
+    /// owner must only trust what it reads of customers no write in flight changes.
+    fn reader(&self) -> Option<Box<dyn StoreReader>> {
+        None
+    }
+
     /// Calls `f(customer id, record)` for every customer record in ascending id order, until
     /// `f` returns `false` (for `state inspect`, changelog snapshots and restore checks).
     fn for_each_customer(&self, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StateError>;
@@ -238,6 +245,13 @@ pub trait StoreWriter: Send {
     /// Applies the batch as [`StateStore::write`] does: atomically, in order, as durably as the
     /// store documents.
     fn write(&self, batch: StateBatch) -> Result<(), StateError>;
+}
+
+/// Reads customer records of one store from a thread other than its owner's (see
+/// [`StateStore::reader`]); keeps the store open until it is dropped.
+pub trait StoreReader: Send {
+    /// The record of `customer_id`, if there is one, as [`StateStore::get_customer`] reads it.
+    fn get_customer(&self, customer_id: &str) -> Result<Option<Vec<u8>>, StateError>;
 }
 
 /// What went wrong in the state layer: what failed, with which path or key, and what to do.

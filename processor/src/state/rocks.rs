@@ -26,7 +26,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{BatchOp, Millis, StateBatch, StateError, StateStore, StoreWriter};
+use super::{BatchOp, Millis, StateBatch, StateError, StateStore, StoreReader, StoreWriter};
 
 /// Column family of customer records.
 const CF_CUSTOMERS: &str = "customers";
@@ -257,6 +257,34 @@ impl StoreWriter for RocksWriter {
     }
 }
 
+/// A [`RocksStore`]'s reader for another thread (see [`StateStore::reader`]); it keeps the
+/// database open until it is dropped.
+struct RocksReader {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+impl StoreReader for RocksReader {
+    fn get_customer(&self, customer_id: &str) -> Result<Option<Vec<u8>>, StateError> {
+        read_customer(&self.db, &self.path, customer_id)
+    }
+}
+
+/// The record of `customer_id` in the database in `path`.
+fn read_customer(db: &DB, path: &Path, customer_id: &str) -> Result<Option<Vec<u8>>, StateError> {
+    db.get_cf(cf_of(db, path, CF_CUSTOMERS)?, customer_id)
+        .map_err(|e| read_error(path, format!("customer {customer_id:?}"), e))
+}
+
+/// A read error about `what` in the database in `path`.
+fn read_error(path: &Path, what: String, e: rocksdb::Error) -> StateError {
+    StateError::Read {
+        path: path.to_owned(),
+        what,
+        message: e.into_string(),
+    }
+}
+
 /// The handle of column family `name` of the database in `path`, which `open` created.
 fn cf_of<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a ColumnFamily, StateError> {
     db.cf_handle(name).ok_or_else(|| StateError::Open {
@@ -379,11 +407,7 @@ impl RocksStore {
 
     /// A read error about `what`.
     fn read_error(&self, what: impl FnOnce() -> String, e: rocksdb::Error) -> StateError {
-        StateError::Read {
-            path: self.path.clone(),
-            what: what(),
-            message: e.into_string(),
-        }
+        read_error(&self.path, what(), e)
     }
 
     /// A malformed-key error.
@@ -425,9 +449,7 @@ fn decode_timer_key(key: &[u8]) -> Result<(Millis, &str), String> {
 
 impl StateStore for RocksStore {
     fn get_customer(&self, customer_id: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.db
-            .get_cf(self.cf(CF_CUSTOMERS)?, customer_id)
-            .map_err(|e| self.read_error(|| format!("customer {customer_id:?}"), e))
+        read_customer(&self.db, &self.path, customer_id)
     }
 
     fn due_timers(&self, upto: Millis, limit: usize) -> Result<Vec<(Millis, String)>, StateError> {
@@ -469,6 +491,13 @@ impl StateStore for RocksStore {
             db: Arc::clone(&self.db),
             path: self.path.clone(),
             write_options: self.env.write_options(),
+        }))
+    }
+
+    fn reader(&self) -> Option<Box<dyn StoreReader>> {
+        Some(Box::new(RocksReader {
+            db: Arc::clone(&self.db),
+            path: self.path.clone(),
         }))
     }
 

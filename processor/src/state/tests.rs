@@ -910,6 +910,71 @@ mod cache {
     }
 
     #[test]
+    fn a_preloaded_customer_is_cached_clean_and_read_without_the_store() {
+        let mut store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::new(10);
+        let ticket = cache.evictions();
+        assert!(!cache.contains("a"));
+        assert!(cache.preload("a", Some(rec(1)), ticket));
+        assert!(cache.preload("none", None, ticket));
+        assert!(cache.contains("a") && cache.contains("none"));
+        // The store is empty: only the preloaded entries can answer.
+        assert_eq!(cache.get(&store, "a").unwrap(), Some(&rec(1)));
+        assert_eq!(cache.get(&store, "none").unwrap(), None);
+        assert!(
+            cache.is_clean(),
+            "a preloaded record is what the store holds"
+        );
+        cache.flush(&mut store).unwrap();
+        assert!(store.writes.is_empty(), "nothing to write back");
+    }
+
+    #[test]
+    fn a_preload_never_replaces_a_cached_customer() {
+        let store = MemoryStore::new();
+        let mut cache = StateCache::<Rec>::new(10);
+        let ticket = cache.evictions();
+        cache.insert("a", rec(5));
+        assert!(!cache.preload("a", Some(rec(1)), ticket), "dirty");
+        assert_eq!(cache.get(&store, "a").unwrap(), Some(&rec(5)));
+        assert!(cache.get(&store, "gone").unwrap().is_none());
+        assert!(
+            !cache.preload("gone", Some(rec(2)), ticket),
+            "known to have no record"
+        );
+        assert_eq!(cache.get(&store, "gone").unwrap(), None);
+    }
+
+    #[test]
+    fn a_preload_read_before_an_eviction_is_refused() {
+        let mut store = MemoryStore::new();
+        let mut cache = StateCache::<Rec>::new(1);
+        cache.insert("c0", rec(0));
+        cache.flush(&mut store).unwrap();
+        // Read elsewhere now: c1 has no record yet.
+        let ticket = cache.evictions();
+        cache.insert("c1", rec(1));
+        cache.insert("c2", rec(2));
+        let stats = cache.flush(&mut store).unwrap();
+        assert!(stats.evicted > 0 && !cache.contains("c1"));
+        assert_ne!(cache.evictions(), ticket);
+        assert!(
+            !cache.preload("c1", None, ticket),
+            "c1 was written and evicted after the read"
+        );
+        assert_eq!(cache.get(&store, "c1").unwrap(), Some(&rec(1)));
+        cache.flush(&mut store).unwrap();
+        let (ticket, cached) = (cache.evictions(), cache.len());
+        assert!(cached <= cache.capacity());
+        cache.flush(&mut store).unwrap();
+        assert_eq!(
+            (cache.evictions(), cache.len()),
+            (ticket, cached),
+            "a flush that evicts nothing"
+        );
+    }
+
+    #[test]
     fn eviction_never_drops_dirty_entries() {
         let empty = MemoryStore::new();
         let mut store = MemoryStore::new();
