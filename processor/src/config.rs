@@ -71,6 +71,9 @@ const fn default_cache_capacity() -> usize {
 const fn default_max_batch_events() -> usize {
     10_000
 }
+const fn default_read_ahead_records() -> usize {
+    256
+}
 const fn default_journeys_watch_secs() -> u64 {
     10
 }
@@ -325,6 +328,13 @@ pub struct Config {
     /// follow fire the rest). Default 10000.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
+    /// Records taken from the consumer at once, at most, when more are already fetched: the
+    /// customers of all but the first that are not cached are read from RocksDB and decoded
+    /// on a second thread while the records before them are handled (`waymark run` only). A
+    /// customer read ahead is used only if nothing could have changed it since. `0` or `1`:
+    /// one record at a time, no second thread. Default 256.
+    #[serde(default = "default_read_ahead_records")]
+    pub read_ahead_records: usize,
     /// Customers kept decoded in memory per partition (write-back cache), in entries; the
     /// others are read from RocksDB when their next event or timer comes. A decoded customer
     /// of the reference journey takes about 2 KiB, so 4 partitions at the default hold about
@@ -552,6 +562,7 @@ impl Default for Config {
             commit_interval_ms: default_commit_interval_ms(),
             backlog_commit_interval_ms: default_backlog_commit_interval_ms(),
             max_batch_events: default_max_batch_events(),
+            read_ahead_records: default_read_ahead_records(),
             cache_capacity: default_cache_capacity(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             journeys_watch_secs: default_journeys_watch_secs(),

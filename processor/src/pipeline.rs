@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,12 +60,14 @@ use crate::runtime::{
 };
 use crate::shutdown::CancellationToken;
 use crate::state::{
-    BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
+    BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreReader, StoreWriter,
 };
 use crate::telemetry::{BatchEnd, BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
+mod read_ahead;
 mod restore;
 
+use read_ahead::ReadAhead;
 use restore::Restore;
 
 /// Meta key of the next input offset to read, stored with each state flush.
@@ -479,6 +481,35 @@ struct Core {
     latencies: BatchLatencies,
     /// When the partitions' state sizes were last sampled for the metrics.
     sized_at: Option<Instant>,
+    /// When input partitions were last repositioned, to tell records polled before it.
+    positions: Positions,
+}
+
+/// Repositionings of input partitions (revoked, rewound, or sought back after a restore): a
+/// record polled before its partition's last one was fetched from the old position and must
+/// not be handled; it comes again from the new one (or goes to the partition's new owner).
+#[derive(Default)]
+struct Positions {
+    /// Repositionings so far; the poll loop reads it after each poll, without `Core`'s lock.
+    count: Arc<AtomicU64>,
+    /// The count right after each partition's last repositioning.
+    moved_at: BTreeMap<i32, u64>,
+}
+
+impl Positions {
+    /// Notes that `partition` was repositioned.
+    fn moved(&mut self, partition: i32) {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.moved_at.insert(partition, count);
+    }
+
+    /// Whether a record of `partition` polled when the count was `polled_at` (read after the
+    /// poll returned it) is still current: its partition was not repositioned since.
+    fn is_current(&self, partition: i32, polled_at: u64) -> bool {
+        self.moved_at
+            .get(&partition)
+            .is_none_or(|&at| at <= polled_at)
+    }
 }
 
 /// Attempts (of 10 s each) to read the group's committed offsets of newly assigned
@@ -619,6 +650,10 @@ struct Writing {
     written_here: Duration,
 }
 
+/// What one poll of the input consumer gave, and the repositioning count right after it
+/// (see [`Positions`]).
+type Polled<'c> = (Option<KafkaResult<BorrowedMessage<'c>>>, u64);
+
 /// A record produced while a commit was in flight, sent in the next transaction.
 struct HeldRecord {
     topic: String,
@@ -649,6 +684,7 @@ impl ConsumerContext for RunContext {
             let revoked: Vec<i32> = tpl.elements().iter().map(|el| el.partition()).collect();
             core.detach_outcomes(&revoked);
             for el in tpl.elements() {
+                core.positions.moved(el.partition());
                 core.metrics.partition_revoked(el.partition());
                 if let Some(p) = core.partitions.remove(&el.partition()) {
                     tracing::info!(partition = el.partition(), path = %p.path.display(), "Partition revoked.");
@@ -947,6 +983,7 @@ impl Core {
             self.open_partition(partition)?;
             let topic = self.cfg.topics.customer_events.clone();
             // Records fetched before the pause were skipped: read again from the committed offset.
+            self.positions.moved(partition);
             consumer
                 .seek(
                     &topic,
@@ -1539,6 +1576,68 @@ impl Core {
         self.settle(msg, partition, &ev.event_type, applied, watermark)
     }
 
+    /// Asks `ahead` to read the customers of `polled` (but the first) that their partitions'
+    /// caches lack, each once; returns, per record, the ticket to [`Core::preload`] its
+    /// customer with if it was asked for.
+    fn read_ahead(&self, ahead: &mut ReadAhead, polled: &[Polled<'_>]) -> Vec<Option<u64>> {
+        let mut tickets = vec![None; polled.len()];
+        let mut readers: Vec<(i32, Box<dyn StoreReader>)> = Vec::new();
+        let mut customers = Vec::new();
+        let mut asked = hashbrown::HashSet::new();
+        // The first record is handled at once: its customer is read as it always is.
+        for (ticket, (record, polled_at)) in tickets.iter_mut().zip(polled).skip(1) {
+            let Some(Ok(msg)) = record else { continue };
+            let partition = msg.partition();
+            let (Some(part), Some(id)) = (
+                self.partitions.get(&partition),
+                msg.key().and_then(|k| std::str::from_utf8(k).ok()),
+            ) else {
+                continue;
+            };
+            if !self.positions.is_current(partition, *polled_at) || !asked.insert((partition, id)) {
+                continue;
+            }
+            let Some(evictions) = part.runtime.uncached(id) else {
+                continue;
+            };
+            let reader = match readers.iter().position(|(p, _)| *p == partition) {
+                Some(at) => at,
+                None => match part.runtime.store_reader() {
+                    Some(reader) => {
+                        readers.push((partition, reader));
+                        readers.len() - 1
+                    }
+                    None => continue,
+                },
+            };
+            customers.push((reader, id.into()));
+            *ticket = Some(evictions);
+        }
+        if customers.is_empty()
+            || !ahead.request(readers.into_iter().map(|(_, r)| r).collect(), customers)
+        {
+            tickets.fill(None);
+        }
+        tickets
+    }
+
+    /// Caches a customer read ahead for a record of `partition` keyed `key` (see
+    /// [`PartitionRuntime::preload`]).
+    fn preload(
+        &mut self,
+        partition: i32,
+        key: Option<&[u8]>,
+        state: Option<crate::engine::CustomerState>,
+        ticket: u64,
+    ) {
+        if let (Some(part), Some(id)) = (
+            self.partitions.get_mut(&partition),
+            key.and_then(|k| std::str::from_utf8(k).ok()),
+        ) {
+            part.runtime.preload(id, state, ticket);
+        }
+    }
+
     /// Advances the watermark of caught-up partitions to the wall clock − allowed lateness.
     fn advance_idle_partitions(&mut self) -> Result<(), PipelineError> {
         let wall = now_millis() - self.cfg.allowed_lateness_ms();
@@ -2003,6 +2102,7 @@ impl Core {
                 }
             }
             let offset = committed.map_or(Offset::Beginning, Offset::Offset);
+            self.positions.moved(partition);
             if let Err(e) = consumer.seek(
                 &self.cfg.topics.customer_events,
                 partition,
@@ -2102,6 +2202,7 @@ pub fn run(
         failed: None,
         latencies: BatchLatencies::default(),
         sized_at: None,
+        positions: Positions::default(),
         cfg,
     }));
     let consumer: BaseConsumer<RunContext> = {
@@ -2143,14 +2244,45 @@ pub fn run(
             action: "open the consumer's queue",
             source,
         })?;
+    let (read_ahead_records, repositioned) = {
+        let c = lock(&core);
+        (c.cfg.read_ahead_records, c.positions.count.clone())
+    };
+    let mut ahead = match read_ahead_records {
+        0 | 1 => None,
+        _ => ReadAhead::start()
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "Cannot start the read-ahead thread; customers are read as their records come.");
+            })
+            .ok(),
+    };
+    let mut polled: Vec<Polled<'_>> = Vec::with_capacity(read_ahead_records.max(1));
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
     // The open batch was kept open past `interval` because the input is behind.
     let mut extended = false;
     loop {
         let restoring = !lock(&core).restoring.is_empty();
-        let polled = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
-        // Every record fetched so far is handled once this one is. A partition's end says
+        // The records already fetched, up to `read-ahead-records` and what the batch still
+        // takes, so the customers of all but the first can be read ahead. A rebalance inside
+        // one of these polls may reposition partitions of records taken before it: those are
+        // then stale, and skipped.
+        let take = read_ahead_records
+            .min(max_batch.saturating_sub(batch))
+            .max(1);
+        let mut next = consumer.poll(Duration::from_millis(if restoring { 0 } else { 20 }));
+        loop {
+            let more = matches!(next, Some(Ok(_))) && polled.len() + 1 < take;
+            polled.push((next, repositioned.load(Ordering::Relaxed)));
+            if !more {
+                break;
+            }
+            next = consumer.poll(Duration::ZERO);
+            if next.is_none() {
+                break;
+            }
+        }
+        // Every record fetched so far is handled once these are. A partition's end says
         // less: it waits in the queue behind the records fetched before it, and records
         // fetched after it (up to `queued.min.messages`) wait behind it.
         let drained = queue.is_empty();
@@ -2161,26 +2293,53 @@ pub fn run(
         if !core.restoring.is_empty() {
             core.step_restores(&consumer)?;
         }
-        match polled {
-            Some(Ok(msg)) => {
-                core.handle(&msg)?;
-                batch += 1;
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                if let Some(p) = core.partitions.get_mut(&partition) {
-                    p.end.end();
+        let tickets = match &mut ahead {
+            Some(ahead) if polled.len() > 1 => core.read_ahead(ahead, &polled),
+            _ => Vec::new(),
+        };
+        let mut stale = 0;
+        for (at, (record, polled_at)) in polled.drain(..).enumerate() {
+            match record {
+                Some(Ok(msg)) => {
+                    let ticket = tickets.get(at).copied().flatten();
+                    let read = ticket.and_then(|_| ahead.as_mut().and_then(ReadAhead::next));
+                    if !core.positions.is_current(msg.partition(), polled_at) {
+                        // Fetched before its partition was repositioned: it comes again from
+                        // the new position, or belongs to another instance now.
+                        stale += 1;
+                        continue;
+                    }
+                    if let (Some(ticket), Some(state)) = (ticket, read) {
+                        core.preload(msg.partition(), msg.key(), state, ticket);
+                    }
+                    core.handle(&msg)?;
+                    batch += 1;
                 }
-            }
-            Some(Err(e)) => {
-                if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
-                    return Err(PipelineError::ClientFatal {
-                        client: "consumer",
-                        reason,
-                    });
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(p) = core.partitions.get_mut(&partition) {
+                        p.end.end();
+                    }
                 }
-                tracing::warn!(error = %e, "Consumer error.");
+                Some(Err(e)) => {
+                    if let Some(reason) = crate::kafka::fatal_error(consumer.client()) {
+                        return Err(PipelineError::ClientFatal {
+                            client: "consumer",
+                            reason,
+                        });
+                    }
+                    tracing::warn!(error = %e, "Consumer error.");
+                }
+                None => {}
             }
-            None => {}
+        }
+        if let Some(ahead) = &mut ahead {
+            ahead.finish();
+        }
+        if stale > 0 {
+            tracing::info!(
+                records = stale,
+                "Records fetched before their partition was repositioned were not handled; they are read again from its new position (or by its new owner)."
+            );
         }
         if drained {
             core.drained();
@@ -2402,6 +2561,27 @@ mod tests {
 
     fn retriable(e: &&str) -> bool {
         e.starts_with("timed out")
+    }
+
+    #[test]
+    fn a_record_polled_before_its_partition_was_repositioned_is_stale() {
+        let mut positions = Positions::default();
+        let polled = |p: &Positions| p.count.load(Ordering::Relaxed);
+        let before = polled(&positions);
+        assert!(positions.is_current(0, before) && positions.is_current(1, before));
+        // A rebalance inside a later poll revokes partition 1.
+        positions.moved(1);
+        let after = polled(&positions);
+        assert!(positions.is_current(0, before), "partition 0 did not move");
+        assert!(
+            !positions.is_current(1, before),
+            "fetched from the old position"
+        );
+        assert!(positions.is_current(1, after), "polled after the move");
+        // A move inside the poll that returned the record came before the record.
+        positions.moved(0);
+        assert!(positions.is_current(0, polled(&positions)));
+        assert!(!positions.is_current(0, after));
     }
 
     #[test]
