@@ -665,6 +665,15 @@ impl PartitionRuntime {
         (!self.cache.contains(customer)).then(|| self.cache.evictions())
     }
 
+    /// The customers whose wake-up is due by `upto`, earliest first (those not fired yet): who
+    /// a watermark moving to `upto` would wake, to read ahead.
+    pub fn waking_by(&self, upto: Millis) -> impl Iterator<Item = &str> {
+        self.timers
+            .iter()
+            .take_while(move |(due, _)| *due <= upto)
+            .map(|(_, customer)| customer.as_str())
+    }
+
     /// Caches `customer`'s record as a [`PartitionRuntime::store_reader`] read it (decoded;
     /// `None`: the store has none) after [`PartitionRuntime::uncached`] gave `ticket`, unless
     /// it may be stale by now (see [`StateCache::preload`]). Returns whether it was cached.
@@ -752,6 +761,38 @@ mod tests {
         assert!(!sliced.has_due());
         assert_eq!(got, expected);
         assert_eq!(sliced.stats(), whole.stats());
+    }
+
+    #[test]
+    fn the_customers_waking_by_a_time_are_those_a_watermark_moving_there_wakes_first() {
+        let engine = crate::engine::tests::reference();
+        let mut rt = PartitionRuntime::offline(engine, 0).unwrap();
+        let mut out = Vec::new();
+        for i in 0..20 {
+            let login = CustomerEvent {
+                customer_id: format!("c{:02}", 19 - i),
+                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
+                ..event(&format!("e{i}"), "login.created", i * 600_000)
+            };
+            rt.on_event(&login, &mut out).unwrap();
+        }
+        let until = 3 * D;
+        let waking: Vec<String> = rt.waking_by(until).map(str::to_owned).collect();
+        assert!(!waking.is_empty() && waking.len() <= 20);
+        assert!(
+            rt.waking_by(rt.watermark()).next().is_none(),
+            "nothing due yet"
+        );
+        rt.keep_fire_log();
+        rt.advance_to(until, &mut out).unwrap();
+        let mut first = Vec::new();
+        for (_, customer, _) in rt.take_fire_log() {
+            if !first.contains(&customer.to_string()) {
+                first.push(customer.to_string());
+            }
+        }
+        // Later wake-ups of the same customers may follow; the first of each are these.
+        assert_eq!(first[..waking.len()], waking[..]);
     }
 
     #[test]
