@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
@@ -60,14 +61,14 @@ use crate::runtime::{
 };
 use crate::shutdown::CancellationToken;
 use crate::state::{
-    BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreReader, StoreWriter,
+    BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
 };
 use crate::telemetry::{BatchEnd, BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
 mod read_ahead;
 mod restore;
 
-use read_ahead::ReadAhead;
+use read_ahead::{ReadAhead, Target};
 use restore::Restore;
 
 /// Meta key of the next input offset to read, stored with each state flush.
@@ -371,6 +372,9 @@ struct Partition {
     outcome_pending: Option<i64>,
     /// Next outcome offset committed with the last transaction (`None`: the beginning).
     outcome_committed: Option<i64>,
+    /// How far the watermark moved per record in the last take of several records (event
+    /// time, ms), to read ahead the wake-ups of the next (see [`Core::read_ahead`]).
+    advance_per_record: Millis,
 }
 
 /// The second input: what the channel sinks report, on `intervention-outcomes`. Keyed by
@@ -650,6 +654,17 @@ struct Writing {
     written_here: Duration,
 }
 
+/// Customers of expected wake-ups read ahead per record of a take, at most.
+const WAKE_UPS_READ_AHEAD: usize = 4;
+
+/// A partition's watermark when a take of its records started (see [`Core::read_ahead`]).
+struct TakeStart {
+    partition: i32,
+    watermark: Millis,
+    /// The take's records of the partition.
+    records: usize,
+}
+
 /// What one poll of the input consumer gave, and the repositioning count right after it
 /// (see [`Positions`]).
 type Polled<'c> = (Option<KafkaResult<BorrowedMessage<'c>>>, u64);
@@ -778,6 +793,7 @@ impl Core {
             end: Default::default(),
             outcome_pending: None,
             outcome_committed: None,
+            advance_per_record: 0,
         };
         wake_for_migrations(&self.engine, &mut part).map_err(state_err)?;
         self.partitions.insert(partition, part);
@@ -1576,65 +1592,130 @@ impl Core {
         self.settle(msg, partition, &ev.event_type, applied, watermark)
     }
 
-    /// Asks `ahead` to read the customers of `polled` (but the first) that their partitions'
-    /// caches lack, each once; returns, per record, the ticket to [`Core::preload`] its
-    /// customer with if it was asked for.
-    fn read_ahead(&self, ahead: &mut ReadAhead, polled: &[Polled<'_>]) -> Vec<Option<u64>> {
-        let mut tickets = vec![None; polled.len()];
-        let mut readers: Vec<(i32, Box<dyn StoreReader>)> = Vec::new();
-        let mut customers = Vec::new();
-        let mut asked = hashbrown::HashSet::new();
-        // The first record is handled at once: its customer is read as it always is.
-        for (ticket, (record, polled_at)) in tickets.iter_mut().zip(polled).skip(1) {
+    /// Asks `ahead` to read what the records of `polled` will need that their partitions'
+    /// caches lack, each customer once: the customers of the records after the first (the
+    /// first is handled at once), and those of the wake-ups the take is expected to let
+    /// through (from how far the last take moved the partition's watermark per record).
+    /// Returns where each partition's watermark started, for [`Core::learn_advance`].
+    fn read_ahead(&self, ahead: &mut ReadAhead, polled: &[Polled<'_>]) -> Vec<TakeStart> {
+        // The current records of each open partition, by index in the take.
+        let mut taken: Vec<(i32, Vec<usize>)> = Vec::new();
+        for (at, (record, polled_at)) in polled.iter().enumerate() {
             let Some(Ok(msg)) = record else { continue };
             let partition = msg.partition();
-            let (Some(part), Some(id)) = (
-                self.partitions.get(&partition),
-                msg.key().and_then(|k| std::str::from_utf8(k).ok()),
-            ) else {
-                continue;
-            };
-            if !self.positions.is_current(partition, *polled_at) || !asked.insert((partition, id)) {
+            if !self.partitions.contains_key(&partition)
+                || !self.positions.is_current(partition, *polled_at)
+            {
                 continue;
             }
-            let Some(evictions) = part.runtime.uncached(id) else {
+            match taken.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, records)) => records.push(at),
+                None => taken.push((partition, vec![at])),
+            }
+        }
+        let mut readers = Vec::new();
+        let mut targets = Vec::new();
+        let mut starts = Vec::with_capacity(taken.len());
+        let mut asked = hashbrown::HashSet::new();
+        for (partition, records) in &taken {
+            let Some(part) = self.partitions.get(partition) else {
                 continue;
             };
-            let reader = match readers.iter().position(|(p, _)| *p == partition) {
-                Some(at) => at,
-                None => match part.runtime.store_reader() {
-                    Some(reader) => {
-                        readers.push((partition, reader));
-                        readers.len() - 1
-                    }
-                    None => continue,
-                },
+            let watermark = part.runtime.watermark();
+            starts.push(TakeStart {
+                partition: *partition,
+                watermark,
+                records: records.len(),
+            });
+            let Some(reader) = part.runtime.store_reader() else {
+                continue;
             };
-            customers.push((reader, id.into()));
-            *ticket = Some(evictions);
+            let index = readers.len();
+            let before = targets.len();
+            let mut ask = |customer: &str, record: usize| {
+                if asked.insert((*partition, CompactString::from(customer)))
+                    && let Some(ticket) = part.runtime.uncached(customer)
+                {
+                    targets.push((
+                        index,
+                        Target {
+                            partition: *partition,
+                            customer: customer.into(),
+                            ticket,
+                            before: record,
+                        },
+                    ));
+                }
+            };
+            for &at in records.iter().filter(|&&at| at > 0) {
+                let key = polled[at].0.as_ref().and_then(|r| r.as_ref().ok());
+                if let Some(customer) = key
+                    .and_then(|msg| msg.key())
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                {
+                    ask(customer, at);
+                }
+            }
+            if part.advance_per_record > 0 && watermark > Millis::MIN {
+                let expected = part
+                    .advance_per_record
+                    .saturating_mul(2 * records.len() as Millis);
+                let waking: Vec<&str> = part
+                    .runtime
+                    .waking_by(watermark.saturating_add(expected))
+                    .filter(|customer| part.runtime.uncached(customer).is_some())
+                    .take(WAKE_UPS_READ_AHEAD * records.len())
+                    .collect();
+                // Spread over the partition's records in the take, earliest first: a wake-up
+                // is expected about as far into the take as its due time into the advance.
+                for (j, customer) in waking.iter().enumerate() {
+                    ask(customer, records[j * records.len() / waking.len()].max(1));
+                }
+            }
+            if targets.len() > before {
+                readers.push(reader);
+            }
         }
-        if customers.is_empty()
-            || !ahead.request(readers.into_iter().map(|(_, r)| r).collect(), customers)
-        {
-            tickets.fill(None);
+        // Stable: a record's own customer stays ahead of the wake-ups placed at it.
+        targets.sort_by_key(|(_, t): &(usize, Target)| t.before);
+        if !targets.is_empty() {
+            ahead.request(readers, targets);
         }
-        tickets
+        starts
     }
 
-    /// Caches a customer read ahead for a record of `partition` keyed `key` (see
-    /// [`PartitionRuntime::preload`]).
-    fn preload(
+    /// Caches a customer read ahead (see [`PartitionRuntime::preload`]) if its partition was
+    /// not repositioned since the request (when the repositioning count was `requested_at`).
+    fn install(
         &mut self,
-        partition: i32,
-        key: Option<&[u8]>,
+        target: Target,
         state: Option<crate::engine::CustomerState>,
-        ticket: u64,
+        requested_at: u64,
     ) {
-        if let (Some(part), Some(id)) = (
-            self.partitions.get_mut(&partition),
-            key.and_then(|k| std::str::from_utf8(k).ok()),
-        ) {
-            part.runtime.preload(id, state, ticket);
+        let cached = self.positions.is_current(target.partition, requested_at)
+            && self
+                .partitions
+                .get_mut(&target.partition)
+                .is_some_and(|part| part.runtime.preload(&target.customer, state, target.ticket));
+        self.metrics.read_ahead(cached);
+    }
+
+    /// Learns, once a take is handled, how far each of its partitions' watermark moved per
+    /// record (what the next take's wake-ups are read ahead by).
+    fn learn_advance(&mut self, starts: &[TakeStart]) {
+        for start in starts {
+            let Some(part) = self.partitions.get_mut(&start.partition) else {
+                continue;
+            };
+            if start.watermark > Millis::MIN {
+                let moved = part
+                    .runtime
+                    .watermark()
+                    .saturating_sub(start.watermark)
+                    .max(0);
+                let records = start.records.max(1) as Millis;
+                part.advance_per_record = moved.saturating_add(records - 1) / records;
+            }
         }
     }
 
@@ -2293,24 +2374,25 @@ pub fn run(
         if !core.restoring.is_empty() {
             core.step_restores(&consumer)?;
         }
-        let tickets = match &mut ahead {
+        let starts = match &mut ahead {
             Some(ahead) if polled.len() > 1 => core.read_ahead(ahead, &polled),
             _ => Vec::new(),
         };
+        let requested_at = repositioned.load(Ordering::Relaxed);
         let mut stale = 0;
         for (at, (record, polled_at)) in polled.drain(..).enumerate() {
             match record {
                 Some(Ok(msg)) => {
-                    let ticket = tickets.get(at).copied().flatten();
-                    let read = ticket.and_then(|_| ahead.as_mut().and_then(ReadAhead::next));
+                    if let Some(ahead) = &mut ahead {
+                        ahead.take_through(at, |target, state| {
+                            core.install(target, state, requested_at)
+                        });
+                    }
                     if !core.positions.is_current(msg.partition(), polled_at) {
                         // Fetched before its partition was repositioned: it comes again from
                         // the new position, or belongs to another instance now.
                         stale += 1;
                         continue;
-                    }
-                    if let (Some(ticket), Some(state)) = (ticket, read) {
-                        core.preload(msg.partition(), msg.key(), state, ticket);
                     }
                     core.handle(&msg)?;
                     batch += 1;
@@ -2335,6 +2417,7 @@ pub fn run(
         if let Some(ahead) = &mut ahead {
             ahead.finish();
         }
+        core.learn_advance(&starts);
         if stale > 0 {
             tracing::info!(
                 records = stale,

@@ -53,6 +53,10 @@ pub const PARTITIONS_ASSIGNED: &str = "waymark_pipeline_partitions_assigned";
 /// Changelog records read while restoring partitions (progress: compare with the changelog's
 /// end offsets).
 pub const RESTORE_RECORDS_TOTAL: &str = "waymark_state_restore_records_total";
+/// Customers read ahead of their records or wake-ups (`waymark run`), by `result`: `cached`
+/// (in the cache before they were needed) or `superseded` (cached by then, or the read may
+/// have been stale: discarded).
+pub const READ_AHEAD_TOTAL: &str = "waymark_state_read_ahead_total";
 /// Commands a channel sink handled, by `channel` and `result` (`delivered`, `duplicate`, or
 /// the failure code).
 pub const SINK_DELIVERIES_TOTAL: &str = "waymark_sink_deliveries_total";
@@ -113,6 +117,7 @@ pub const METRIC_NAMES: &[&str] = &[
     WATERMARK_LAG_SECONDS,
     PARTITIONS_ASSIGNED,
     RESTORE_RECORDS_TOTAL,
+    READ_AHEAD_TOTAL,
     SINK_DELIVERIES_TOTAL,
     SINK_RETRIES_TOTAL,
     RESTORING_PARTITIONS,
@@ -261,6 +266,8 @@ pub struct Metrics {
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
     restore_records: IntCounter,
+    /// `READ_AHEAD_TOTAL` by result: cached, superseded.
+    read_ahead: [IntCounter; 2],
     restoring: IntGauge,
     sink_deliveries: IntCounterVec,
     sink_retries: IntCounterVec,
@@ -416,6 +423,16 @@ impl Metrics {
                 RESTORE_RECORDS_TOTAL,
                 "Changelog records read while restoring partitions.",
             ),
+            read_ahead: {
+                let read_ahead = r.counters(
+                    READ_AHEAD_TOTAL,
+                    "Customers read ahead of their records or wake-ups, by result: cached \
+                     (before they were needed) or superseded (cached by then, or possibly \
+                     stale: discarded).",
+                    &["result"],
+                );
+                ["cached", "superseded"].map(|result| read_ahead.with_label_values(&[result]))
+            },
             restoring: r.gauge(
                 RESTORING_PARTITIONS,
                 "Partitions being restored from the changelog.",
@@ -605,6 +622,11 @@ impl Metrics {
         self.commit_phase_seconds
             .with_label_values(&[phase.label()])
             .observe(seconds);
+    }
+
+    /// Counts a customer read ahead: `cached` if it went into the cache, else superseded.
+    pub fn read_ahead(&self, cached: bool) {
+        self.read_ahead[usize::from(!cached)].inc();
     }
 
     /// Counts a batch kept open past `commit-interval-ms` because the input was behind.

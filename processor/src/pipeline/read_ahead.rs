@@ -1,16 +1,18 @@
-//! Reading customers' state ahead of their records, on a second thread.
+//! Reading customers' state ahead of their records and wake-ups, on a second thread.
 //!
-//! The poll loop takes the records already fetched (up to `read-ahead-records`) at once. Of
-//! those after the first, the customers not cached are read from their partition's store and
-//! decoded here while the pipeline thread handles the records before them, so the pipeline
-//! thread no longer waits on RocksDB reads and decoding for most of the customers it touches.
+//! The poll loop takes the records already fetched (up to `read-ahead-records`) at once. The
+//! customers it will need that its caches lack are read from their partition's store and
+//! decoded here while the pipeline thread handles the records before them: the customers of
+//! the records after the first, and those of the wake-ups the take is expected to let through.
+//! So the pipeline thread no longer waits on RocksDB reads and decoding for most of them.
 //!
 //! Owns the thread and the order of its replies. It must not decide which customers to read
 //! or whether a read is still current when it arrives: the pipeline asks only for customers
 //! its caches lack, and a reply is cached (`PartitionRuntime::preload`) only if the customer
-//! is still not cached and nothing was evicted since the request, so what it caches is what a
-//! read at the record would have found.
+//! is still not cached, nothing was evicted and the partition was not repositioned since the
+//! request, so what it caches is what a read when it is needed would have found.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -19,8 +21,21 @@ use compact_str::CompactString;
 use crate::engine::CustomerState;
 use crate::state::{StoreReader, decode_value};
 
+/// A customer to read ahead, and where its state goes.
+pub(super) struct Target {
+    /// Its partition.
+    pub partition: i32,
+    /// Its id.
+    pub customer: CompactString,
+    /// What `PartitionRuntime::uncached` said when it was asked for.
+    pub ticket: u64,
+    /// The record of the take (its index) before which it is cached: its own record's, or
+    /// the one around which its wake-up is expected.
+    pub before: usize,
+}
+
 /// Customers to read: readers of the partitions involved, and `(reader, customer)` in the
-/// order their records will be handled.
+/// order their states are taken.
 struct Request {
     readers: Vec<Box<dyn StoreReader>>,
     customers: Vec<(usize, CompactString)>,
@@ -40,8 +55,10 @@ pub(super) struct ReadAhead {
     requests: Option<mpsc::Sender<Request>>,
     replies: mpsc::Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
-    /// Replies of the open request not yet taken (`None`: no request is open).
-    pending: Option<usize>,
+    /// The targets of the open request whose states were not taken yet.
+    targets: VecDeque<Target>,
+    /// A request is open (its `Done` not taken yet).
+    open: bool,
 }
 
 impl ReadAhead {
@@ -56,26 +73,33 @@ impl ReadAhead {
             requests: Some(requests),
             replies,
             thread: Some(thread),
-            pending: None,
+            targets: VecDeque::new(),
+            open: false,
         })
     }
 
-    /// Starts reading `customers` (`(index into readers, id)`, in the order they will be taken
-    /// with [`ReadAhead::next`]). Returns `false` if the thread is gone (it panicked): nothing
-    /// will be read ahead, and the caller reads every customer itself.
+    /// Starts reading `targets` (each with its index into `readers`), ordered by
+    /// [`Target::before`]; ends the open request first. Returns `false` if the thread is gone
+    /// (it panicked): nothing is read ahead from then on, and every customer is read when its
+    /// record or wake-up comes.
     pub(super) fn request(
         &mut self,
         readers: Vec<Box<dyn StoreReader>>,
-        customers: Vec<(usize, CompactString)>,
+        targets: Vec<(usize, Target)>,
     ) -> bool {
         self.finish();
-        let count = customers.len();
+        debug_assert!(targets.is_sorted_by_key(|(_, t)| t.before));
+        let customers = targets
+            .iter()
+            .map(|(reader, t)| (*reader, t.customer.clone()))
+            .collect();
         let sent = self
             .requests
             .as_ref()
             .is_some_and(|r| r.send(Request { readers, customers }).is_ok());
         if sent {
-            self.pending = Some(count);
+            self.targets = targets.into_iter().map(|(_, t)| t).collect();
+            self.open = true;
         } else if self.requests.take().is_some() {
             tracing::warn!(
                 "The read-ahead thread stopped; customers are read as their records come."
@@ -84,26 +108,36 @@ impl ReadAhead {
         sent
     }
 
-    /// The next customer of the open request, read and decoded (waits for it): `None` if it
-    /// could not be, or if no customer of the request is left.
-    pub(super) fn next(&mut self) -> Option<Option<CustomerState>> {
-        let pending = self.pending.as_mut().filter(|n| **n > 0)?;
-        *pending -= 1;
-        match self.replies.recv() {
-            Ok(Reply::Read(state)) => state,
-            Ok(Reply::Done) | Err(_) => {
-                // Out of step (the thread died mid-request): nothing more comes for it.
-                self.pending = None;
-                None
+    /// Takes the states of every target to be cached before record `record` of the take
+    /// (waiting for them) and gives each one read to `install`; a target that could not be
+    /// read is left to be read when it is needed.
+    pub(super) fn take_through(
+        &mut self,
+        record: usize,
+        mut install: impl FnMut(Target, Option<CustomerState>),
+    ) {
+        while self.targets.front().is_some_and(|t| t.before <= record) {
+            let Some(target) = self.targets.pop_front() else {
+                break;
+            };
+            match self.replies.recv() {
+                Ok(Reply::Read(Some(state))) => install(target, state),
+                Ok(Reply::Read(None)) => {}
+                Ok(Reply::Done) | Err(_) => {
+                    // Out of step (the thread died mid-request): nothing more comes for it.
+                    self.targets.clear();
+                    self.open = false;
+                }
             }
         }
     }
 
-    /// Ends the open request, if any: drops the replies not taken and waits until the thread
+    /// Ends the open request, if any: drops the states not taken and waits until the thread
     /// dropped its readers, so every partition database is closed when its store is (a revoked
     /// or rewound partition opens its directory again).
     pub(super) fn finish(&mut self) {
-        if self.pending.take().is_none() {
+        self.targets.clear();
+        if !std::mem::take(&mut self.open) {
             return;
         }
         while let Ok(reply) = self.replies.recv() {
@@ -149,6 +183,7 @@ fn serve(requests: &mpsc::Receiver<Request>, replies: &mpsc::Sender<Reply>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Millis;
     use crate::state::{
         MemoryStore, RocksOptions, RocksStore, StateBatch, StateStore, encode_value,
     };
@@ -163,30 +198,61 @@ mod tests {
         store
     }
 
-    fn state(due: crate::model::Millis) -> CustomerState {
+    fn state(due: Millis) -> CustomerState {
         CustomerState {
             next_due: Some(due),
             ..CustomerState::default()
         }
     }
 
+    fn target(reader: usize, customer: &str, before: usize) -> (usize, Target) {
+        let target = Target {
+            partition: reader as i32,
+            customer: customer.into(),
+            ticket: 0,
+            before,
+        };
+        (reader, target)
+    }
+
+    /// Takes through `record`: the `(customer, next due)` of every target read.
+    fn take(ahead: &mut ReadAhead, record: usize) -> Vec<(String, Option<Millis>)> {
+        let mut read = Vec::new();
+        ahead.take_through(record, |t, state| {
+            read.push((t.customer.to_string(), state.and_then(|s| s.next_due)))
+        });
+        read
+    }
+
     #[test]
-    fn customers_come_back_decoded_in_request_order_across_partitions() {
+    fn customers_come_back_decoded_by_the_record_they_are_needed_before() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let one = store_with(a.path(), &[("c-1", &state(1)), ("c-2", &state(2))]);
         let two = store_with(b.path(), &[("c-3", &state(3))]);
         let mut ahead = ReadAhead::start().unwrap();
         let readers = vec![one.reader().unwrap(), two.reader().unwrap()];
-        let customers = [(1, "c-3"), (0, "c-1"), (0, "missing"), (0, "c-2")]
-            .map(|(r, id)| (r, CompactString::from(id)))
-            .to_vec();
-        assert!(ahead.request(readers, customers));
-        let due = |s: Option<Option<CustomerState>>| s.map(|s| s.map(|s| s.next_due));
-        assert_eq!(due(ahead.next()), Some(Some(Some(3))));
-        assert_eq!(due(ahead.next()), Some(Some(Some(1))));
-        assert_eq!(due(ahead.next()), Some(None), "a customer never stored");
-        assert_eq!(due(ahead.next()), Some(Some(Some(2))));
-        assert!(ahead.next().is_none(), "nothing past the request");
+        let targets = vec![
+            target(1, "c-3", 1),
+            target(0, "c-1", 1),
+            target(0, "missing", 2),
+            target(0, "c-2", 4),
+        ];
+        assert!(ahead.request(readers, targets));
+        assert!(
+            take(&mut ahead, 0).is_empty(),
+            "nothing is due before record 0"
+        );
+        assert_eq!(
+            take(&mut ahead, 1),
+            [("c-3".to_owned(), Some(3)), ("c-1".to_owned(), Some(1))]
+        );
+        assert_eq!(
+            take(&mut ahead, 3),
+            [("missing".to_owned(), None)],
+            "a customer never stored is known to have no record"
+        );
+        assert_eq!(take(&mut ahead, 9), [("c-2".to_owned(), Some(2))]);
+        assert!(take(&mut ahead, 10).is_empty(), "nothing past the request");
         ahead.finish();
     }
 
@@ -198,17 +264,12 @@ mod tests {
         batch.put_customer("bad", vec![0xff, 1, 2]);
         store.write(batch).unwrap();
         let mut ahead = ReadAhead::start().unwrap();
-        let customers = ["bad", "good"]
-            .map(|id| (0, CompactString::from(id)))
-            .to_vec();
-        assert!(ahead.request(vec![store.reader().unwrap()], customers));
-        assert!(
-            ahead.next().is_none(),
-            "an unknown format version is not guessed at"
-        );
+        let targets = vec![target(0, "bad", 1), target(0, "good", 1)];
+        assert!(ahead.request(vec![store.reader().unwrap()], targets));
         assert_eq!(
-            ahead.next().map(|s| s.map(|s| s.next_due)),
-            Some(Some(Some(7)))
+            take(&mut ahead, 1),
+            [("good".to_owned(), Some(7))],
+            "an unknown format version is not guessed at"
         );
     }
 
@@ -217,13 +278,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), &[("c-1", &state(1))]);
         let mut ahead = ReadAhead::start().unwrap();
-        let customers = ["c-1", "c-2", "c-3"]
-            .map(|id| (0, CompactString::from(id)))
-            .to_vec();
-        assert!(ahead.request(vec![store.reader().unwrap()], customers));
-        // Only one reply taken: the rest are dropped by `finish`.
-        assert!(ahead.next().is_some());
+        let targets = vec![
+            target(0, "c-1", 1),
+            target(0, "c-2", 2),
+            target(0, "c-3", 3),
+        ];
+        assert!(ahead.request(vec![store.reader().unwrap()], targets));
+        // Only the first state taken: the rest are dropped by `finish`.
+        assert_eq!(take(&mut ahead, 1).len(), 1);
         ahead.finish();
+        assert!(take(&mut ahead, 3).is_empty(), "the request is over");
         drop(store);
         let reopened = RocksStore::open(dir.path(), &RocksOptions::default());
         assert!(
