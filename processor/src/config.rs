@@ -329,10 +329,12 @@ pub struct Config {
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
     /// Records taken from the consumer at once, at most, when more are already fetched: the
-    /// customers of all but the first that are not cached are read from RocksDB and decoded
+    /// customers they will need that are not cached (those of all but the first record, and
+    /// those whose wake-up the take is expected to reach) are read from RocksDB and decoded
     /// on a second thread while the records before them are handled (`waymark run` only). A
-    /// customer read ahead is used only if nothing could have changed it since. `0` or `1`:
-    /// one record at a time, no second thread. Default 256.
+    /// customer read ahead is used only if nothing could have changed it since
+    /// (`waymark_state_read_ahead_total` counts both). `0` or `1`: one record at a time, no
+    /// second thread. Default 256.
     #[serde(default = "default_read_ahead_records")]
     pub read_ahead_records: usize,
     /// Customers kept decoded in memory per partition (write-back cache), in entries; the
