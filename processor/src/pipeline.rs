@@ -1632,10 +1632,9 @@ impl Core {
             };
             let index = readers.len();
             let before = targets.len();
-            let mut ask = |customer: &str, record: usize| {
-                if asked.insert((*partition, CompactString::from(customer)))
-                    && let Some(ticket) = part.runtime.uncached(customer)
-                {
+            // Each customer once: asks for it with its `uncached` ticket, placed at `record`.
+            let mut ask = |customer: &str, ticket: u64, record: usize| {
+                if asked.insert((*partition, CompactString::from(customer))) {
                     targets.push((
                         index,
                         Target {
@@ -1652,24 +1651,29 @@ impl Core {
                 if let Some(customer) = key
                     .and_then(|msg| msg.key())
                     .and_then(|k| std::str::from_utf8(k).ok())
+                    && let Some(ticket) = part.runtime.uncached(customer)
                 {
-                    ask(customer, at);
+                    ask(customer, ticket, at);
                 }
             }
             if part.advance_per_record > 0 && watermark > Millis::MIN {
                 let expected = part
                     .advance_per_record
                     .saturating_mul(2 * records.len() as Millis);
-                let waking: Vec<&str> = part
+                let waking: Vec<(&str, u64)> = part
                     .runtime
                     .waking_by(watermark.saturating_add(expected))
-                    .filter(|customer| part.runtime.uncached(customer).is_some())
+                    .filter_map(|customer| Some((customer, part.runtime.uncached(customer)?)))
                     .take(WAKE_UPS_READ_AHEAD * records.len())
                     .collect();
                 // Spread over the partition's records in the take, earliest first: a wake-up
                 // is expected about as far into the take as its due time into the advance.
-                for (j, customer) in waking.iter().enumerate() {
-                    ask(customer, records[j * records.len() / waking.len()].max(1));
+                for (j, &(customer, ticket)) in waking.iter().enumerate() {
+                    ask(
+                        customer,
+                        ticket,
+                        records[j * records.len() / waking.len()].max(1),
+                    );
                 }
             }
             if targets.len() > before {

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use compact_str::CompactString;
 
 use crate::engine::CustomerState;
-use crate::state::{StoreReader, decode_value};
+use crate::state::{StoreReader, decode_stored};
 
 /// A customer to read ahead, and where its state goes.
 pub(super) struct Target {
@@ -164,11 +164,10 @@ impl Drop for ReadAhead {
 fn serve(requests: &mpsc::Receiver<Request>, replies: &mpsc::Sender<Reply>) {
     while let Ok(Request { readers, customers }) = requests.recv() {
         for (reader, id) in &customers {
-            let state = match readers[*reader].get_customer(id) {
-                Ok(Some(bytes)) => decode_value(id, &bytes).ok().map(Some),
-                Ok(None) => Some(None),
-                Err(_) => None,
-            };
+            let state = readers[*reader]
+                .get_customer(id)
+                .and_then(|stored| decode_stored(id, stored))
+                .ok();
             if replies.send(Reply::Read(state)).is_err() {
                 return;
             }

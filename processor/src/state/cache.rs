@@ -95,6 +95,14 @@ pub fn decode_value<V: DeserializeOwned>(id: &str, bytes: &[u8]) -> Result<V, St
     Ok(value)
 }
 
+/// Decodes a customer's record as the store returned it (`None`: the customer has none).
+pub fn decode_stored<V: DeserializeOwned>(
+    id: &str,
+    stored: Option<Vec<u8>>,
+) -> Result<Option<V>, StateError> {
+    stored.map(|bytes| decode_value(id, &bytes)).transpose()
+}
+
 /// One cached customer.
 #[derive(Debug)]
 struct Entry<V> {
@@ -303,12 +311,8 @@ fn slot<'a, V: DeserializeOwned>(
 ) -> Result<&'a mut Entry<V>, StateError> {
     *clock += 1;
     let entry = entries.get_or_try_insert_with(id, || {
-        let value = match store.get_customer(id)? {
-            Some(bytes) => Some(decode_value(id, &bytes)?),
-            None => None,
-        };
         Ok::<_, StateError>(Entry {
-            value,
+            value: decode_stored(id, store.get_customer(id)?)?,
             dirty: 0,
             used: *clock,
         })

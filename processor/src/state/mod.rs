@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use cache::ENCODE_CHUNK;
 pub use cache::{
     DEFAULT_CACHE_CAPACITY, FlushStats, PreparedBatch, STATE_FORMAT_VERSION, StateCache,
-    decode_value, encode_value,
+    decode_stored, decode_value, encode_value,
 };
 pub use memory::MemoryStore;
 pub use rocks::{RocksEnv, RocksOptions, RocksStore};
