@@ -19,7 +19,7 @@ use waymark::engine::{CustomerState, Engine};
 use waymark::journey::JourneySet;
 use waymark::loadgen::{LoadgenArgs, generate};
 use waymark::model::{CustomerEvent, Output};
-use waymark::state::{RocksOptions, RocksStore, StateCache};
+use waymark::state::{RocksOptions, RocksStore, StateCache, encode_value};
 
 const LATENESS: i64 = 300_000;
 
@@ -115,6 +115,13 @@ fn state(c: &mut Criterion) {
             )
         },
     );
+    group.bench_function("encode every customer's record", |b| {
+        b.iter(|| {
+            for (id, s) in &states {
+                std::hint::black_box(encode_value(id, s).unwrap());
+            }
+        })
+    });
     group.bench_function("flush: encode and write every customer in one batch", |b| {
         b.iter(|| {
             for id in &ids {
