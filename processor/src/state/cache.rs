@@ -647,6 +647,12 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         }
     }
 
+    /// How many dirty customers are sealed (encoded for the next flush already).
+    #[cfg(test)]
+    pub(crate) fn sealed_len(&self) -> usize {
+        self.dirty.iter().filter(|d| d.sealed.is_some()).count()
+    }
+
     /// Writes every dirty record, pending timer move and pending meta value to `store` in one
     /// atomic [`StateBatch`], then marks everything clean and evicts beyond `capacity`.
     ///
@@ -660,11 +666,17 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
     /// Encodes every change since the last flush into one batch, without writing it or
     /// forgetting it: the caller may ship the batch elsewhere first (the state changelog) and
     /// then hand it to [`StateCache::write_prepared`]. The cache must not change in between.
-    pub fn prepare(&self) -> Result<PreparedBatch, StateError> {
+    ///
+    /// The records sealed since the last flush move into the batch (a record is about 2 KiB,
+    /// and a commit holds thousands): a dirty customer left without one is encoded from its
+    /// value again by the next call, should this batch not be written.
+    pub fn prepare(&mut self) -> Result<PreparedBatch, StateError> {
+        let mut sealed: Vec<Option<Vec<u8>>> =
+            self.dirty.iter_mut().map(|d| d.sealed.take()).collect();
         let mut stats = FlushStats::default();
         let mut batch =
             StateBatch::with_capacity(self.dirty.len() + self.timers.len() + self.meta.len());
-        for (id, bytes) in self.encode_dirty()? {
+        for (id, bytes) in self.encode_dirty(&mut sealed)? {
             match bytes {
                 Some(bytes) => {
                     batch.put_customer(id, bytes);
@@ -692,24 +704,25 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         Ok(PreparedBatch { batch, stats })
     }
 
-    /// Every dirty customer's record encoded (`None`: delete it), in dirty order. Encoding is
-    /// most of a flush's CPU time, so a large batch is encoded on several threads (at most
-    /// [`ENCODE_THREADS`] and the machine's cores, each taking at least [`ENCODE_CHUNK`]
-    /// customers).
-    fn encode_dirty(&self) -> Result<Vec<Encoded<'_>>, StateError> {
+    /// Every dirty customer's record (`None`: delete it), in dirty order: `sealed[i]`, taken
+    /// by [`StateCache::prepare`], for the dirty customer `i` if it was sealed, else encoded
+    /// now. Encoding is most of a flush's CPU time, so a large batch is encoded on several
+    /// threads (at most [`ENCODE_THREADS`] and the machine's cores, each taking at least
+    /// [`ENCODE_CHUNK`] customers).
+    fn encode_dirty(&self, sealed: &mut [Option<Vec<u8>>]) -> Result<Vec<Encoded<'_>>, StateError> {
         let wanted = (self.dirty.len() / ENCODE_CHUNK).min(ENCODE_THREADS);
         if wanted < 2 {
-            return self.encode(&self.dirty);
+            return self.encode(&self.dirty, sealed);
         }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let chunk = self.dirty.len().div_ceil(wanted.min(cores));
         std::thread::scope(|scope| {
-            let mut chunks = self.dirty.chunks(chunk);
-            let first = chunks.next().unwrap_or_default();
+            let mut chunks = self.dirty.chunks(chunk).zip(sealed.chunks_mut(chunk));
+            let (first, first_sealed) = chunks.next().unwrap_or_default();
             let others: Vec<_> = chunks
-                .map(|ids| scope.spawn(move || self.encode(ids)))
+                .map(|(ids, sealed)| scope.spawn(move || self.encode(ids, sealed)))
                 .collect();
-            let mut all = self.encode(first)?;
+            let mut all = self.encode(first, first_sealed)?;
             for handle in others {
                 let part = handle
                     .join()
@@ -720,14 +733,18 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         })
     }
 
-    /// The records of the dirty customers `dirty` encoded (sealed ones as sealed); `None`:
-    /// delete it.
-    fn encode<'a>(&'a self, dirty: &'a [Dirty]) -> Result<Vec<Encoded<'a>>, StateError> {
+    /// The records of the dirty customers `dirty` (`sealed`: their sealed records, taken),
+    /// encoded unless sealed; `None`: delete it.
+    fn encode<'a>(
+        &'a self,
+        dirty: &'a [Dirty],
+        sealed: &mut [Option<Vec<u8>>],
+    ) -> Result<Vec<Encoded<'a>>, StateError> {
         let mut out = Vec::with_capacity(dirty.len());
-        for Dirty { id, sealed } in dirty {
-            if let Some(bytes) = sealed {
+        for (Dirty { id, .. }, sealed) in dirty.iter().zip(sealed) {
+            if let Some(bytes) = sealed.take() {
                 // Sealed: it has a record, unchanged since (a change drops the seal).
-                out.push((id.as_str(), Some(bytes.clone())));
+                out.push((id.as_str(), Some(bytes)));
                 continue;
             }
             // Dirty entries are never evicted, so every dirty id is cached.

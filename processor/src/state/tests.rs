@@ -721,6 +721,32 @@ mod cache {
     }
 
     #[test]
+    fn a_batch_prepared_again_after_its_sealed_records_moved_out_is_the_same() {
+        let mut store = SpyStore::default();
+        let mut cache = StateCache::<Rec>::new(10);
+        for n in 0..3 {
+            let id = format!("c{n}");
+            cache.get_or_insert_with(&store, &id, || rec(n)).unwrap();
+            cache.seal(&id);
+        }
+        let first = cache.prepare().unwrap();
+        assert_eq!(
+            cache.sealed_len(),
+            0,
+            "the sealed records moved into the batch"
+        );
+        // Not written (say the transaction failed): the next batch encodes them again.
+        let second = cache.prepare().unwrap();
+        assert_eq!(first.batch.ops(), second.batch.ops());
+        assert_eq!(second.stats.customers_put, 3);
+        cache.write_prepared(&mut store, second).unwrap();
+        assert_eq!(
+            store.get_customer("c1").unwrap(),
+            Some(encode_value("c1", &rec(1)).unwrap())
+        );
+    }
+
+    #[test]
     fn flush_writes_everything_in_one_batch() {
         let mut store = SpyStore::default();
         let mut batch = StateBatch::new();
@@ -843,7 +869,8 @@ mod cache {
         }
         cache.set_timer("c0", None, Some(10));
         cache.put_meta("input-offset", vec![4]);
-        let first = cache.hand_off(cache.prepare().unwrap());
+        let prepared = cache.prepare().unwrap();
+        let first = cache.hand_off(prepared);
         assert_eq!(first.stats.customers_put, 4);
         assert_eq!(cache.dirty_len(), 0, "the batch left the cache's keeping");
 
@@ -894,7 +921,8 @@ mod cache {
         for n in 0..4 {
             cache.insert(&format!("c{n}"), rec(n));
         }
-        let first = cache.hand_off(cache.prepare().unwrap());
+        let prepared = cache.prepare().unwrap();
+        let first = cache.hand_off(prepared);
         cache.get_mut(&store, "c2").unwrap().unwrap().n = 200;
         assert_eq!(
             cache.len(),
