@@ -375,6 +375,9 @@ struct Partition {
     /// How far the watermark moved per record in the last take of several records (event
     /// time, ms), to read ahead the wake-ups of the next (see [`Core::read_ahead`]).
     advance_per_record: Millis,
+    /// The watermark at the last commit: how far it moves per batch sets the seal horizon
+    /// (see [`PartitionRuntime::defer_seals_until`]).
+    watermark_at_commit: Millis,
 }
 
 /// The second input: what the channel sinks report, on `intervention-outcomes`. Keyed by
@@ -794,6 +797,7 @@ impl Core {
             outcome_pending: None,
             outcome_committed: None,
             advance_per_record: 0,
+            watermark_at_commit: Millis::MIN,
         };
         wake_for_migrations(&self.engine, &mut part).map_err(state_err)?;
         self.partitions.insert(partition, part);
@@ -1837,6 +1841,15 @@ impl Core {
                 .runtime
                 .prepare()
                 .map_err(PipelineError::state(*partition, &part.path))?;
+            // A customer due again before the next commit, as far as the last batch moved
+            // the watermark, is encoded once, not at every step (most are woken again).
+            let watermark = part.runtime.watermark();
+            let horizon = match part.watermark_at_commit {
+                Millis::MIN => Millis::MIN,
+                last => watermark.saturating_add(watermark.saturating_sub(last)),
+            };
+            part.runtime.defer_seals_until(horizon);
+            part.watermark_at_commit = watermark;
             // From here on the cache may change: the next records' changes go to the next
             // batch, and this one is written to the store once committed.
             prepared.push((*partition, batch));

@@ -219,6 +219,9 @@ pub struct PartitionRuntime {
     /// When kept (see [`PartitionRuntime::keep_fire_log`]): each customer `fire_due` woke,
     /// as `(due, customer, index in out of its first output)`.
     fire_log: Option<Vec<(Millis, CompactString, usize)>>,
+    /// A customer due again at or before this time is not sealed at the end of its step (see
+    /// [`PartitionRuntime::defer_seals_until`]).
+    seal_horizon: Millis,
 }
 
 impl PartitionRuntime {
@@ -282,7 +285,25 @@ impl PartitionRuntime {
             stats: RuntimeStats::default(),
             forwards: Vec::new(),
             fire_log: None,
+            seal_horizon: Millis::MIN,
         })
+    }
+
+    /// From now on, a customer whose next wake-up is due at or before `horizon` is not encoded
+    /// for the flush at the end of its step ([`StateCache::seal`]): it is expected to be woken
+    /// again before the next flush, and that step's change would drop the encoding. It is
+    /// encoded at its next step, or by the flush if none comes first. The caller sets the
+    /// horizon to where it expects the watermark by the next flush; `Millis::MIN` (the
+    /// default) seals every step. The records written do not depend on it.
+    pub fn defer_seals_until(&mut self, horizon: Millis) {
+        self.seal_horizon = horizon;
+    }
+
+    /// Encodes a customer at the end of its step, unless it is due again by the seal horizon.
+    fn seal(&mut self, customer: &str, next_due: Option<Millis>) {
+        if next_due.is_none_or(|due| due > self.seal_horizon) {
+            self.cache.seal(customer);
+        }
     }
 
     /// The current watermark (`Millis::MIN` before the first event).
@@ -380,7 +401,7 @@ impl PartitionRuntime {
                 if disposable {
                     self.cache.remove(&ev.customer_id);
                 } else {
-                    self.cache.seal(&ev.customer_id);
+                    self.seal(&ev.customer_id, new_due);
                 }
             }
             Applied::Duplicate => self.stats.duplicates += 1,
@@ -500,7 +521,7 @@ impl PartitionRuntime {
                 self.timers.insert((next, customer.clone()));
                 self.cache.set_timer(&customer, None, Some(next));
             }
-            self.cache.seal(&customer);
+            self.seal(&customer, new_due);
             woken += 1;
             self.count(&out[before..]);
         }
@@ -761,6 +782,55 @@ mod tests {
         assert!(!sliced.has_due());
         assert_eq!(got, expected);
         assert_eq!(sliced.stats(), whole.stats());
+    }
+
+    #[test]
+    fn deferring_seals_skips_customers_due_again_and_writes_the_same_records() {
+        let engine = crate::engine::tests::reference();
+        // 30 customers log in ten minutes apart; then the watermark moves a day on, which
+        // wakes each of them (their first invite) with more due later.
+        let logins: Vec<CustomerEvent> = (0..30)
+            .map(|i| CustomerEvent {
+                customer_id: format!("c{i:02}"),
+                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
+                ..event(&format!("e{i}"), "login.created", i * 600_000)
+            })
+            .collect();
+        let batch = |horizon: Millis| {
+            let mut rt =
+                PartitionRuntime::open(engine.clone(), Box::new(MemoryStore::new()), 100, 0)
+                    .unwrap();
+            rt.defer_seals_until(horizon);
+            let mut out = Vec::new();
+            for e in &logins {
+                rt.on_event(e, &mut out).unwrap();
+            }
+            rt.advance_to(D, &mut out).unwrap();
+            let sealed = rt.cache.sealed_len();
+            let mut dues: Vec<Millis> = rt.timers.iter().map(|(due, _)| *due).collect();
+            dues.sort_unstable();
+            (
+                sealed,
+                dues,
+                rt.prepare().unwrap().batch.ops().to_vec(),
+                out,
+            )
+        };
+        let (every, dues, expected, outputs) = batch(Millis::MIN);
+        assert_eq!(every, 30, "every customer sealed at the end of its step");
+        assert_eq!(dues.len(), 30, "each due again");
+        // Everyone is due again by the horizon: none sealed, all encoded by the flush.
+        let (deferred, _, ops, deferred_outputs) = batch(dues[29]);
+        assert_eq!(deferred, 0);
+        assert_eq!(ops, expected);
+        assert_eq!(deferred_outputs, outputs);
+        // Only those due again by the horizon are left unsealed.
+        let horizon = dues[14];
+        let (some, _, ops, _) = batch(horizon);
+        let later = dues.iter().filter(|&&due| due > horizon).count();
+        assert!(later > 0 && later < 30);
+        assert_eq!(some, later);
+        assert_eq!(ops, expected);
     }
 
     #[test]
