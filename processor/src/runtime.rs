@@ -721,18 +721,23 @@ mod tests {
         }
     }
 
+    /// `n` customers (`c00`, `c01`, …) logging in `apart` ms after one another from time 0.
+    fn logins(n: i64, apart: Millis) -> Vec<CustomerEvent> {
+        (0..n)
+            .map(|i| CustomerEvent {
+                customer_id: format!("c{i:02}"),
+                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
+                ..event(&format!("e{i}"), "login.created", i * apart)
+            })
+            .collect()
+    }
+
     #[test]
     fn firing_due_timers_in_slices_gives_the_outputs_of_one_advance() {
         let engine = crate::engine::tests::reference();
         // 50 customers log in a minute apart; each then has its first invite and its
         // abandonment windows pending.
-        let logins: Vec<CustomerEvent> = (0..50)
-            .map(|i| CustomerEvent {
-                customer_id: format!("c{i:02}"),
-                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
-                ..event(&format!("e{i}"), "login.created", i * 60_000)
-            })
-            .collect();
+        let logins = logins(50, 60_000);
         let loaded = || {
             let mut rt = PartitionRuntime::offline(engine.clone(), 0).unwrap();
             let mut out = Vec::new();
@@ -789,13 +794,7 @@ mod tests {
         let engine = crate::engine::tests::reference();
         // 30 customers log in ten minutes apart; then the watermark moves a day on, which
         // wakes each of them (their first invite) with more due later.
-        let logins: Vec<CustomerEvent> = (0..30)
-            .map(|i| CustomerEvent {
-                customer_id: format!("c{i:02}"),
-                attributes: [("email".to_owned(), format!("c{i}@example.com"))].into(),
-                ..event(&format!("e{i}"), "login.created", i * 600_000)
-            })
-            .collect();
+        let logins = logins(30, 600_000);
         let batch = |horizon: Millis| {
             let mut rt =
                 PartitionRuntime::open(engine.clone(), Box::new(MemoryStore::new()), 100, 0)
