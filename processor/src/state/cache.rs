@@ -671,12 +671,10 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
     /// and a commit holds thousands): a dirty customer left without one is encoded from its
     /// value again by the next call, should this batch not be written.
     pub fn prepare(&mut self) -> Result<PreparedBatch, StateError> {
-        let mut sealed: Vec<Option<Vec<u8>>> =
-            self.dirty.iter_mut().map(|d| d.sealed.take()).collect();
         let mut stats = FlushStats::default();
         let mut batch =
             StateBatch::with_capacity(self.dirty.len() + self.timers.len() + self.meta.len());
-        for (id, bytes) in self.encode_dirty(&mut sealed)? {
+        for (id, bytes) in Self::encode_dirty(&self.entries, &mut self.dirty)? {
             match bytes {
                 Some(bytes) => {
                     batch.put_customer(id, bytes);
@@ -704,25 +702,27 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         Ok(PreparedBatch { batch, stats })
     }
 
-    /// Every dirty customer's record (`None`: delete it), in dirty order: `sealed[i]`, taken
-    /// by [`StateCache::prepare`], for the dirty customer `i` if it was sealed, else encoded
-    /// now. Encoding is most of a flush's CPU time, so a large batch is encoded on several
-    /// threads (at most [`ENCODE_THREADS`] and the machine's cores, each taking at least
-    /// [`ENCODE_CHUNK`] customers).
-    fn encode_dirty(&self, sealed: &mut [Option<Vec<u8>>]) -> Result<Vec<Encoded<'_>>, StateError> {
-        let wanted = (self.dirty.len() / ENCODE_CHUNK).min(ENCODE_THREADS);
+    /// Every dirty customer's record (`None`: delete it), in dirty order: its sealed record,
+    /// taken, or else encoded now. Encoding is most of a flush's CPU time, so a large batch is
+    /// encoded on several threads (at most [`ENCODE_THREADS`] and the machine's cores, each
+    /// taking at least [`ENCODE_CHUNK`] customers).
+    fn encode_dirty<'a>(
+        entries: &Entries<V>,
+        dirty: &'a mut [Dirty],
+    ) -> Result<Vec<Encoded<'a>>, StateError> {
+        let wanted = (dirty.len() / ENCODE_CHUNK).min(ENCODE_THREADS);
         if wanted < 2 {
-            return self.encode(&self.dirty, sealed);
+            return Self::encode(entries, dirty);
         }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let chunk = self.dirty.len().div_ceil(wanted.min(cores));
+        let chunk = dirty.len().div_ceil(wanted.min(cores));
         std::thread::scope(|scope| {
-            let mut chunks = self.dirty.chunks(chunk).zip(sealed.chunks_mut(chunk));
-            let (first, first_sealed) = chunks.next().unwrap_or_default();
+            let mut chunks = dirty.chunks_mut(chunk);
+            let first = chunks.next().unwrap_or_default();
             let others: Vec<_> = chunks
-                .map(|(ids, sealed)| scope.spawn(move || self.encode(ids, sealed)))
+                .map(|ids| scope.spawn(move || Self::encode(entries, ids)))
                 .collect();
-            let mut all = self.encode(first, first_sealed)?;
+            let mut all = Self::encode(entries, first)?;
             for handle in others {
                 let part = handle
                     .join()
@@ -733,29 +733,29 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         })
     }
 
-    /// The records of the dirty customers `dirty` (`sealed`: their sealed records, taken),
-    /// encoded unless sealed; `None`: delete it.
+    /// The records of the dirty customers `dirty`: each sealed one's record, taken, the others
+    /// encoded from `entries`; `None`: delete it.
     fn encode<'a>(
-        &'a self,
-        dirty: &'a [Dirty],
-        sealed: &mut [Option<Vec<u8>>],
+        entries: &Entries<V>,
+        dirty: &'a mut [Dirty],
     ) -> Result<Vec<Encoded<'a>>, StateError> {
         let mut out = Vec::with_capacity(dirty.len());
-        for (Dirty { id, .. }, sealed) in dirty.iter().zip(sealed) {
+        for Dirty { id, sealed } in dirty {
+            let id: &'a str = id;
             if let Some(bytes) = sealed.take() {
                 // Sealed: it has a record, unchanged since (a change drops the seal).
-                out.push((id.as_str(), Some(bytes)));
+                out.push((id, Some(bytes)));
                 continue;
             }
             // Dirty entries are never evicted, so every dirty id is cached.
-            let Some(entry) = self.entries.get(id) else {
+            let Some(entry) = entries.get(id) else {
                 continue;
             };
             let bytes = match &entry.value {
                 Some(value) => Some(encode_value(id, value)?),
                 None => None,
             };
-            out.push((id.as_str(), bytes));
+            out.push((id, bytes));
         }
         Ok(out)
     }
