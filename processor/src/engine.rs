@@ -22,6 +22,7 @@ use compact_str::{CompactString, format_compact};
 // iterates these maps, so their order cannot reach an output.
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::journey::{
     Cond, Journey, JourneySet, Matcher, Metric, ReEntry, Rule, SCORE_ATTRIBUTE,
@@ -43,8 +44,9 @@ pub struct StoredEvent {
     pub event_type: CompactString,
     /// Event time.
     pub at: Millis,
-    /// Attributes that predicates read (e.g. `product_line`).
-    pub attributes: Vec<(CompactString, CompactString)>,
+    /// Attributes that predicates read (e.g. `product_line`): none or one for most events, so
+    /// one is kept inside the event rather than in an allocation of its own.
+    pub attributes: SmallVec<[(CompactString, CompactString); 1]>,
 }
 
 impl StoredEvent {
@@ -67,11 +69,23 @@ pub struct ProfileValue {
     pub event_id: CompactString,
 }
 
+/// An attribute's values, oldest first. Almost always one: it is kept inside the profile's
+/// entry, not in an allocation of its own (each would be one more cache miss when a cold
+/// customer is read).
+pub type ProfileValues = SmallVec<[ProfileValue; 1]>;
+
+/// A journey memory's emitted set: a customer of the reference journey emits fewer than ten
+/// outputs, so the set is kept inside the memory unless it outgrows [`EMITTED_INLINE`].
+pub type Emitted = SmallVec<[u64; EMITTED_INLINE]>;
+
+/// Emitted-set keys kept without an allocation of their own.
+pub const EMITTED_INLINE: usize = 8;
+
 /// What the engine remembers of one journey for one customer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JourneyMemory {
     /// Hashes of the stable ids of every output already emitted, sorted.
-    pub emitted: Vec<u64>,
+    pub emitted: Emitted,
     /// Instances compacted away by retention. Later instances are numbered after them (so
     /// their ids stay unique), and a `re-entry: never` journey is not entered again.
     pub retired: u32,
@@ -85,9 +99,11 @@ pub struct CustomerState {
     /// Profile attributes: per attribute, its values sorted by `(at, event_id)` (at most
     /// [`PROFILE_HISTORY`]). A command carries the values as of its due time, so its content
     /// does not depend on when it happened to be emitted.
-    pub profile: VecMap<Vec<ProfileValue>>,
-    /// Per journey name: what was emitted.
-    pub journeys: VecMap<JourneyMemory>,
+    pub profile: VecMap<ProfileValues>,
+    /// Per journey name: what was emitted. The first journey's memory is kept inside the
+    /// state, so a wake-up reads it with the customer instead of from two more places in
+    /// memory (the map's entries and the emitted set).
+    pub journeys: VecMap<JourneyMemory, 1>,
     /// Event time of the next output due; the caller's timer index wakes the customer then.
     pub next_due: Option<Millis>,
     /// Events that arrived after the watermark had passed their time.
@@ -153,10 +169,9 @@ impl TimeOrdered for ProfileValue {
 
 /// Inserts `item` at its place in `(event time, event id)` order.
 ///
-/// A customer's lists are short and a million customers may be held decoded, so a full list
-/// grows by half its length (at least one) rather than doubling from four, as `Vec` would:
-/// a customer's four profile attributes of one value each would otherwise hold room for
-/// sixteen.
+/// A customer's event list is short and a million customers may be held decoded, so a full
+/// list grows by half its length (at least one) rather than doubling from four, as `Vec`
+/// would.
 fn insert_in_order<T: TimeOrdered>(list: &mut Vec<T>, item: T) {
     if list.len() == list.capacity() {
         list.reserve_exact((list.len() / 2).max(1));
@@ -166,8 +181,9 @@ fn insert_in_order<T: TimeOrdered>(list: &mut Vec<T>, item: T) {
 }
 
 /// Adds a value to an attribute's history, dropping the oldest beyond [`PROFILE_HISTORY`].
-fn keep_profile_value(values: &mut Vec<ProfileValue>, value: ProfileValue) {
-    insert_in_order(values, value);
+fn keep_profile_value(values: &mut ProfileValues, value: ProfileValue) {
+    let pos = values.partition_point(|x| x.order() < value.order());
+    values.insert(pos, value);
     if values.len() > PROFILE_HISTORY {
         values.remove(0);
     }

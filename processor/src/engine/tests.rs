@@ -1558,3 +1558,111 @@ fn explain_names_the_variant_and_the_holdout() {
         }
     }
 }
+
+// The record format.
+
+/// A customer's record as it was written when every list of the state was a `Vec` and every
+/// map a `BTreeMap`: the lists a customer usually holds one or a few of are now kept inline
+/// (see [`ProfileValues`], [`Emitted`], [`VecMap`]), and their records must not change.
+#[derive(Serialize)]
+struct PlainRecord {
+    events: Vec<PlainEvent>,
+    profile: BTreeMap<String, Vec<ProfileValue>>,
+    journeys: BTreeMap<String, (Vec<u64>, u32)>,
+    next_due: Option<Millis>,
+    late_events: u32,
+    duplicates: u32,
+    retired_until: Option<Millis>,
+    identity: Option<Box<Identity>>,
+}
+
+/// A [`StoredEvent`] as it was written: id, type, time, kept attributes.
+type PlainEvent = (String, String, Millis, Vec<(String, String)>);
+
+impl From<&CustomerState> for PlainRecord {
+    fn from(s: &CustomerState) -> Self {
+        let text = |pairs: &[(CompactString, CompactString)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        PlainRecord {
+            events: s
+                .events
+                .iter()
+                .map(|e| {
+                    let (id, kind) = (e.event_id.to_string(), e.event_type.to_string());
+                    (id, kind, e.at, text(&e.attributes))
+                })
+                .collect(),
+            profile: s
+                .profile
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect(),
+            journeys: s
+                .journeys
+                .iter()
+                .map(|(k, m)| (k.to_owned(), (m.emitted.to_vec(), m.retired)))
+                .collect(),
+            next_due: s.next_due,
+            late_events: s.late_events,
+            duplicates: s.duplicates,
+            retired_until: s.retired_until,
+            identity: s.identity.clone(),
+        }
+    }
+}
+
+#[test]
+fn a_record_encodes_as_it_did_with_plain_vectors_and_maps_beyond_the_inline_sizes_too() {
+    let e = reference();
+    let mut out = Vec::new();
+    let c = "c-format";
+    let mut short = CustomerState::default();
+    e.apply(&mut short, c, &login("l1", c, T0), T0, &mut out);
+    // Everything past what is kept inline: a second value of an attribute, an event with two
+    // kept attributes, more emitted keys than fit inline, a second journey's memory.
+    let mut long = short.clone();
+    let mut email = login("l2", c, T0 + H);
+    email
+        .attributes
+        .insert("email".into(), "b@example.com".into());
+    e.apply(&mut long, c, &email, T0 + H, &mut out);
+    e.apply(
+        &mut long,
+        c,
+        &order("o1", c, T0 + 2 * H, "tools"),
+        T0,
+        &mut out,
+    );
+    e.advance(&mut long, c, T0 + 30 * D, &mut out);
+    long.events[0]
+        .attributes
+        .extend([("a".into(), "1".into()), ("b".into(), "2".into())]);
+    long.journeys.or_default("other").emitted.extend(0..20);
+    long.identity = Some(Box::default());
+    assert_eq!(long.profile.get("email").map(|v| v.len()), Some(2));
+    assert!(long.journeys.len() > 1);
+    assert!(
+        !long
+            .journeys
+            .get("b2b-onboarding")
+            .unwrap()
+            .emitted
+            .is_empty()
+    );
+    assert!(long.journeys.get("other").unwrap().emitted.len() > EMITTED_INLINE);
+    for state in [CustomerState::default(), short, long] {
+        let bytes = postcard::to_allocvec(&state).unwrap();
+        assert_eq!(
+            bytes,
+            postcard::to_allocvec(&PlainRecord::from(&state)).unwrap()
+        );
+        assert_eq!(
+            postcard::from_bytes::<CustomerState>(&bytes).unwrap(),
+            state
+        );
+    }
+}

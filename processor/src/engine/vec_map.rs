@@ -4,7 +4,8 @@
 //! A customer has a handful of entries in each, and a million customers may be cached: a
 //! `BTreeMap` allocates a node of eleven slots for the first entry, which made these two maps
 //! the largest part of a decoded customer. A sorted vector holds exactly what is there and is
-//! searched as fast at this size. It serializes as a map, so its encoding is byte for byte a
+//! searched as fast at this size; up to `N` entries are kept inside the map itself (no
+//! allocation at all). It serializes as a map, so its encoding is byte for byte a
 //! `BTreeMap`'s (the state format does not change). It must stay a plain container: nothing
 //! about journeys or profiles belongs here.
 
@@ -15,23 +16,26 @@ use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 
 /// A map from string keys to `V`, sorted by key, unique keys. Keys up to 24 bytes (attribute
-/// and journey names) are stored inline.
+/// and journey names) are stored inline. Up to `N` entries are kept inside the map itself,
+/// without an allocation (a customer in one journey: its memory is read with the customer, not
+/// from one more place in memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VecMap<V> {
-    entries: Vec<(CompactString, V)>,
+pub struct VecMap<V, const N: usize = 0> {
+    entries: SmallVec<[(CompactString, V); N]>,
 }
 
-impl<V> Default for VecMap<V> {
+impl<V, const N: usize> Default for VecMap<V, N> {
     fn default() -> Self {
         VecMap {
-            entries: Vec::new(),
+            entries: SmallVec::new(),
         }
     }
 }
 
-impl<V> VecMap<V> {
+impl<V, const N: usize> VecMap<V, N> {
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
@@ -82,14 +86,14 @@ impl<V> VecMap<V> {
     }
 }
 
-impl<K: Into<CompactString>, V> FromIterator<(K, V)> for VecMap<V> {
+impl<K: Into<CompactString>, V, const N: usize> FromIterator<(K, V)> for VecMap<V, N> {
     /// The last value of a repeated key wins, as in a `BTreeMap`.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut entries: Vec<(CompactString, V)> =
             iter.into_iter().map(|(k, v)| (k.into(), v)).collect();
         // Stable: equal keys keep their order, so the last one is the one kept below.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(CompactString, V)> = Vec::with_capacity(entries.len());
+        let mut kept: SmallVec<[(CompactString, V); N]> = SmallVec::with_capacity(entries.len());
         for (k, v) in entries {
             match kept.last_mut() {
                 Some(last) if last.0 == k => last.1 = v,
@@ -100,7 +104,7 @@ impl<K: Into<CompactString>, V> FromIterator<(K, V)> for VecMap<V> {
     }
 }
 
-impl<'a, V> IntoIterator for &'a VecMap<V> {
+impl<'a, V, const N: usize> IntoIterator for &'a VecMap<V, N> {
     type Item = (&'a str, &'a V);
     type IntoIter = std::iter::Map<
         std::slice::Iter<'a, (CompactString, V)>,
@@ -112,7 +116,7 @@ impl<'a, V> IntoIterator for &'a VecMap<V> {
     }
 }
 
-impl<V: Serialize> Serialize for VecMap<V> {
+impl<V: Serialize, const N: usize> Serialize for VecMap<V, N> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.entries.len()))?;
         for (k, v) in &self.entries {
@@ -122,19 +126,19 @@ impl<V: Serialize> Serialize for VecMap<V> {
     }
 }
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for VecMap<V> {
+impl<'de, V: Deserialize<'de>, const N: usize> Deserialize<'de> for VecMap<V, N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MapVisitor<V>(PhantomData<V>);
+        struct MapVisitor<V, const N: usize>(PhantomData<V>);
 
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
-            type Value = VecMap<V>;
+        impl<'de, V: Deserialize<'de>, const N: usize> Visitor<'de> for MapVisitor<V, N> {
+            type Value = VecMap<V, N>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map with string keys")
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                let mut entries = SmallVec::with_capacity(access.size_hint().unwrap_or(0).min(64));
                 let mut sorted = true;
                 while let Some((k, v)) = access.next_entry::<CompactString, V>()? {
                     if let Some((last, _)) = entries.last() {
@@ -173,6 +177,15 @@ mod tests {
             back.iter().map(|(k, v)| (k, *v)).collect::<Vec<_>>(),
             [("a", 1), ("m", 2), ("tz", 3)]
         );
+        // Entries kept inside the map, or beyond what it keeps inside: the same bytes.
+        for n in [1, 3] {
+            let tree: BTreeMap<String, u32> = tree.clone().into_iter().take(n).collect();
+            let bytes = postcard::to_allocvec(&tree).unwrap();
+            let inline: VecMap<u32, 1> = tree.clone().into_iter().collect();
+            assert_eq!(postcard::to_allocvec(&inline).unwrap(), bytes);
+            let back: VecMap<u32, 1> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!((back.len(), back), (n, inline));
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ struct Request {
 }
 
 /// What the thread sends back for a request: one `Read` per customer in order, then `Done`.
+/// All but one reply per request are a `Read`, so boxing its state would only add an
+/// allocation per customer read.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     /// `Some(state)` (`None`: nothing stored), or `None` if the record could not be read or
     /// decoded: the pipeline then reads it itself, which reports the error with its context.
