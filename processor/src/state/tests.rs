@@ -1081,6 +1081,46 @@ mod cache {
     }
 
     #[test]
+    fn timer_changes_reach_the_batch_sorted_once_per_entry_with_their_last_change() {
+        let mut cache = StateCache::<Rec>::new(10);
+        cache.set_timer("b", None, Some(5));
+        cache.set_timer("a", None, Some(9));
+        cache.set_timer("b", Some(5), Some(7));
+        cache.set_timer("b", Some(7), Some(5));
+        cache.set_timer("c", Some(1), None);
+        let prepared = cache.prepare().unwrap();
+        let timer = |due, id: &str, add| match add {
+            true => BatchOp::PutTimer { due, id: id.into() },
+            false => BatchOp::DeleteTimer { due, id: id.into() },
+        };
+        assert_eq!(
+            prepared.batch.ops(),
+            [
+                timer(1, "c", false),
+                timer(5, "b", true),
+                timer(7, "b", false),
+                timer(9, "a", true)
+            ]
+        );
+        assert_eq!(
+            (prepared.stats.timers_put, prepared.stats.timers_deleted),
+            (2, 2)
+        );
+        // Not written: the next batch has the same changes, and the ones made since.
+        cache.set_timer("a", Some(9), None);
+        let again = cache.prepare().unwrap();
+        assert_eq!(
+            again.batch.ops(),
+            [
+                timer(1, "c", false),
+                timer(5, "b", true),
+                timer(7, "b", false),
+                timer(9, "a", false)
+            ]
+        );
+    }
+
+    #[test]
     fn reads_see_pending_meta_and_timers_before_flush() {
         let mut store = MemoryStore::new();
         let mut batch = StateBatch::new();
