@@ -197,7 +197,8 @@ pub struct StateCache<V> {
     /// Pending timer index changes, in the order they were made: `true` adds the entry,
     /// `false` removes it. The last change of a `(due, id)` wins, as it would in a batch (see
     /// [`settle`]). A log rather than a map: a commit moves tens of thousands of timers, and
-    /// appending each and sorting once is several times cheaper than a sorted insert each.
+    /// appending each and sorting once costs less than half of a sorted insert each (2.2% of
+    /// the live pipeline thread against 5.2%).
     timers: Vec<TimerChange>,
     /// Pending meta values.
     meta: BTreeMap<String, Vec<u8>>,
@@ -542,6 +543,8 @@ impl<V> StateCache<V> {
 
     /// Timer entries with `due <= upto`, ascending by `(due, id)`, at most `limit`, as the store
     /// will hold them after the next flush (the store's entries with pending moves applied).
+    /// It sorts a copy of the pending moves each time: for checks and tools, not for a hot
+    /// path (the runtime keeps its own index in memory).
     pub fn due_timers(
         &self,
         store: &dyn StateStore,
