@@ -33,6 +33,8 @@ use crate::model::{
     OUTCOME_ATTRIBUTES, OUTCOME_EVENT_PREFIX, Output,
 };
 use crate::protect::{Blocked, Protections};
+use keys::KeyTables;
+pub(crate) use keys::output_key;
 pub use vec_map::VecMap;
 
 /// An event kept in a customer's state (only the attributes some predicate reads).
@@ -395,27 +397,8 @@ pub struct Engine {
     profile_attrs: BTreeSet<String>,
     /// Event types some rule reads a score from (shown by `explain`).
     score_types: BTreeSet<String>,
-}
-
-/// FNV-1a, 64 bit: a fixed, platform-independent hash for the emitted-set keys. Each part is
-/// followed by a `0xff` byte. Streaming, so a prefix shared by many keys (an instance's
-/// journey, id version and number) is hashed once and copied.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    const START: Fnv = Fnv(0xcbf2_9ce4_8422_2325);
-
-    /// The hash after one more part.
-    #[inline]
-    fn part(self, bytes: &[u8]) -> Fnv {
-        let mut h = self.0;
-        for b in bytes.iter().chain(std::iter::once(&0xff)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Fnv(h)
-    }
+    /// The emitted-set keys of the journeys' first instances, hashed once.
+    keys: KeyTables,
 }
 
 /// The stable id of one of an instance's outputs: [`stable_id`] of its journey, the version
@@ -515,6 +498,7 @@ impl Engine {
             }
         }
         Engine {
+            keys: KeyTables::new(&journeys),
             journeys,
             protections: Protections::default(),
             retention: None,
@@ -757,7 +741,7 @@ impl Engine {
         state: &CustomerState,
         customer_id: &str,
     ) -> Vec<Candidate> {
-        let all = candidates(journey, instances, state, customer_id);
+        let all = candidates(journey, instances, state, customer_id, &self.keys);
         if self.protections.quiet_hours.is_empty() {
             return all;
         }
@@ -1647,39 +1631,17 @@ fn derive_instance(
     (inst, None)
 }
 
-/// The emitted-set key of an instance's output: what it is (`tag`, and a step, exit, rule or
-/// action id), of which instance. The customer id is not part of it (the memory is the
-/// customer's own), so a merge can carry keys to the canonical customer's numbering.
-fn output_key(journey: &[u8], id_version: u32, number: u32, tag: &[u8], a: &str, b: &str) -> u64 {
-    key_of(instance_prefix(journey, id_version, number), tag, a, b)
-}
-
-/// The part of [`output_key`] every output of one instance shares.
-fn instance_prefix(journey: &[u8], id_version: u32, number: u32) -> Fnv {
-    Fnv::START
-        .part(journey)
-        .part(&id_version.to_le_bytes())
-        .part(&number.to_le_bytes())
-}
-
-/// [`output_key`] from its instance's [`instance_prefix`].
-#[inline]
-fn key_of(prefix: Fnv, tag: &[u8], a: &str, b: &str) -> u64 {
-    prefix.part(tag).part(a.as_bytes()).part(b.as_bytes()).0
-}
-
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
 fn candidates(
     journey: &Journey,
     instances: &[Instance],
     state: &CustomerState,
     customer_id: &str,
+    tables: &KeyTables,
 ) -> Vec<Candidate> {
     let mut out = Vec::new();
-    let name = journey.name.as_bytes();
     for (idx, inst) in instances.iter().enumerate() {
-        let prefix = instance_prefix(name, inst.id_version, inst.number);
-        let key = |tag: &[u8], a: &str, b: &str| key_of(prefix, tag, a, b);
+        let keys = tables.instance(journey, inst.id_version, inst.number);
         let mut push_in = |due, kind, key, group| {
             if inst.covers(due, kind) {
                 out.push(Candidate {
@@ -1692,15 +1654,11 @@ fn candidates(
             }
         };
         let mut push = |due, kind, key| push_in(due, kind, key, None);
-        push(inst.entered_at, Kind::Entered, key(b"entered", "", ""));
+        push(inst.entered_at, Kind::Entered, keys.entered);
         let end = inst.end_at();
         for (s, step) in journey.steps.iter().enumerate() {
             if let Some(at) = inst.done_at(s) {
-                push(
-                    at,
-                    Kind::StepCompleted(s),
-                    key(b"step_completed", &step.id, ""),
-                );
+                push(at, Kind::StepCompleted(s), keys.step_completed[s]);
             }
             let Some(window) = step.abandon_after else {
                 continue;
@@ -1712,27 +1670,19 @@ fn candidates(
             let completed_in_time = inst.done_at(s).is_some_and(|at| at < deadline);
             let ended_before = end.is_some_and(|e| e <= deadline);
             if !completed_in_time && !ended_before {
-                push(
-                    deadline,
-                    Kind::StepAbandoned(s),
-                    key(b"step_abandoned", &step.id, ""),
-                );
+                push(deadline, Kind::StepAbandoned(s), keys.step_abandoned[s]);
             }
         }
         match inst.end {
-            Some((at, EndKind::Goal)) => push(at, Kind::GoalReached, key(b"goal_reached", "", "")),
-            Some((at, EndKind::Exit(x))) => push(
-                at,
-                Kind::Exited(x),
-                key(b"exited", &journey.exits[x].id, ""),
-            ),
+            Some((at, EndKind::Goal)) => push(at, Kind::GoalReached, keys.goal_reached),
+            Some((at, EndKind::Exit(x))) => push(at, Kind::Exited(x), keys.exited[x]),
             None => {}
         }
         for (r, rule) in journey.rules.iter().enumerate() {
             let Some(plans) = plan_rule(rule, inst, state, customer_id) else {
                 continue;
             };
-            let group = rule.choose.is_some().then(|| key(b"choice", &rule.id, ""));
+            let group = keys.choice[r];
             for p in plans.iter().filter(|p| matches!(p.fate, Fate::Due)) {
                 push_in(
                     p.due,
@@ -1740,7 +1690,7 @@ fn candidates(
                         rule: r,
                         action: p.action,
                     },
-                    key(b"command", &rule.id, &rule.actions[p.action].id),
+                    keys.command[r][p.action],
                     group,
                 );
             }
@@ -1821,6 +1771,7 @@ fn plan_rule(
 
 mod conditions;
 mod identity;
+mod keys;
 #[cfg(test)]
 pub(crate) mod tests;
 mod vec_map;
