@@ -1103,20 +1103,16 @@ fn materialize(
                 due_at: c.due,
                 template: effective.template.map(CompactString::from),
                 variant: variant.clone(),
-                params: a
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.as_str().into(), fill_placeholders(v, lookup)))
-                    .collect(),
-                attributes: journey
-                    .profile
-                    .iter()
-                    .filter_map(|k| {
-                        state
-                            .profile_at(k, c.due)
-                            .map(|v| (k.as_str().into(), v.into()))
-                    })
-                    .collect(),
+                params: small_map(
+                    a.params
+                        .iter()
+                        .map(|(k, v)| (k.as_str().into(), fill_placeholders(v, lookup))),
+                ),
+                attributes: small_map(journey.profile.iter().filter_map(|k| {
+                    state
+                        .profile_at(k, c.due)
+                        .map(|v| (k.as_str().into(), v.into()))
+                })),
             };
             let mut e = jev(JourneyEventType::CommandEmitted, None, &emitted_key);
             e.command_id = Some(command_id);
@@ -1126,6 +1122,19 @@ fn materialize(
             out.push(Output::JourneyEvent(e));
         }
     }
+}
+
+/// A command's few params or attributes as a map, inserted one by one: `collect` would gather
+/// them in a `Vec`, sort it and build the tree from it, which for a handful of entries costs
+/// more than the inserts (same map either way; a later duplicate key wins in both).
+fn small_map(
+    entries: impl Iterator<Item = (CompactString, CompactString)>,
+) -> BTreeMap<CompactString, CompactString> {
+    let mut map = BTreeMap::new();
+    for (k, v) in entries {
+        map.insert(k, v);
+    }
+    map
 }
 
 /// Why each of a customer's outputs was or was not produced: the answer to "why did (or

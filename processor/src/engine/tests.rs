@@ -1666,3 +1666,19 @@ fn a_record_encodes_as_it_did_with_plain_vectors_and_maps_beyond_the_inline_size
         );
     }
 }
+
+#[test]
+fn a_commands_small_maps_are_the_maps_collect_builds() {
+    let entries = |n: usize| {
+        // Out of order, with a repeated key whose later value must win.
+        (0..n)
+            .rev()
+            .map(|i| (format_compact!("k{}", i % 3), format_compact!("v{i}")))
+            .collect::<Vec<_>>()
+    };
+    for n in [0, 1, 2, 3, 7] {
+        let collected: BTreeMap<CompactString, CompactString> = entries(n).into_iter().collect();
+        assert_eq!(small_map(entries(n).into_iter()), collected, "{n} entries");
+    }
+    assert_eq!(small_map(entries(7).into_iter())["k0"], "v0");
+}
