@@ -96,8 +96,16 @@ pub fn simulate(
 ) -> Result<SimulateReport, SimulateError> {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Vec<Output>>(CHANNEL_CHUNKS);
-        let writer = scope.spawn(move || write_outputs(rx, out));
-        let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+        // Written chunks come back empty to be filled again: a new chunk of a few MiB would
+        // be new memory, paged in output by output.
+        let (spent, reuse) = sync_channel::<Vec<Output>>(CHANNEL_CHUNKS + 1);
+        let writer = scope.spawn(move || write_outputs(rx, out, spent));
+        let next_chunk = || {
+            reuse
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK))
+        };
+        let mut chunk = next_chunk();
         let hand_on = |chunk: Vec<Output>| {
             tx.send(chunk).map_err(|_| {
                 // The writer stopped on an error; it is reported below.
@@ -107,10 +115,7 @@ pub fn simulate(
         let run = simulate_into(engine, events, opts, |o| {
             chunk.push(o);
             if chunk.len() == WRITE_CHUNK {
-                hand_on(std::mem::replace(
-                    &mut chunk,
-                    Vec::with_capacity(WRITE_CHUNK),
-                ))?;
+                hand_on(std::mem::replace(&mut chunk, next_chunk()))?;
             }
             Ok(())
         })
@@ -125,13 +130,20 @@ pub fn simulate(
     })
 }
 
-/// The writing thread: every output of every chunk as one JSON line, in order.
-fn write_outputs(chunks: Receiver<Vec<Output>>, out: &mut impl Write) -> Result<(), SimulateError> {
-    for chunk in chunks {
+/// The writing thread: every output of every chunk as one JSON line, in order. Hands each
+/// chunk back emptied on `spent` (dropped if nobody takes it).
+fn write_outputs(
+    chunks: Receiver<Vec<Output>>,
+    out: &mut impl Write,
+    spent: SyncSender<Vec<Output>>,
+) -> Result<(), SimulateError> {
+    for mut chunk in chunks {
         for o in &chunk {
             serde_json::to_writer(&mut *out, o)?;
             out.write_all(b"\n")?;
         }
+        chunk.clear();
+        let _ = spent.try_send(chunk);
     }
     out.flush()?;
     Ok(())
