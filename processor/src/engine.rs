@@ -643,12 +643,13 @@ impl Engine {
         let mut quiet_since = state.events.last().map_or(Millis::MIN, |e| e.at);
         let mut active = false;
         // Per journey: its instances, all its candidates, and the ones due now (not handled).
-        let mut derived = Vec::new();
+        let units = self.units(state);
+        let mut derived = Vec::with_capacity(units.len());
         // A migrated instance's versions share its ids (its entry, and its steps that both
         // define, are derived by both): the earlier version's output goes out. Only migrated
         // instances (a span narrower than all time) can collide.
         let mut claimed: HashSet<(&str, u64)> = HashSet::new();
-        for (journey, instances, _) in self.units(state) {
+        for (journey, instances, _) in units {
             if instances.is_empty() {
                 continue;
             }
@@ -1648,7 +1649,10 @@ fn candidates(
     customer_id: &str,
     tables: &KeyTables,
 ) -> Vec<Candidate> {
-    let mut out = Vec::new();
+    // At most: entered, each step completed and abandoned, the end, and each rule's actions.
+    let per_instance =
+        2 + 2 * journey.steps.len() + journey.rules.iter().map(|r| r.actions.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(per_instance * instances.len());
     for (idx, inst) in instances.iter().enumerate() {
         let keys = tables.instance(journey, inst.id_version, inst.number);
         let mut push_in = |due, kind, key, group| {
