@@ -30,9 +30,66 @@ pub fn now_millis() -> Millis {
 
 /// Formats `ms` as RFC 3339 with millisecond precision and a `Z` suffix.
 pub fn format_millis(ms: Millis) -> String {
-    match DateTime::<Utc>::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        None => format!("{ms}ms"),
+    match rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]) {
+        Some(text) => text.to_owned(),
+        None => match DateTime::<Utc>::from_timestamp_millis(ms) {
+            Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+            None => format!("{ms}ms"),
+        },
+    }
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const RFC3339_FIXED_LEN: usize = 24;
+
+/// `ms` as [`format_millis`] gives it, written into `buf` without an allocation, chrono or
+/// the formatting machinery, for the years 0000–9999 (where the format has a fixed width);
+/// `None` for other times. Every output carries a time or two, so this is on `simulate`'s hot
+/// path. The date is the proleptic Gregorian calendar's, from the day number (Howard
+/// Hinnant's `civil_from_days`); the tests compare it with chrono's.
+fn rfc3339_fixed(ms: Millis, buf: &mut [u8; RFC3339_FIXED_LEN]) -> Option<&str> {
+    const DAY: i64 = 86_400_000;
+    let (days, in_day) = (ms.div_euclid(DAY), ms.rem_euclid(DAY));
+    // Days since 0000-03-01, in 400-year eras of 146,097 days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let fields = [
+        (year, 4, b'-'),
+        (month, 2, b'-'),
+        (day, 2, b'T'),
+        (in_day / 3_600_000, 2, b':'),
+        (in_day / 60_000 % 60, 2, b':'),
+        (in_day / 1_000 % 60, 2, b'.'),
+        (in_day % 1_000, 3, b'Z'),
+    ];
+    let mut at = 0;
+    for (value, width, then) in fields {
+        let mut rest = value;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        buf[at + width] = then;
+        at += width + 1;
+    }
+    std::str::from_utf8(buf).ok()
+}
+
+/// Serializes `ms` as [`format_millis`] gives it.
+fn serialize_millis<S: serde::Serializer>(ms: Millis, s: S) -> Result<S::Ok, S::Error> {
+    match rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&format_millis(ms)),
     }
 }
 
@@ -43,12 +100,12 @@ pub fn parse_millis(s: &str) -> Result<Millis, chrono::ParseError> {
 
 /// Serde adapter: [`Millis`] as an RFC 3339 string.
 pub mod rfc3339 {
-    use super::{Millis, format_millis, parse_millis};
+    use super::{Millis, parse_millis, serialize_millis};
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     /// Serializes as RFC 3339 with milliseconds.
     pub fn serialize<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_millis(*ms))
+        serialize_millis(*ms, s)
     }
 
     /// Deserializes from an RFC 3339 string.
@@ -63,13 +120,13 @@ pub mod rfc3339 {
 
     /// The same for `Option<Millis>`.
     pub mod option {
-        use super::{Millis, format_millis, parse_millis};
+        use super::{Millis, parse_millis, serialize_millis};
         use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
         /// Serializes `Some` as RFC 3339, `None` as null.
         pub fn serialize<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
             match ms {
-                Some(ms) => s.serialize_str(&format_millis(*ms)),
+                Some(ms) => serialize_millis(*ms, s),
                 None => s.serialize_none(),
             }
         }
@@ -390,7 +447,70 @@ impl Output {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn times_format_as_chrono_formats_them(ms in any::<i64>(), near in -4_000_000_000_000i64..300_000_000_000_000) {
+            for ms in [ms, near] {
+                let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+                    .unwrap_or_else(|| format!("{ms}ms"));
+                prop_assert_eq!(format_millis(ms), chrono);
+            }
+        }
+    }
+
+    #[test]
+    fn times_at_the_edges_of_the_fixed_width_format() {
+        let at = |y, mo, d, h, mi, s, milli| {
+            chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .and_then(|day| day.and_hms_milli_opt(h, mi, s, milli))
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+        };
+        for (ms, text) in [
+            (at(0, 1, 1, 0, 0, 0, 0), "0000-01-01T00:00:00.000Z"),
+            (
+                at(1969, 12, 31, 23, 59, 59, 999),
+                "1969-12-31T23:59:59.999Z",
+            ),
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_772_448_620_903, "2026-03-02T10:50:20.903Z"),
+            (
+                at(9999, 12, 31, 23, 59, 59, 999),
+                "9999-12-31T23:59:59.999Z",
+            ),
+        ] {
+            assert_eq!(format_millis(ms), text);
+            assert_eq!(rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]), Some(text));
+        }
+        // Every day of 1600–2400 (leap years of every kind), at a different time of day.
+        let day_ms = 86_400_000;
+        for day in at(1600, 1, 1, 0, 0, 0, 0) / day_ms..at(2400, 12, 31, 0, 0, 0, 0) / day_ms {
+            let ms = day * day_ms + (day * 7_919_993).rem_euclid(day_ms);
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+            assert_eq!(
+                format_millis(ms),
+                chrono.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
+        // Outside 0000–9999 the width changes: chrono formats those.
+        for ms in [
+            at(10_000, 1, 1, 0, 0, 0, 0),
+            at(-1, 12, 31, 23, 59, 59, 999),
+        ] {
+            assert_eq!(rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]), None);
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+            assert_eq!(
+                format_millis(ms),
+                chrono.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
+    }
 
     #[test]
     fn customer_event_json_round_trips_with_millisecond_times() {
