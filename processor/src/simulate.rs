@@ -137,11 +137,14 @@ fn write_outputs(
     out: &mut impl Write,
     spent: SyncSender<Vec<Output>>,
 ) -> Result<(), SimulateError> {
+    let mut text: Vec<u8> = Vec::with_capacity(1 << 20);
     for mut chunk in chunks {
+        text.clear();
         for o in &chunk {
-            serde_json::to_writer(&mut *out, o)?;
-            out.write_all(b"\n")?;
+            serde_json::to_writer(&mut text, o)?;
+            text.push(b'\n');
         }
+        out.write_all(&text)?;
         chunk.clear();
         let _ = spent.try_send(chunk);
     }
