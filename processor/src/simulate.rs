@@ -96,7 +96,7 @@ pub fn simulate(
 ) -> Result<SimulateReport, SimulateError> {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Vec<Output>>(CHANNEL_CHUNKS);
-        // Written chunks come back empty to be filled again: a new chunk of a few MiB would
+        // Written chunks come back empty to be filled again: a new chunk (about 1 MiB) would
         // be new memory, paged in output by output.
         let (spent, reuse) = sync_channel::<Vec<Output>>(CHANNEL_CHUNKS + 1);
         let writer = scope.spawn(move || write_outputs(rx, out, spent));
