@@ -902,4 +902,56 @@ mod tests {
             "{done:?}"
         );
     }
+
+    /// The store's timer index after each commit is the runtime's own, and every timer change
+    /// a batch carries changes the store: a customer woken several times between two commits
+    /// writes no entry it adds and removes again.
+    #[test]
+    fn each_batch_leaves_the_stored_timer_index_equal_to_the_runtimes() {
+        let engine = crate::engine::tests::reference();
+        let args = crate::loadgen::LoadgenArgs {
+            customers: 300,
+            ..Default::default()
+        };
+        let events: Vec<CustomerEvent> = crate::loadgen::generate(&args).unwrap().collect();
+        for (every, capacity) in [(1, 4), (7, 16), (50, 64), (400, 1000)] {
+            let mut rt =
+                PartitionRuntime::open(engine.clone(), Box::new(MemoryStore::new()), capacity, 0)
+                    .unwrap();
+            let (mut out, mut cancelled) = (Vec::new(), 0);
+            for (i, e) in events.iter().enumerate() {
+                rt.on_event(e, &mut out).unwrap();
+                if i % every != 0 && i + 1 < events.len() {
+                    continue;
+                }
+                let changes = rt.cache.timer_changes();
+                let prepared = rt.prepare().unwrap();
+                let has = |due: Millis, id: &str| {
+                    let due_by = rt.store.due_timers(due, usize::MAX).unwrap();
+                    due_by.contains(&(due, id.to_owned()))
+                };
+                let mut timer_ops = 0;
+                for op in prepared.batch.ops() {
+                    match op {
+                        BatchOp::PutTimer { due, id } => assert!(!has(*due, id), "{op:?}"),
+                        BatchOp::DeleteTimer { due, id } => assert!(has(*due, id), "{op:?}"),
+                        _ => continue,
+                    }
+                    timer_ops += 1;
+                }
+                cancelled += changes - timer_ops;
+                rt.write_prepared(prepared).unwrap();
+                let index: Vec<(Millis, String)> = rt
+                    .timers
+                    .iter()
+                    .map(|(due, id)| (*due, id.to_string()))
+                    .collect();
+                assert_eq!(rt.store.due_timers(Millis::MAX, usize::MAX).unwrap(), index);
+            }
+            assert!(rt.pending_timers() > 0);
+            if every > 1 {
+                assert!(cancelled > 0, "every {every}: no change cancelled out");
+            }
+        }
+    }
 }

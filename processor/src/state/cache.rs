@@ -297,18 +297,34 @@ impl<V> Entries<V> {
 /// (`true`) or removed.
 type TimerChange = ((Millis, CompactString), bool);
 
-/// Sorts pending timer changes by entry and keeps each entry's last change: what a batch of
-/// them in the order they were made would leave.
+/// Sorts pending timer changes by entry and keeps, per entry, the one change a batch needs to
+/// leave what they leave in the order they were made.
+///
+/// The index's owner adds an entry only when it is absent and removes one only when it is
+/// present (see [`StateCache::set_timer`]), so an entry's changes alternate, and its first
+/// change says whether the store holds it: an entry whose first and last changes are the same
+/// takes that change; one whose changes cancel out (added and removed again, as a customer
+/// woken twice between two commits leaves the due time of its first wake-up; or removed and
+/// added again) takes none. A cancelled removal would otherwise reach RocksDB as a tombstone
+/// of a key it never held, kept through compactions down to the last level.
 fn settle(changes: &mut Vec<TimerChange>) {
     // Stable: one entry's changes keep the order they were made in.
     changes.sort_by(|a, b| a.0.cmp(&b.0));
-    changes.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 = later.1;
+    let mut kept = 0;
+    let mut i = 0;
+    while i < changes.len() {
+        let first = changes[i].1;
+        let mut last = i;
+        while last + 1 < changes.len() && changes[last + 1].0 == changes[i].0 {
+            last += 1;
         }
-        same
-    });
+        if changes[last].1 == first {
+            changes.swap(kept, i);
+            kept += 1;
+        }
+        i = last + 1;
+    }
+    changes.truncate(kept);
 }
 
 /// Writes a prepared batch to `store` (nothing when it is empty); returns what it holds.
@@ -509,6 +525,10 @@ impl<V> StateCache<V> {
     /// Records that `id`'s timer moves from `old` to `new`: the next flush removes the index
     /// entry `(old, id)` and adds `(new, id)`, in that order (so `old == new` keeps the entry).
     /// `None` means no entry on that side.
+    ///
+    /// The caller keeps the index as a set, as the store will hold it after the pending
+    /// changes: `(old, id)` is in it, and `(new, id)` is not unless `old == new`. Changes that
+    /// cancel out before a flush are then left out of its batch (see `settle`).
     pub fn set_timer(&mut self, id: &str, old: Option<Millis>, new: Option<Millis>) {
         if !self.record {
             return;
@@ -675,6 +695,12 @@ impl<V: Serialize + DeserializeOwned + Sync> StateCache<V> {
         if let Ok(bytes) = encode_value(id, value) {
             self.dirty[at as usize].sealed = Some(bytes);
         }
+    }
+
+    /// How many timer index changes are pending (each move made since the last flush).
+    #[cfg(test)]
+    pub(crate) fn timer_changes(&self) -> usize {
+        self.timers.len()
     }
 
     /// How many dirty customers are sealed (encoded for the next flush already).
