@@ -179,31 +179,13 @@ impl RocksEnv {
         db_opts.set_write_buffer_manager(&self.write_buffers);
         db_opts.set_keep_log_file_num(4);
 
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&self.block_cache);
-        // Most reads of a new customer find nothing: a Bloom filter answers those without
-        // reading a data block. Filters and indexes stay in memory beside the block cache (about
-        // 1.3 bytes of filter per key, and one index entry per 4 KiB data block), never evicted:
-        // kept in a 64 MiB cache they were, once a few million customers were stored, and every
-        // read decompressed an index block again; new-customer logins fell from about 30,000
-        // to 2,300 a second (BENCHMARKS.md, 2026-12-05).
-        table.set_bloom_filter(10.0, false);
-        let mut cf_opts = Options::default();
-        cf_opts.set_block_based_table_factory(&table);
-        // The memtable gets a whole-key filter too: a miss there skips the skip-list search.
-        cf_opts.set_memtable_prefix_bloom_ratio(0.02);
-        cf_opts.set_memtable_whole_key_filtering(true);
-        cf_opts.set_compression_type(DBCompressionType::Lz4);
-        // Customers are spread over the whole key range, so every compaction of level 0 into
-        // the (single, until it grows past 256 MiB) next level rewrites all of it: compacting
-        // after 8 flushed files instead of 4 halves that. At 34,050 events/s over a million
-        // customers, compaction took 9.6 s of CPU instead of 15.9-17.7 s (BENCHMARKS.md,
-        // 2026-12-05); reads of customers not cached check up to 8 files' Bloom filters.
-        cf_opts.set_level_zero_file_num_compaction_trigger(8);
-        cf_opts.set_write_buffer_size(mib_to_bytes(self.options.write_buffer_mib));
-        let cfs = [CF_CUSTOMERS, CF_TIMERS, CF_META]
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
-
+        let cfs = [CF_CUSTOMERS, CF_TIMERS, CF_META].map(|name| {
+            // Only customer records are read by key while processing; the timer index is
+            // scanned when a partition opens, meta read then. Their filters would only cost:
+            // a timer move's two keys took 10% of the commit thread's memtable inserts in
+            // hashing into the memtable's filter (BENCHMARKS.md, 2026-12-07).
+            ColumnFamilyDescriptor::new(name, self.cf_options(name == CF_CUSTOMERS))
+        });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
             if is_lock_error(&e) {
                 StateError::Locked {
@@ -223,6 +205,38 @@ impl RocksEnv {
             write_options: self.write_options(),
             env: self.clone(),
         })
+    }
+
+    /// Options of a column family; `point_reads`: it is read by key while processing, so it
+    /// gets Bloom filters.
+    fn cf_options(&self, point_reads: bool) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.block_cache);
+        // Most reads of a new customer find nothing: a Bloom filter answers those without
+        // reading a data block. Filters and indexes stay in memory beside the block cache (about
+        // 1.3 bytes of filter per key, and one index entry per 4 KiB data block), never evicted:
+        // kept in a 64 MiB cache they were, once a few million customers were stored, and every
+        // read decompressed an index block again; new-customer logins fell from about 30,000
+        // to 2,300 a second (BENCHMARKS.md, 2026-12-05).
+        if point_reads {
+            table.set_bloom_filter(10.0, false);
+        }
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        if point_reads {
+            // The memtable gets a whole-key filter too: a miss there skips the skip-list search.
+            cf_opts.set_memtable_prefix_bloom_ratio(0.02);
+            cf_opts.set_memtable_whole_key_filtering(true);
+        }
+        cf_opts.set_compression_type(DBCompressionType::Lz4);
+        // Customers are spread over the whole key range, so every compaction of level 0 into
+        // the (single, until it grows past 256 MiB) next level rewrites all of it: compacting
+        // after 8 flushed files instead of 4 halves that. At 34,050 events/s over a million
+        // customers, compaction took 9.6 s of CPU instead of 15.9-17.7 s (BENCHMARKS.md,
+        // 2026-12-05); reads of customers not cached check up to 8 files' Bloom filters.
+        cf_opts.set_level_zero_file_num_compaction_trigger(8);
+        cf_opts.set_write_buffer_size(mib_to_bytes(self.options.write_buffer_mib));
+        cf_opts
     }
 
     /// Options of every batch write: synced per [`RocksOptions::sync_writes`], WAL on.

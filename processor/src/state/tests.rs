@@ -357,6 +357,71 @@ conformance_suite!(rocks_store, super::open_rocks);
 mod rocks {
     use super::*;
 
+    /// The values of `option` per column family in the OPTIONS file RocksDB wrote in `path`
+    /// (`section` is its kind, e.g. `CFOptions`).
+    fn written_option(
+        path: &std::path::Path,
+        section: &str,
+        option: &str,
+    ) -> Vec<(String, String)> {
+        let file = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .max()
+            .expect("an OPTIONS file");
+        let (mut cf, mut values) = (None, Vec::new());
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let line = line.trim();
+            if let Some(header) = line.strip_prefix('[') {
+                cf = header
+                    .strip_prefix(section)
+                    .and_then(|rest| rest.trim().strip_prefix('"'))
+                    .and_then(|rest| rest.split('"').next())
+                    .map(str::to_owned);
+            } else if let (Some(cf), Some(value)) = (&cf, line.strip_prefix(option))
+                && let Some(value) = value.strip_prefix('=')
+            {
+                values.push((cf.clone(), value.to_owned()));
+            }
+        }
+        values
+    }
+
+    /// Only customer records are read by key: the other column families have no Bloom
+    /// filters to fill at every write, flush and compaction.
+    #[test]
+    fn only_the_customers_column_family_has_bloom_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = RocksStore::open(dir.path(), &small_options()).unwrap();
+        let memtable = written_option(dir.path(), "CFOptions", "memtable_prefix_bloom_size_ratio");
+        let tables = written_option(dir.path(), "TableOptions/BlockBasedTable", "filter_policy");
+        for (cf, ratio) in &memtable {
+            let filtered = cf == "customers";
+            assert_eq!(
+                ratio.parse::<f64>().unwrap() > 0.0,
+                filtered,
+                "{cf}: {ratio}"
+            );
+        }
+        for (cf, policy) in &tables {
+            let filtered = cf == "customers";
+            assert_eq!(policy.contains("bloom"), filtered, "{cf}: {policy}");
+        }
+        let named = |values: &[(String, String)]| {
+            let mut cfs: Vec<String> = values.iter().map(|(cf, _)| cf.clone()).collect();
+            cfs.sort();
+            cfs
+        };
+        assert_eq!(named(&memtable), ["customers", "default", "meta", "timers"]);
+        assert_eq!(named(&tables), named(&memtable));
+    }
+
     #[test]
     fn reopen_keeps_every_written_batch() {
         let dir = tempfile::tempdir().unwrap();
