@@ -46,8 +46,9 @@ traces put it at 1.4-1.6×), and prints a table:
 
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
-`cache-capacity: 100000`, to compare a setting on the same machine and trace).
-The binary measured is the `dist` profile's (`make dist`, fat LTO: what a deployment should
+`cache-capacity: 100000`, to compare a setting on the same machine and trace);
+BENCH_KAFKA_PROPERTIES (`key=value,key=value`) adds librdkafka properties to their `kafka:`
+section (say `linger.ms=20`). The binary measured is the `dist` profile's (`make dist`, fat LTO: what a deployment should
 run); BENCH_PROFILE=release measures the tests' build instead.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
@@ -92,6 +93,8 @@ SIM_SCALING = [int(n) for n in os.environ.get("BENCH_SIM_SCALING", "5000,50000,5
 # State at scale: this many customers for the RSS and restore comparison; 0 skips it.
 STATE_CUSTOMERS = int(os.environ.get("BENCH_STATE_CUSTOMERS", "1000000"))
 WAYMARK_CONFIG = os.environ.get("BENCH_WAYMARK_CONFIG", "").splitlines()
+KAFKA_PROPERTIES = dict(kv.split("=", 1) for kv in
+                        os.environ.get("BENCH_KAFKA_PROPERTIES", "").split(",") if kv.strip())
 PHASES = set(os.environ.get("BENCH_PHASES",
                             "throughput,latency,timers,recovery,state,simulate").split(","))
 # Latency: a live stream at this many events/s (default: half of Waymark's exactly-once
@@ -188,7 +191,9 @@ def config(name, guarantee, trace=None, journeys=None, extra=(), produce=True):
         "kafka:", f"  brokers: {BROKERS}", f"  group-id: {suffix}",
         f"  transactional-id: {suffix}",
         # Static membership, as recommended: a restart takes its partitions back at once.
-        f"  group-instance-id: {suffix}", "topics:",
+        f"  group-instance-id: {suffix}",
+        *([f"  properties: {json.dumps(KAFKA_PROPERTIES)}"] if KAFKA_PROPERTIES else []),
+        "topics:",
         *[f"  {k}: {v}" for k, v in topics.items()],
         f"journeys: {journeys or ROOT / 'deploy/journeys/b2b-onboarding.yaml'}",
         f"state-dir: {WORK / name / 'state'}", f"http-addr: {HTTP}",
@@ -899,7 +904,8 @@ def throughput(events, n):
     # core) with CPU idle is Waymark's own limit; no idle CPU is the machine's.
     _, split = sorted(splits, key=lambda r: r[0])[len(splits) // 2]
     rows.append(("run, exactly-once, median round: CPU (cores) and commits",
-                 f"Waymark {split['process']:.2f}, broker {split['broker']:.2f}, idle "
+                 f"Waymark {split['process']:.2f} ({split['process'] * split['secs'] / n * 1e6:.1f} "
+                 f"CPU-µs per event), broker {split['broker']:.2f}, idle "
                  f"{split['idle']:.2f} of {os.cpu_count()}; commits {split['commit_secs']:.2f} s "
                  f"of {split['secs']:.2f} s ({split['commits']:.0f}, mean "
                  f"{split['commit_secs'] / max(split['commits'], 1) * 1000:.0f} ms"
@@ -1043,7 +1049,8 @@ def write_report(title, table, n):
         " customers (BENCH_SIM_SCALING), the fastest of three runs each.",
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
         "- `BENCH_WAYMARK_CONFIG` adds YAML lines to every Waymark config of the run (say",
-        "  `cache-capacity: 100000`), to compare a setting on the same machine and trace.",
+        "  `cache-capacity: 100000`), to compare a setting on the same machine and trace;",
+        "  `BENCH_KAFKA_PROPERTIES` (`key=value,…`) adds librdkafka properties (say `linger.ms=20`).",
         f"- the binary: cargo profile `{PROFILE}` (`dist`: fat LTO, one codegen unit; "
         "`BENCH_PROFILE=release` measures the tests' build).",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
