@@ -182,8 +182,8 @@ impl RocksEnv {
         let cfs = [CF_CUSTOMERS, CF_TIMERS, CF_META].map(|name| {
             // Only customer records are read by key while processing; the timer index is
             // scanned when a partition opens, meta read then. Their filters would only cost:
-            // a timer move's two keys took 10% of the commit thread's memtable inserts in
-            // hashing into the memtable's filter (BENCHMARKS.md, 2026-12-07).
+            // hashing every key into the memtable's filter took 10% of the commit thread, the
+            // timer keys about half of that (BENCHMARKS.md, 2026-12-07).
             ColumnFamilyDescriptor::new(name, self.cf_options(name == CF_CUSTOMERS))
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
