@@ -32,10 +32,16 @@ pub fn now_millis() -> Millis {
 pub fn format_millis(ms: Millis) -> String {
     match rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]) {
         Some(text) => text.to_owned(),
-        None => match DateTime::<Utc>::from_timestamp_millis(ms) {
-            Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
-            None => format!("{ms}ms"),
-        },
+        None => format_wide(ms),
+    }
+}
+
+/// [`format_millis`] for a time outside the years 0000–9999, through chrono (or as a count
+/// of milliseconds, beyond chrono's range).
+fn format_wide(ms: Millis) -> String {
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
     }
 }
 
@@ -89,7 +95,7 @@ fn rfc3339_fixed(ms: Millis, buf: &mut [u8; RFC3339_FIXED_LEN]) -> Option<&str> 
 fn serialize_millis<S: serde::Serializer>(ms: Millis, s: S) -> Result<S::Ok, S::Error> {
     match rfc3339_fixed(ms, &mut [0; RFC3339_FIXED_LEN]) {
         Some(text) => s.serialize_str(text),
-        None => s.serialize_str(&format_millis(ms)),
+        None => s.serialize_str(&format_wide(ms)),
     }
 }
 
