@@ -708,6 +708,7 @@ mod tests {
     use super::*;
     use crate::journey::{JourneySet, parse_journey};
     use crate::state::BatchOp;
+    use crate::state::tests::has_timer;
 
     const D: Millis = 86_400_000;
 
@@ -926,15 +927,15 @@ mod tests {
                 }
                 let changes = rt.cache.timer_changes();
                 let prepared = rt.prepare().unwrap();
-                let has = |due: Millis, id: &str| {
-                    let due_by = rt.store.due_timers(due, usize::MAX).unwrap();
-                    due_by.contains(&(due, id.to_owned()))
-                };
                 let mut timer_ops = 0;
                 for op in prepared.batch.ops() {
                     match op {
-                        BatchOp::PutTimer { due, id } => assert!(!has(*due, id), "{op:?}"),
-                        BatchOp::DeleteTimer { due, id } => assert!(has(*due, id), "{op:?}"),
+                        BatchOp::PutTimer { due, id } => {
+                            assert!(!has_timer(&*rt.store, *due, id), "{op:?}")
+                        }
+                        BatchOp::DeleteTimer { due, id } => {
+                            assert!(has_timer(&*rt.store, *due, id), "{op:?}")
+                        }
                         _ => continue,
                     }
                     timer_ops += 1;

@@ -29,7 +29,7 @@ mod cache;
 mod memory;
 mod rocks;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 

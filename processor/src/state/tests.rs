@@ -25,6 +25,14 @@ fn timers(store: &dyn StateStore) -> Vec<(Millis, String)> {
     store.due_timers(Millis::MAX, usize::MAX).unwrap()
 }
 
+/// Whether `store` holds the timer entry `(due, id)`.
+pub(crate) fn has_timer(store: &dyn StateStore, due: Millis, id: &str) -> bool {
+    store
+        .due_timers(due, usize::MAX)
+        .unwrap()
+        .contains(&(due, id.to_owned()))
+}
+
 /// `(due, id)` pairs from literals.
 fn entries(list: &[(Millis, &str)]) -> Vec<(Millis, String)> {
     list.iter().map(|(d, id)| (*d, (*id).to_owned())).collect()
@@ -1404,14 +1412,6 @@ mod cache {
             (-4_i64..4, 0_usize..4).prop_map(|(u, l)| Op::DueTimers(u, l)),
             Just(Op::Flush),
         ]
-    }
-
-    /// Whether `store` holds the timer entry `(due, id)`.
-    fn has_timer(store: &MemoryStore, due: Millis, id: &str) -> bool {
-        store
-            .due_timers(due, usize::MAX)
-            .unwrap()
-            .contains(&(due, id.to_owned()))
     }
 
     /// The value of `id` read straight from `store`.
