@@ -48,8 +48,8 @@ BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
 `cache-capacity: 100000`, to compare a setting on the same machine and trace);
 BENCH_KAFKA_PROPERTIES (`key=value,key=value`) adds librdkafka properties to their `kafka:`
-section (say `linger.ms=20`). The binary measured is the `dist` profile's (`make dist`, fat LTO: what a deployment should
-run); BENCH_PROFILE=release measures the tests' build instead.
+section (say `linger.ms=20`). The binary measured is the `dist` profile's (`make dist`, fat
+LTO: what a deployment should run); BENCH_PROFILE=release measures the tests' build instead.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
 its topics). Figures on a shared 2-core machine are noisy: compare the ratios within one run, not the
