@@ -253,20 +253,74 @@ def broker_pid():
     return int((data / "kafka.pid").read_text().strip())
 
 
+# Waymark's threads by what they do, from the first characters of their names (Linux keeps
+# 15); threads that ended between two readings (each commit's thread) are counted apart.
+THREAD_ROLES = [("waymark-pipelin", "pipeline"), ("waymark-read-ah", "read-ahead"),
+                ("rdk:", "librdkafka"), ("producer pollin", "librdkafka"),
+                ("rocksdb:", "RocksDB")]
+
+
+def thread_times(pid):
+    """Per live thread of `pid`: (name, CPU seconds, seconds waiting for a CPU while runnable),
+    by thread id; empty once the process is gone. The wait is the scheduler's run-queue time
+    (/proc/<pid>/task/<tid>/schedstat)."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            waited = int((task / "schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+        out[task.name] = (name, (int(fields[11]) + int(fields[12])) / tck, waited)
+    return out
+
+
+def role(name):
+    return next((r for prefix, r in THREAD_ROLES if name.startswith(prefix)), "other")
+
+
 class CpuSplit:
-    """Where the CPU went between `start` and `stop`: cores used by the processor and by the
-    broker, and cores idle, out of the machine's. Read from /proc, so it costs nothing."""
+    """Where the CPU went between `start` and `stop`: cores used by the processor (by its
+    threads' roles too) and by the broker, and cores idle, out of the machine's; and the share
+    of the wall time the pipeline thread ran, waited for a CPU while runnable, or waited for
+    work (records, reads ahead, a commit). Read from /proc, so it costs nothing."""
 
     def __init__(self, pid):
         self.pid, self.broker = pid, broker_pid()
         self.t, self.own, self.kafka, self.idle = (time.monotonic(), cpu_seconds(pid),
                                                    cpu_seconds(self.broker), idle_seconds())
+        self.threads = thread_times(pid)
 
     def stop(self):
+        threads = thread_times(self.pid)
         secs = time.monotonic() - self.t
-        return {"process": (cpu_seconds(self.pid) - self.own) / secs,
-                "broker": (cpu_seconds(self.broker) - self.kafka) / secs,
-                "idle": (idle_seconds() - self.idle) / secs, "secs": secs}
+        process = (cpu_seconds(self.pid) - self.own) / secs
+        roles, pipeline = {}, (0.0, 0.0)
+        for tid, (name, cpu, waited) in threads.items():
+            _, cpu0, waited0 = self.threads.get(tid, (name, 0.0, 0.0))
+            ran, queued = (cpu - cpu0) / secs, (waited - waited0) / secs
+            roles[role(name)] = roles.get(role(name), 0.0) + ran
+            # Threads the pipeline thread starts without a name carry its name: the busiest
+            # of them is the one handling records.
+            if role(name) == "pipeline" and ran > pipeline[0]:
+                pipeline = (ran, queued)
+        roles["ended threads"] = max(process - sum(roles.values()), 0.0)
+        return {"process": process, "broker": (cpu_seconds(self.broker) - self.kafka) / secs,
+                "idle": (idle_seconds() - self.idle) / secs, "secs": secs, "roles": roles,
+                "pipeline": pipeline}
+
+
+def thread_split(split):
+    """`split`'s threads as text: the pipeline thread's wall time, then the cores by role."""
+    ran, queued = split["pipeline"]
+    order = ["pipeline", "read-ahead", "librdkafka", "RocksDB", "ended threads", "other"]
+    cores = ", ".join(f"{r} {split['roles'][r]:.2f}" for r in order
+                      if split["roles"].get(r, 0) >= 0.005)
+    return (f"pipeline thread on a CPU {ran:.0%} of the time, runnable and waiting for one "
+            f"{queued:.0%}, waiting for work {max(1 - ran - queued, 0):.0%}; cores by thread: "
+            f"{cores}")
 
 
 def wait_idle(quiet=3.0, timeout=900):
@@ -504,30 +558,50 @@ def latency_windows(commands, since):
 def engine_start(engine, cfg, name, extra_streams=(), heap="1g"):
     """Starts Waymark (`run` on `cfg`) or the Streams baseline on the topics of `name`; waits
     until it is ready (RUNNING). Returns a function that stops it and returns its peak RSS
-    (MiB), and a function returning how many input records it has processed."""
+    (MiB), a function returning how many input records it has processed, and its pid."""
     if engine == "waymark":
         proc = start(cfg, f"{name}.log")
         wait(ready, 300, "ready")
-        return (lambda: stop_rss(proc)), processed
+        return (lambda: stop_rss(proc)), processed, proc.pid
     proc, status = kstreams_start(name, extra=extra_streams, heap=heap)
     wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
-    return (lambda: stop_rss(proc)), (lambda: int(status().get("records", "0")))
+    return (lambda: stop_rss(proc)), (lambda: int(status().get("records", "0"))), proc.pid
 
 
 ENGINES = [("waymark", "Waymark")] + ([("kstreams", "Kafka Streams")] if KSTREAMS else [])
 
 
-def latency_trace(name, customers, rate):
+def latency_trace(name, customers, rate, engine=None):
     """The latency workload on the input topic of `config(name, ...)`: `customers` customers
     (about 3.7 events each) arriving over 60 days, each customer's steps about 18 h apart, so
     that after the first days of the trace logins and later steps mix as in steady traffic;
     every event stamped with the time it is sent (`waymark loadgen --live`), at `rate` events/s
-    (0: as fast as the broker takes them). Returns the number of events sent."""
-    gen = subprocess.run([str(WAYMARK), "loadgen", "--customers", str(customers), "--seed",
-                          "5", "--arrival-window", "60d", "--brokers", BROKERS, "--topic",
-                          input_topic(name), "--rate", str(rate), "--live"],
-                         check=True, stderr=subprocess.PIPE, text=True)
-    return int(re.search(r"produced (\d+) events", gen.stderr).group(1))
+    (0: as fast as the broker takes them). Returns the number of events sent, and, if
+    `engine` (a pid) is given, where the CPU went in the measured time (LATENCY_SECS after
+    LATENCY_WARMUP): the `CpuSplit` of `engine`, with the load generator's cores as "loadgen"."""
+    log_path = WORK / f"{name}-loadgen.log"
+    with open(log_path, "w") as log_file:
+        gen = subprocess.Popen([str(WAYMARK), "loadgen", "--customers", str(customers), "--seed",
+                                "5", "--arrival-window", "60d", "--brokers", BROKERS, "--topic",
+                                input_topic(name), "--rate", str(rate), "--live"],
+                               stderr=log_file)
+        split = None
+        if engine:
+            # The load generator and the broker it feeds share the machine with the engine:
+            # their CPU is part of what bounds the latency here (not in a deployment).
+            started = time.monotonic()
+            running = lambda: gen.poll() is None
+            wait(lambda: not running() or time.monotonic() - started >= LATENCY_WARMUP,
+                 LATENCY_WARMUP + 600, "the latency warm-up")
+            if running():
+                cpu, own = CpuSplit(engine), cpu_seconds(gen.pid)
+                wait(lambda: not running() or time.monotonic() - cpu.t >= LATENCY_SECS,
+                     LATENCY_SECS + 600, "the measured latency minute")
+                split = cpu.stop()
+                split["loadgen"] = (cpu_seconds(gen.pid) - own) / split["secs"]
+        if gen.wait() != 0:
+            raise SystemExit(f"bench: waymark loadgen failed; see {log_path}")
+    return int(re.search(r"produced (\d+) events", log_path.read_text()).group(1)), split
 
 
 def latency_customers(rate):
@@ -544,7 +618,7 @@ def workload_peak(engine, label, journeys, customers):
     cfg = config(name, "exactly-once", journeys=journeys, produce=False,
                  extra=["allowed-lateness-secs: 0"])
     log(f"latency: {label}'s peak on the latency workload: producing {customers:,} customers")
-    n = latency_trace(name, customers, 0)
+    n, _ = latency_trace(name, customers, 0)
     if engine == "waymark":
         proc = start(cfg, f"{name}.log")
         try:
@@ -609,14 +683,14 @@ def latency(peaks):
         name = f"latency-{engine}-{rate:.0f}"
         cfg = config(name, "exactly-once", journeys=journeys, produce=False,
                      extra=["allowed-lateness-secs: 0"])
-        stop_engine, done = engine_start(
+        stop_engine, done, pid = engine_start(
             engine, cfg, name, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"))
         probe = Probe(cfg, [f"commands.email.bench-{RUN_ID}-{name}"], f"{name}-tail.log")
         time.sleep(2)  # the probe has its partitions
         customers = latency_customers(rate)
         log(f"latency: {label}, {customers:,} customers at {rate:,.0f} events/s")
         t0 = time.time() * 1000
-        sent = latency_trace(name, customers, rate)
+        sent, cpu = latency_trace(name, customers, rate, engine=pid)
         wait(lambda: done() >= sent, 600, f"{label} to process the live stream")
         commands = probe.stop()
         commits = ""
@@ -674,6 +748,13 @@ def latency(peaks):
                      ratio))
         log(f"latency: {label} at {rate:,.0f} events/s: p50 {p50} ms, p99 {p99} ms, max {top} ms"
             f"{split}{steady}")
+        if cpu:
+            threads = f"; {thread_split(cpu)}" if engine == "waymark" else ""
+            rows.append((f"latency run at {rate:,.0f} events/s, {label}: CPU (cores) in the "
+                         "measured time",
+                         f"{label} {cpu['process']:.2f}, broker {cpu['broker']:.2f}, load "
+                         f"generator {cpu['loadgen']:.2f}, idle {cpu['idle']:.2f} of "
+                         f"{os.cpu_count()}{threads}", ""))
     return rows
 
 
@@ -705,7 +786,7 @@ def timers():
                         "--steps-out-of-order", "0", "--brokers", BROKERS, "--topic",
                         input_topic(name)], check=True, stderr=subprocess.DEVNULL)
         started = time.time()
-        stop_engine, done = engine_start(engine, cfg, name, heap=TIMER_KSTREAMS_HEAP)
+        stop_engine, done, _ = engine_start(engine, cfg, name, heap=TIMER_KSTREAMS_HEAP)
         probe = Probe(cfg, [f"commands.email.bench-{RUN_ID}-{name}"], f"{name}-tail.log")
         wait(lambda: done() >= TIMER_CUSTOMERS, 3 * 3600,
              f"{label} to process {TIMER_CUSTOMERS:,} logins")
@@ -911,6 +992,10 @@ def throughput(events, n):
                  f"{split['commit_secs'] / max(split['commits'], 1) * 1000:.0f} ms"
                  f"{': ' + split['phases'] + ' ms' if split['phases'] else ''})",
                  f"{split['commit_secs'] / split['secs']:.2f} (commit share)"))
+    # Whether the pipeline thread (the engine, one core at most) waits for work, which a
+    # faster rest of Waymark would cut, or for a CPU, which only less work or more cores do.
+    rows.append(("run, exactly-once, median round: Waymark's threads", thread_split(split),
+                 f"{split['pipeline'][0]:.2f} (pipeline thread on a CPU)"))
 
     if KSTREAMS:
         k = median(ks)
