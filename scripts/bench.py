@@ -477,7 +477,7 @@ def state_at_scale():
     trace.unlink()
     return [
         run_row,
-        (f"state at scale: Kafka Streams baseline, exactly-once",
+        ("state at scale: Kafka Streams baseline, exactly-once",
          f"{k_rate:,.0f} events/s, peak RSS {k_rss:,.0f} MiB (JVM, -Xmx1g)", ""),
         ("state at scale: Waymark ÷ Kafka Streams throughput; peak RSS", "",
          f"{w_rate / k_rate:.2f}; {w_rss / k_rss:.2f}"),
