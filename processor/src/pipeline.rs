@@ -2359,6 +2359,9 @@ pub fn run(
     let mut batch = 0usize;
     // The open batch was kept open past `interval` because the input is behind.
     let mut extended = false;
+    // This thread's CPU time so far, counted at each batch end: is it bound by its own work or
+    // by the CPU it gets?
+    let mut thread_times = crate::telemetry::ThreadTimes::of_this_thread();
     loop {
         let restoring = !lock(&core).restoring.is_empty();
         // The records already fetched, up to `read-ahead-records` and what the batch still
@@ -2486,6 +2489,12 @@ pub fn run(
             core.metrics.batch_ended(reason);
             extended = false;
             core.commit(&consumer)?;
+            if let Some(last) = thread_times
+                && let Some(now) = crate::telemetry::ThreadTimes::of_this_thread()
+            {
+                core.metrics.pipeline_thread(now.since(last));
+                thread_times = Some(now);
+            }
             let mut reload = journeys.next();
             if reload.is_some() || shutdown.is_cancelled() {
                 // A reload looks at every customer, and shutdown must not leave a commit

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,8 +16,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::shutdown::CancellationToken;
@@ -44,6 +44,11 @@ pub const BATCHES_EXTENDED_TOTAL: &str = "waymark_pipeline_batches_extended_tota
 pub const BATCH_ENDS_TOTAL: &str = "waymark_pipeline_batch_ends_total";
 /// Time the processing loop waited for the commit in flight before it could start the next.
 pub const COMMIT_WAIT_SECONDS: &str = "waymark_pipeline_commit_wait_seconds";
+/// Seconds the pipeline thread (the one handling records) spent, by `state`: `running` on a
+/// CPU, or `runnable`: ready to run but waiting for a CPU, taken by other processes or threads
+/// or withheld by a container's CPU limit. The rest of the wall time it waited for records or
+/// for a commit. From Linux's scheduler statistics; stays 0 on other systems.
+pub const PIPELINE_THREAD_SECONDS: &str = "waymark_pipeline_thread_seconds_total";
 /// Customers with a pending timer, per partition.
 pub const TIMERS_PENDING: &str = "waymark_runtime_timers_pending";
 /// How far the partition's watermark is behind the wall clock, seconds.
@@ -113,6 +118,7 @@ pub const METRIC_NAMES: &[&str] = &[
     BATCHES_EXTENDED_TOTAL,
     BATCH_ENDS_TOTAL,
     COMMIT_WAIT_SECONDS,
+    PIPELINE_THREAD_SECONDS,
     TIMERS_PENDING,
     WATERMARK_LAG_SECONDS,
     PARTITIONS_ASSIGNED,
@@ -262,6 +268,8 @@ pub struct Metrics {
     batches_extended: IntCounter,
     batch_ends: IntCounterVec,
     commit_wait: Histogram,
+    /// `PIPELINE_THREAD_SECONDS` by state: running, runnable.
+    pipeline_thread: [Counter; 2],
     timers_pending: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     partitions: IntGauge,
@@ -310,6 +318,10 @@ impl Registrar {
 
     fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("static counter"))
+    }
+
+    fn seconds(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        self.add(CounterVec::new(Opts::new(name, help), labels).expect("static counter"))
     }
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -412,6 +424,16 @@ impl Metrics {
                 0.0005,
                 14,
             ),
+            pipeline_thread: {
+                let seconds = r.seconds(
+                    PIPELINE_THREAD_SECONDS,
+                    "Seconds the pipeline thread spent running on a CPU, or runnable but waiting \
+                     for one (CPU taken by others, or a CPU limit); the rest it waited for records \
+                     or a commit. Linux only (0 elsewhere).",
+                    &["state"],
+                );
+                ["running", "runnable"].map(|state| seconds.with_label_values(&[state]))
+            },
             timers_pending: r.gauges(TIMERS_PENDING, "Customers with a pending timer.", partition),
             watermark_lag: r.gauges(
                 WATERMARK_LAG_SECONDS,
@@ -639,6 +661,12 @@ impl Metrics {
         self.batch_ends.with_label_values(&[reason.label()]).inc();
     }
 
+    /// Counts the pipeline thread's time since the last call, from [`ThreadTimes::since`].
+    pub fn pipeline_thread(&self, times: ThreadTimes) {
+        self.pipeline_thread[0].inc_by(times.running.as_secs_f64());
+        self.pipeline_thread[1].inc_by(times.runnable.as_secs_f64());
+    }
+
     /// Observes how long the loop waited for the commit in flight.
     pub fn commit_waited(&self, seconds: f64) {
         self.commit_wait.observe(seconds);
@@ -733,6 +761,44 @@ impl Metrics {
     /// The names of every registered metric family (also those without samples yet).
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+}
+
+/// A thread's time on a CPU and runnable but waiting for one, from Linux's per-thread
+/// scheduler statistics: whether a busy thread is bound by its own work or by the CPU it gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadTimes {
+    /// Time on a CPU.
+    pub running: Duration,
+    /// Time ready to run, waiting for a CPU.
+    pub runnable: Duration,
+}
+
+impl ThreadTimes {
+    /// The calling thread's totals since it started; `None` where the kernel does not keep
+    /// them (not Linux, or built without scheduler statistics).
+    pub fn of_this_thread() -> Option<ThreadTimes> {
+        Self::parse(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)
+    }
+
+    /// Parses a `schedstat` line: nanoseconds running, nanoseconds waiting on a run queue,
+    /// time slices.
+    fn parse(text: &str) -> Option<ThreadTimes> {
+        let mut nanos = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let running = nanos.next()?.ok()?;
+        let runnable = nanos.next()?.ok()?;
+        Some(ThreadTimes {
+            running: Duration::from_nanos(running),
+            runnable: Duration::from_nanos(runnable),
+        })
+    }
+
+    /// The time added since `earlier`, a reading of the same thread.
+    pub fn since(self, earlier: ThreadTimes) -> ThreadTimes {
+        ThreadTimes {
+            running: self.running.saturating_sub(earlier.running),
+            runnable: self.runnable.saturating_sub(earlier.runnable),
+        }
     }
 }
 
@@ -897,6 +963,64 @@ mod tests {
         let mut declared: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
         declared.sort();
         assert_eq!(registered, declared);
+    }
+
+    #[test]
+    fn a_schedstat_line_gives_running_and_runnable_time() {
+        let t = ThreadTimes::parse("1500000000 250000000 42\n").unwrap();
+        assert_eq!(t.running, Duration::from_millis(1500));
+        assert_eq!(t.runnable, Duration::from_millis(250));
+        assert_eq!(ThreadTimes::parse("1500000000\n"), None);
+        assert_eq!(ThreadTimes::parse("x 1 2\n"), None);
+        let later = ThreadTimes::parse("2000000000 250000000 50").unwrap();
+        assert_eq!(
+            later.since(t),
+            ThreadTimes {
+                running: Duration::from_millis(500),
+                runnable: Duration::ZERO,
+            }
+        );
+        assert_eq!(t.since(later).running, Duration::ZERO, "never negative");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_that_never_blocks_is_running_or_runnable_all_the_time() {
+        let start = ThreadTimes::of_this_thread().expect("Linux keeps schedstat per thread");
+        let began = Instant::now();
+        let mut x = 0u64;
+        while began.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let spun = began.elapsed();
+        let t = ThreadTimes::of_this_thread().unwrap().since(start);
+        assert!(t.running > Duration::ZERO, "{t:?}");
+        // Both clocks tick at the scheduler's, not the wall's, granularity: allow a margin.
+        assert!(t.running + t.runnable >= spun / 2, "{t:?} of {spun:?}");
+    }
+
+    #[test]
+    fn the_pipeline_threads_time_is_counted_by_state() {
+        let metrics = Metrics::new();
+        let times = ThreadTimes {
+            running: Duration::from_millis(1500),
+            runnable: Duration::from_millis(250),
+        };
+        metrics.pipeline_thread(times);
+        metrics.pipeline_thread(times);
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                "{PIPELINE_THREAD_SECONDS}{{state=\"running\"}} 3\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{PIPELINE_THREAD_SECONDS}{{state=\"runnable\"}} 0.5\n"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn every_metric_family_reports_what_the_golden_trace_did_and_logs_are_json_with_
     let golden = golden_dir().join("events.jsonl");
     let scenario = Scenario::new("metrics", 3, "").unwrap();
     let records = scenario.produce_file(&golden).unwrap();
+    let started = Instant::now();
     let processor = scenario
         .spawn_command(&["run", "--log-format", "json"], scenario.http.clone())
         .unwrap();
@@ -125,6 +126,15 @@ fn every_metric_family_reports_what_the_golden_trace_did_and_logs_are_json_with_
     assert_eq!(
         value(&text, &format!("{COMMIT_SECONDS}_count"), ""),
         committed
+    );
+
+    // The pipeline thread's time, counted at each batch end: it handled the trace.
+    let running = value(&text, PIPELINE_THREAD_SECONDS, "state=\"running\"");
+    let runnable = value(&text, PIPELINE_THREAD_SECONDS, "state=\"runnable\"");
+    assert!(running > 0.0, "the pipeline thread ran: {running} s");
+    assert!(
+        running + runnable <= started.elapsed().as_secs_f64(),
+        "no more than the process's wall time: {running} s running, {runnable} s runnable"
     );
 
     // Partition gauges, one series per assigned partition.
