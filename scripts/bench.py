@@ -233,13 +233,18 @@ def processed():
     return metric(metrics(), "waymark_pipeline_events_total")
 
 
+def stat_seconds(stat):
+    """User + system CPU seconds in the text of a /proc/<pid>/stat (or task's stat) file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds process `pid` has used so far (0 when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_seconds(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def idle_seconds():
@@ -265,15 +270,14 @@ def thread_times(pid):
     by thread id; empty once the process is gone. The wait is the scheduler's run-queue time
     (/proc/<pid>/task/<tid>/schedstat)."""
     out = {}
-    tck = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            ran = stat_seconds((task / "stat").read_text())
             waited = int((task / "schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue
-        out[task.name] = (name, (int(fields[11]) + int(fields[12])) / tck, waited)
+        out[task.name] = (name, ran, waited)
     return out
 
 
@@ -301,10 +305,11 @@ class CpuSplit:
         for tid, (name, cpu, waited) in threads.items():
             _, cpu0, waited0 = self.threads.get(tid, (name, 0.0, 0.0))
             ran, queued = (cpu - cpu0) / secs, (waited - waited0) / secs
-            roles[role(name)] = roles.get(role(name), 0.0) + ran
+            what = role(name)
+            roles[what] = roles.get(what, 0.0) + ran
             # Threads the pipeline thread starts without a name carry its name: the busiest
             # of them is the one handling records.
-            if role(name) == "pipeline" and ran > pipeline[0]:
+            if what == "pipeline" and ran > pipeline[0]:
                 pipeline = (ran, queued)
         roles["ended threads"] = max(process - sum(roles.values()), 0.0)
         return {"process": process, "broker": (cpu_seconds(self.broker) - self.kafka) / secs,
