@@ -142,8 +142,9 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub group_instance_id: Option<String>,
     /// Extra librdkafka properties for every client (e.g. `security.protocol: SSL`); they
-    /// override Waymark's producer defaults (`kafka::PRODUCER_DEFAULTS`, e.g. `linger.ms`),
-    /// but not what exactly-once needs (`kafka::PRODUCER_FIXED`, refused).
+    /// override Waymark's producer defaults (`kafka::PRODUCER_DEFAULTS`, e.g. `linger.ms`)
+    /// and its input consumer's (`kafka::CONSUMER_DEFAULTS`, e.g. `fetch.wait.max.ms`), but
+    /// not what exactly-once needs (`kafka::PRODUCER_FIXED`, refused).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -852,6 +853,19 @@ mod tests {
         );
         // Equal turns the longer interval off.
         assert!(load_text("commit-interval-ms: 200\nbacklog-commit-interval-ms: 200\n").is_ok());
+    }
+
+    #[test]
+    fn kafka_properties_tune_the_input_consumer_over_its_defaults() {
+        let defaults = crate::kafka::consumer_config("127.0.0.1:9092", &BTreeMap::new());
+        for (key, value) in crate::kafka::CONSUMER_DEFAULTS {
+            assert_eq!(defaults.get(key), Some(value), "{key}");
+        }
+        let cfg = load_text("kafka:\n  properties: { fetch.wait.max.ms: \"5\" }\n").unwrap();
+        let consumer = crate::kafka::consumer_config("127.0.0.1:9092", &cfg.kafka.properties);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("65536"), "a default");
+        assert_eq!(consumer.get("bootstrap.servers"), Some("127.0.0.1:9092"));
     }
 
     #[test]

@@ -328,8 +328,32 @@ pub const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
     ("message.timeout.ms", "60000"),
 ];
 
-/// Producer settings shared by `produce`, `loadgen` and the processor: [`PRODUCER_FIXED`],
-/// then [`PRODUCER_DEFAULTS`] overridden by `extra`.
+/// Tuning `run`'s input consumer starts from; `kafka.properties` overrides any of it.
+///
+/// With librdkafka's defaults a caught-up consumer fetches again as soon as any record has
+/// arrived: at a steady rate that is a fetch per few records, hundreds a second, and each
+/// costs the broker and the client about as much as a full one. Waiting for 64 KiB or 20 ms,
+/// whichever comes first, took about a fifth off the CPU of both at 15,000 events/s
+/// (BENCHMARKS.md, 2026-12-07) and adds at most 20 ms before a record reaches the processor,
+/// little beside the 100 ms commit interval. A backlog fills every fetch at once.
+pub const CONSUMER_DEFAULTS: [(&str, &str); 2] =
+    [("fetch.min.bytes", "65536"), ("fetch.wait.max.ms", "20")];
+
+/// Settings of `run`'s input consumer before what the pipeline fixes: [`CONSUMER_DEFAULTS`]
+/// overridden by `extra`.
+pub fn consumer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = client_config(brokers, &BTreeMap::new());
+    for (key, value) in CONSUMER_DEFAULTS {
+        cfg.set(key, value);
+    }
+    for (key, value) in extra {
+        cfg.set(key, value);
+    }
+    cfg
+}
+
+/// Producer settings shared by `produce`, `loadgen` and the processor: [`PRODUCER_DEFAULTS`]
+/// and [`PRODUCER_FIXED`], overridden by `extra` (the configuration refuses the fixed ones).
 pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = client_config(brokers, &BTreeMap::new());
     for (key, value) in PRODUCER_DEFAULTS.into_iter().chain(PRODUCER_FIXED) {

@@ -52,7 +52,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::codec;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::{Applied, Engine};
-use crate::kafka::{TransactionalContext, client_config, producer_config};
+use crate::kafka::{TransactionalContext, client_config, consumer_config, producer_config};
 use crate::model::{Millis, Output, now_millis};
 use crate::registry::Wire;
 use crate::reload::{self, LiveJourneys};
@@ -2305,7 +2305,7 @@ pub fn run(
     }));
     let consumer: BaseConsumer<RunContext> = {
         let c = lock(&core);
-        let mut cc = client_config(&c.cfg.kafka.brokers, &c.cfg.kafka.properties);
+        let mut cc = consumer_config(&c.cfg.kafka.brokers, &c.cfg.kafka.properties);
         cc.set("group.id", &c.cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
