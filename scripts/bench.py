@@ -25,7 +25,8 @@ traces put it at 1.4-1.6×), and prints a table:
     `waymark loadgen --live`, read back by `waymark tail --received-at`, measured for
     BENCH_LATENCY_SECS (60) after BENCH_LATENCY_WARMUP (60) seconds, and per 5-second window
     (how many windows meet the goal's p99 of 250 ms: a steady state that meets it is told
-    apart from stalls that do not);
+    apart from stalls that do not); BENCH_LATENCY_PIN=1 runs each engine on half of the CPUs
+    and the broker, load generator and probe on the other half, peak and live runs alike;
   * timers (`timers`): firing lateness p50/p99/max with BENCH_TIMER_CUSTOMERS customers
     (default 5,100,000) each holding a pending timer, their invites coming due at that many
     per hour once the backlog of their logins is processed;
@@ -105,6 +106,13 @@ PHASES = set(os.environ.get("BENCH_PHASES",
 LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", "0"))
 LATENCY_SECS = int(os.environ.get("BENCH_LATENCY_SECS", "60"))
 LATENCY_WARMUP = int(os.environ.get("BENCH_LATENCY_WARMUP", "60"))
+# BENCH_LATENCY_PIN=1: the latency phase runs each engine on CPUs of its own (the last half
+# of the machine's; on two, CPU 1) and the broker, the load generator, the probe and this
+# script on the others, peak and live runs alike. On a shared machine the live run's load
+# generator and broker otherwise take CPU from the engine that a deployment would not
+# (0.86 of two cores at 26,219 events/s); pinned, each side has its own cores and the
+# engine's peak and latency are those of an engine on that many cores.
+LATENCY_PIN = os.environ.get("BENCH_LATENCY_PIN", "0") == "1"
 # Timers: this many customers with a pending timer; their timers start coming due when the
 # backlog of their logins would be processed at BENCH_TIMER_LOAD_RATE events/s (both
 # engines load about 30,000/s; a lower rate only makes the phase wait); firing is measured
@@ -214,10 +222,15 @@ def input_topic(name):
     return f"customer-events.bench-{RUN_ID}-{name}"
 
 
-def start(cfg, logname):
+def on_cpus(cpus):
+    """For `Popen(preexec_fn=...)`: the child runs on `cpus` (None: wherever this script may)."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def start(cfg, logname, cpus=None):
     logf = open(WORK / logname, "w")
     return subprocess.Popen([str(WAYMARK), "--config", str(cfg), "run"], stdout=subprocess.DEVNULL,
-                            stderr=logf)
+                            stderr=logf, preexec_fn=on_cpus(cpus))
 
 
 def wait(cond, timeout, what):
@@ -251,6 +264,27 @@ def idle_seconds():
     """Idle (and I/O wait) CPU seconds of the whole machine so far, summed over its CPUs."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency_cpus():
+    """With LATENCY_PIN: (the engine's CPUs, the other CPUs: broker, load generator, probe and
+    this script); else None."""
+    if not LATENCY_PIN:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("bench: BENCH_LATENCY_PIN=1 needs at least two CPUs")
+    half = len(cpus) // 2
+    return set(cpus[half:]), set(cpus[:half])
+
+
+def pin_threads(pid, cpus):
+    """Moves every thread of `pid` to `cpus` (threads it starts later inherit the set)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def broker_pid():
@@ -372,10 +406,11 @@ def kstreams_throughput(n, name="kstreams"):
     return kstreams_rate(name, n)
 
 
-def kstreams_rate(name, n, extra=()):
-    """Events/s of the Kafka Streams baseline (with `extra` arguments) over the `n` events on
-    the input topic of `config(name, ...)`: from RUNNING until it has processed them all."""
-    proc, status = kstreams_start(name, extra=extra)
+def kstreams_rate(name, n, extra=(), cpus=None):
+    """Events/s of the Kafka Streams baseline (with `extra` arguments, on `cpus`) over the `n`
+    events on the input topic of `config(name, ...)`: from RUNNING until it has processed them
+    all."""
+    proc, status = kstreams_start(name, extra=extra, cpus=cpus)
     try:
         t0 = wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
         t1 = wait(lambda: int(status().get("records", "0")) >= n, 3600,
@@ -385,10 +420,10 @@ def kstreams_rate(name, n, extra=()):
     return n / (t1 - t0)
 
 
-def kstreams_start(name, logname=None, extra=(), heap="1g"):
+def kstreams_start(name, logname=None, extra=(), heap="1g", cpus=None):
     """Starts the Kafka Streams baseline on the topics of `config(name, ...)` (with `extra`
-    arguments and a JVM heap of `heap`): the process and a function returning its last status
-    line (failing if it exited)."""
+    arguments and a JVM heap of `heap`, on `cpus`: the JVM sizes its thread pools to them):
+    the process and a function returning its last status line (failing if it exited)."""
     classpath = subprocess.run(["bash", str(ROOT / "scripts/bench/kstreams/build.sh")],
                                check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
     suffix = f"bench-{RUN_ID}-{name}"
@@ -402,7 +437,7 @@ def kstreams_start(name, logname=None, extra=(), heap="1g"):
          # Static membership, as Waymark's: a restart takes its partitions back at once.
          "--group-instance-id", suffix,
          "--status-interval-ms", "100", *extra],
-        stdout=subprocess.DEVNULL, stderr=logf)
+        stdout=subprocess.DEVNULL, stderr=logf, preexec_fn=on_cpus(cpus))
 
     def status():
         if proc.poll() is not None:
@@ -560,15 +595,16 @@ def latency_windows(commands, since):
             for w, lat in sorted(by_window.items())]
 
 
-def engine_start(engine, cfg, name, extra_streams=(), heap="1g"):
-    """Starts Waymark (`run` on `cfg`) or the Streams baseline on the topics of `name`; waits
-    until it is ready (RUNNING). Returns a function that stops it and returns its peak RSS
-    (MiB), a function returning how many input records it has processed, and its pid."""
+def engine_start(engine, cfg, name, extra_streams=(), heap="1g", cpus=None):
+    """Starts Waymark (`run` on `cfg`) or the Streams baseline on the topics of `name` (on
+    `cpus`); waits until it is ready (RUNNING). Returns a function that stops it and returns
+    its peak RSS (MiB), a function returning how many input records it has processed, and its
+    pid."""
     if engine == "waymark":
-        proc = start(cfg, f"{name}.log")
+        proc = start(cfg, f"{name}.log", cpus)
         wait(ready, 300, "ready")
         return (lambda: stop_rss(proc)), processed, proc.pid
-    proc, status = kstreams_start(name, extra=extra_streams, heap=heap)
+    proc, status = kstreams_start(name, extra=extra_streams, heap=heap, cpus=cpus)
     wait(lambda: status().get("state") == "RUNNING", 300, "Kafka Streams RUNNING")
     return (lambda: stop_rss(proc)), (lambda: int(status().get("records", "0"))), proc.pid
 
@@ -615,17 +651,17 @@ def latency_customers(rate):
     return int(rate * (LATENCY_WARMUP + LATENCY_SECS) / 3.7)
 
 
-def workload_peak(engine, label, journeys, customers):
-    """Events/s of `engine` (exactly-once) over a backlog of the latency workload: the live
-    stream of `customers` customers produced ahead at full speed, then processed as in the
-    throughput phase (from ready, Streams: RUNNING, until every event is processed)."""
+def workload_peak(engine, label, journeys, customers, cpus=None):
+    """Events/s of `engine` (exactly-once, on `cpus`) over a backlog of the latency workload:
+    the live stream of `customers` customers produced ahead at full speed, then processed as
+    in the throughput phase (from ready, Streams: RUNNING, until every event is processed)."""
     name = f"latency-peak-{engine}"
     cfg = config(name, "exactly-once", journeys=journeys, produce=False,
                  extra=["allowed-lateness-secs: 0"])
     log(f"latency: {label}'s peak on the latency workload: producing {customers:,} customers")
     n, _ = latency_trace(name, customers, 0)
     if engine == "waymark":
-        proc = start(cfg, f"{name}.log")
+        proc = start(cfg, f"{name}.log", cpus)
         try:
             t0 = wait(ready, 300, "ready")
             t1 = wait(lambda: processed() >= n, 3600, f"{n} events processed")
@@ -633,12 +669,33 @@ def workload_peak(engine, label, journeys, customers):
             stop(proc)
         peak = n / (t1 - t0)
     else:
-        peak = kstreams_rate(name, n, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"))
+        peak = kstreams_rate(name, n, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"),
+                             cpus)
     log(f"latency: {label}'s peak on the latency workload: {peak:,.0f} events/s ({n:,} events)")
     return peak, n
 
 
 def latency(peaks):
+    """The latency rows (see `latency_runs`), with each engine on CPUs of its own if
+    LATENCY_PIN: the broker's threads and this script (so the load generator and the probe it
+    starts) move to the other CPUs for the phase and back after it."""
+    pinned = latency_cpus()
+    if not pinned:
+        return latency_runs(peaks)
+    engine_cpus, harness = pinned
+    everything = os.sched_getaffinity(0)
+    log(f"latency: engines on CPUs {sorted(engine_cpus)}; broker, load generator and probe on "
+        f"CPUs {sorted(harness)}")
+    pin_threads(broker_pid(), harness)
+    os.sched_setaffinity(0, harness)
+    try:
+        return latency_runs(peaks, engine_cpus)
+    finally:
+        pin_threads(broker_pid(), everything)
+        os.sched_setaffinity(0, everything)
+
+
+def latency_runs(peaks, cpus=None):
     """Event → command latency of an immediate action: the reference journey with its invite
     email at once (delay 0s) and allowed lateness 0, fed by `waymark loadgen --live` (each
     event stamped with the time it is sent) at a steady rate; the latency of each invite is
@@ -652,7 +709,9 @@ def latency(peaks):
     half of the throughput phase's peak (`peaks`) if that is more, so that the run at half of
     the workload's peak holds no more customers than the backlog measured. Waymark and
     the baseline run at that rate and, when the baseline's own peak on the workload is lower,
-    the baseline also at half of its own. Rows: each peak, and p50/p99/max of each run."""
+    the baseline also at half of its own. With `cpus`, every engine run is on those CPUs
+    (and the rows say so). Rows: each peak, and p50/p99/max of each run."""
+    pinned = f", engine on CPUs {','.join(map(str, sorted(cpus)))} of its own" if cpus else ""
     journeys = WORK / "b2b-onboarding-immediate.yaml"
     text = (ROOT / "deploy/journeys/b2b-onboarding.yaml").read_text()
     immediate = text.replace("id: invite-email\n        delay: 1h", "id: invite-email\n        delay: 0s")
@@ -667,9 +726,9 @@ def latency(peaks):
         sized = latency_customers(sized_rate)
         workload = {}
         for engine, label in ENGINES:
-            peak, n = workload_peak(engine, label, journeys, sized)
+            peak, n = workload_peak(engine, label, journeys, sized, cpus)
             workload[engine] = peak
-            rows.append((f"latency workload: peak of {label}, exactly-once, backlog of "
+            rows.append((f"latency workload: peak of {label}, exactly-once{pinned}, backlog of "
                          f"{sized:,} customers / {n:,} events stamped as sent",
                          f"{peak:,.0f} events/s", ""))
         if "kstreams" in workload:
@@ -689,7 +748,8 @@ def latency(peaks):
         cfg = config(name, "exactly-once", journeys=journeys, produce=False,
                      extra=["allowed-lateness-secs: 0"])
         stop_engine, done, pid = engine_start(
-            engine, cfg, name, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"))
+            engine, cfg, name, ("--invite-delay-ms", "0", "--allowed-lateness-ms", "0"),
+            cpus=cpus)
         probe = Probe(cfg, [f"commands.email.bench-{RUN_ID}-{name}"], f"{name}-tail.log")
         time.sleep(2)  # the probe has its partitions
         customers = latency_customers(rate)
@@ -747,7 +807,7 @@ def latency(peaks):
         elif rate in p99s:
             ratio = f"{p99s[rate] / p99:.2f} (p99, Waymark ÷ Streams)"
         rows.append((f"latency, event → command of an immediate action at {rate:,.0f} events/s"
-                     f" ({which}), {label}",
+                     f" ({which}), {label}{pinned}",
                      f"p50 {p50:,} ms, p99 {p99:,} ms, max {top:,} ms ({len(lat):,} commands"
                      f"{commits}{split}{steady})",
                      ratio))
@@ -755,8 +815,8 @@ def latency(peaks):
             f"{split}{steady}")
         if cpu:
             threads = f"; {thread_split(cpu)}" if engine == "waymark" else ""
-            rows.append((f"latency run at {rate:,.0f} events/s, {label}: CPU (cores) in the "
-                         "measured time",
+            rows.append((f"latency run at {rate:,.0f} events/s, {label}{pinned}: CPU (cores) "
+                         "in the measured time",
                          f"{label} {cpu['process']:.2f}, broker {cpu['broker']:.2f}, load "
                          f"generator {cpu['loadgen']:.2f}, idle {cpu['idle']:.2f} of "
                          f"{os.cpu_count()}{threads}", ""))
@@ -1131,6 +1191,9 @@ def write_report(title, table, n):
         "  latency is split at its command's Kafka timestamp (`produced_at`), into event →",
         "  produced (handling) and produced → readable (its transaction's commit); over the",
         "  measured time, the cores the engine, the broker and the load generator used.",
+        "  With `BENCH_LATENCY_PIN=1` (rows marked \"engine on CPUs … of its own\"), each engine",
+        "  runs on half of the CPUs and the broker, load generator and probe on the other half,",
+        "  for its peak and its live run alike.",
         f"- timers: {TIMER_CUSTOMERS:,} customers who only logged in, their logins over an hour",
         "  ending 5 minutes (the allowed lateness) before the first invite may fire, about when",
         "  the backlog is processed (`BENCH_TIMER_LOAD_RATE`); invites then come due at that many",
