@@ -186,8 +186,8 @@ pub struct LoadgenArgs {
     /// Share of logged-in customers who create a login a second time, later.
     #[arg(long, value_name = "SHARE", default_value_t = 0.02)]
     pub repeat_login: f64,
-    /// Events per second when producing to Kafka; 0 = as fast as possible. Generation itself
-    /// ignores it.
+    /// Events per second when producing to Kafka, sent together in what is due within each
+    /// 5 ms; 0 = as fast as possible. Generation itself ignores it.
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0.0)]
     pub rate: f64,
 }
