@@ -342,21 +342,27 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 2] =
 /// Settings of `run`'s input consumer before what the pipeline fixes: [`CONSUMER_DEFAULTS`]
 /// overridden by `extra`.
 pub fn consumer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
-    let mut cfg = client_config(brokers, &BTreeMap::new());
-    for (key, value) in CONSUMER_DEFAULTS {
-        cfg.set(key, value);
-    }
-    for (key, value) in extra {
-        cfg.set(key, value);
-    }
-    cfg
+    config_over(brokers, CONSUMER_DEFAULTS, extra)
 }
 
 /// Producer settings shared by `produce`, `loadgen` and the processor: [`PRODUCER_DEFAULTS`]
 /// and [`PRODUCER_FIXED`], overridden by `extra` (the configuration refuses the fixed ones).
 pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    config_over(
+        brokers,
+        PRODUCER_DEFAULTS.into_iter().chain(PRODUCER_FIXED),
+        extra,
+    )
+}
+
+/// [`client_config`] with `base` set first, so that `extra` overrides it.
+fn config_over<'a>(
+    brokers: &str,
+    base: impl IntoIterator<Item = (&'a str, &'a str)>,
+    extra: &BTreeMap<String, String>,
+) -> ClientConfig {
     let mut cfg = client_config(brokers, &BTreeMap::new());
-    for (key, value) in PRODUCER_DEFAULTS.into_iter().chain(PRODUCER_FIXED) {
+    for (key, value) in base {
         cfg.set(key, value);
     }
     for (key, value) in extra {
