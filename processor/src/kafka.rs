@@ -562,10 +562,11 @@ pub async fn produce_events(
         );
         offered += 1;
         if pace.rate > 0.0 {
-            // The next event is due at `due`: send it now if that is within a tick.
-            let due = Duration::from_secs_f64(offered as f64 / pace.rate);
-            if let Some(wait) = due.checked_sub(started.elapsed() + PACE_TICK) {
-                tokio::time::sleep(wait + PACE_TICK).await;
+            // The next event is due this far ahead: send it now if that is within a tick.
+            let ahead = Duration::from_secs_f64(offered as f64 / pace.rate)
+                .saturating_sub(started.elapsed());
+            if ahead > PACE_TICK {
+                tokio::time::sleep(ahead).await;
             }
         }
         if pending.len() >= 10_000 {
