@@ -63,11 +63,13 @@ use crate::shutdown::CancellationToken;
 use crate::state::{
     BatchOp, PreparedBatch, RocksEnv, RocksStore, StateBatch, StateError, StoreWriter,
 };
-use crate::telemetry::{BatchEnd, BatchLatencies, CommitPhase, EventResult, Health, Metrics};
+use crate::telemetry::{BatchLatencies, CommitPhase, EventResult, Health, Metrics};
 
+mod batching;
 mod read_ahead;
 mod restore;
 
+use batching::{Batching, Decision, Open};
 use read_ahead::{ReadAhead, Target};
 use restore::Restore;
 
@@ -2275,9 +2277,12 @@ pub fn run(
     wire.register::<crate::model::JourneyEvent>(&cfg.topics.journey_events)
         .map_err(registry_error)?;
     let input_topic = cfg.topics.customer_events.clone();
-    let interval = Duration::from_millis(cfg.commit_interval_ms);
-    let backlog_interval = Duration::from_millis(cfg.backlog_commit_interval_ms);
     let max_batch = cfg.max_batch_events;
+    let mut batching = Batching::new(
+        Duration::from_millis(cfg.commit_interval_ms),
+        Duration::from_millis(cfg.backlog_commit_interval_ms),
+        max_batch,
+    );
     let core = Arc::new(Mutex::new(Core {
         input,
         wire,
@@ -2357,8 +2362,6 @@ pub fn run(
     let mut polled: Vec<Polled<'_>> = Vec::with_capacity(read_ahead_records.max(1));
     let mut last_commit = Instant::now();
     let mut batch = 0usize;
-    // The open batch was kept open past `interval` because the input is behind.
-    let mut extended = false;
     // This thread's CPU time so far, counted at each batch end: is it bound by its own work or
     // by the CPU it gets?
     let mut thread_times = crate::telemetry::ThreadTimes::of_this_thread();
@@ -2456,38 +2459,26 @@ pub fn run(
             // The last commit's state is in the stores: its customers may be evicted.
             core.finish_writes()?;
         }
-        // A commit is due every `interval`; while the input is behind, the batch stays open
-        // until `backlog_interval`, `max_batch`, or until the consumer has caught up.
-        let elapsed = last_commit.elapsed();
-        let mut end = if batch >= max_batch {
-            Some(BatchEnd::MaxBatch)
-        } else if elapsed >= backlog_interval {
-            Some(if extended {
-                BatchEnd::BacklogInterval
-            } else {
-                BatchEnd::Interval
-            })
-        } else {
-            None
+        // A commit is due every `commit-interval-ms`; while the input is behind, the batch
+        // stays open until `backlog-commit-interval-ms`, `max_batch`, or until the consumer
+        // has caught up.
+        let open = Open {
+            elapsed: last_commit.elapsed(),
+            events: batch,
+            drained,
+            shutting_down: shutdown.is_cancelled(),
         };
-        if end.is_none() && elapsed >= interval {
-            if shutdown.is_cancelled() {
-                end = Some(BatchEnd::Shutdown);
-            } else if extended && drained {
-                // Nothing more to read right now: the batch kept open for a backlog is done.
-                end = Some(BatchEnd::CaughtUp);
-            } else if !extended {
-                if backlog_interval > interval && core.backlog(&consumer) > batch as i64 {
-                    extended = true;
-                    core.metrics.batch_extended();
-                } else {
-                    end = Some(BatchEnd::Interval);
-                }
+        let end = match batching.decide(open, || core.backlog(&consumer)) {
+            Decision::Continue => None,
+            Decision::Extend => {
+                core.metrics.batch_extended();
+                None
             }
-        }
+            Decision::End(reason) => Some(reason),
+        };
         if let Some(reason) = end {
             core.metrics.batch_ended(reason);
-            extended = false;
+            batching.committed();
             core.commit(&consumer)?;
             if let Some(last) = thread_times
                 && let Some(now) = crate::telemetry::ThreadTimes::of_this_thread()
