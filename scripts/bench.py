@@ -76,6 +76,12 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
 PROFILE = os.environ.get("BENCH_PROFILE", "dist")
 WAYMARK = TARGET / PROFILE / "waymark"
 PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
+# The bench broker's log segments: Kafka's default, 1 GiB, as a production broker's, rather than
+# the 64 MiB scripts/kafka.sh gives a dev box. With 64 MiB, every partition of the latency
+# run's outputs and changelog rolled at once 90-105 s into it, and the broker's roll and
+# compaction stalled Waymark on the shared cores: at half of peak p99 1,163 ms, against 190
+# and 211 ms with 1 GiB (BENCHMARKS.md, twenty-third session).
+SEGMENT_BYTES = os.environ.get("BENCH_SEGMENT_BYTES", str(1 << 30))
 BROKERS = f"127.0.0.1:{PORT}"
 CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "500000")
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
@@ -132,7 +138,8 @@ def log(msg):
 
 
 def kafka(cmd):
-    env = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_CONTROLLER_PORT=str(PORT + 1))
+    env = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_CONTROLLER_PORT=str(PORT + 1),
+               KAFKA_SEGMENT_BYTES=SEGMENT_BYTES)
     subprocess.run(["bash", str(ROOT / "scripts/kafka.sh"), cmd], env=env, check=True,
                    stdout=subprocess.DEVNULL)
 
@@ -1151,7 +1158,8 @@ def write_report(title, table, n):
         f"- CPU: {cpu} × {os.cpu_count()}; broker on the same machine",
         f"- {version([str(WAYMARK), '--version'])}, cargo profile `{PROFILE}`",
         f"- {version(['rustc', '--version'])}",
-        f"- Apache Kafka {kafka_version.group(1) if kafka_version else 'unknown'} (KRaft, one node); "
+        f"- Apache Kafka {kafka_version.group(1) if kafka_version else 'unknown'} (KRaft, one node, "
+        f"log segments of {int(SEGMENT_BYTES) / (1 << 20):,.0f} MiB: BENCH_SEGMENT_BYTES); "
         f"Kafka Streams baseline: {version(['java', '-version'])}",
         "",
         "## How",
