@@ -89,7 +89,9 @@ impl Batching {
                 Decision::Continue
             };
         }
-        if self.backlog_interval > self.interval && backlog() > open.events as i64 {
+        // Here `interval <= elapsed < backlog_interval`: a `backlog-commit-interval-ms` equal to
+        // `commit-interval-ms` ended the batch above, so it never keeps one open.
+        if backlog() > open.events as i64 {
             self.extended = true;
             Decision::Extend
         } else {
