@@ -199,6 +199,9 @@ pub enum KafkaToolError {
         "topic `{0}` does not exist; create it first (scripts/kafka.sh topics, or `waymark topics create`)"
     )]
     UnknownTopic(String),
+    /// The topic configs asked for would make Waymark lose data.
+    #[error("topics: {0}")]
+    BadTopicConfig(String),
 }
 
 /// How Waymark's clients report librdkafka's global errors: the end of a partition is a
@@ -380,61 +383,147 @@ fn client_err<'a>(action: &str, brokers: &'a str) -> impl Fn(KafkaError) -> Kafk
     }
 }
 
-/// Creates Waymark's topics (input, outputs, dead letters, late events, state changelog) when missing, with
-/// `partitions` partitions and replication factor `replication`. Existing topics are left as
-/// they are. Returns the names created.
+/// How [`create_topics`] makes the topics it creates.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// Topic configs for every topic created (`min.insync.replicas`, `retention.ms`, …); the
+    /// changelog's `cleanup.policy` stays `compact` whatever this says.
+    pub config: BTreeMap<String, String>,
+    /// Topic configs for the state changelog only, over `config` (`segment.bytes`, …). The
+    /// changelog is always `cleanup.policy=compact`: [`TopicSpec::check`] refuses anything else.
+    pub changelog_config: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    /// `partitions` partitions replicated `replication` times, with the broker's default
+    /// configs (the changelog compacted).
+    pub fn new(partitions: i32, replication: i32) -> TopicSpec {
+        TopicSpec {
+            partitions,
+            replication,
+            config: BTreeMap::new(),
+            changelog_config: BTreeMap::new(),
+        }
+    }
+
+    /// Refuses configs that would lose state: the changelog keeps the latest record of every
+    /// customer for ever, so its cleanup policy is `compact` and nothing else.
+    pub fn check(&self) -> Result<(), String> {
+        match self.changelog_config.get(CLEANUP_POLICY) {
+            Some(p) if p != "compact" => Err(format!(
+                "the state changelog must be `{CLEANUP_POLICY}=compact` (got `{p}`): with \
+                 deletion, a restore would lose every customer whose last change is older than \
+                 the retention; drop `--changelog-config {CLEANUP_POLICY}=…`"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The configs of the state changelog: `config`, then `changelog_config`, then compaction.
+    fn changelog(&self) -> BTreeMap<&str, &str> {
+        let mut all: BTreeMap<&str, &str> = self
+            .config
+            .iter()
+            .chain(&self.changelog_config)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.insert(CLEANUP_POLICY, "compact");
+        all
+    }
+
+    /// Topic `name` as this spec makes it, with `config`.
+    fn new_topic<'a>(&self, name: &'a str, config: &BTreeMap<&'a str, &'a str>) -> NewTopic<'a> {
+        let topic = NewTopic::new(
+            name,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        );
+        config.iter().fold(topic, |topic, (k, v)| topic.set(k, v))
+    }
+}
+
+const CLEANUP_POLICY: &str = "cleanup.policy";
+
+/// Parses a topic config given as `KEY=VALUE` on the command line.
+pub fn parse_topic_config(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value))
+            if !key.is_empty() && !value.is_empty() && !key.contains(char::is_whitespace) =>
+        {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{arg}` is not KEY=VALUE; give a Kafka topic config such as `segment.bytes=134217728`"
+        )),
+    }
+}
+
+/// Creates Waymark's topics (input, outputs, dead letters, late events, state changelog) when
+/// missing, as `spec` says. Existing topics are left as they are. Returns the names created.
 pub async fn create_topics(
     brokers: &str,
     topics: &TopicsConfig,
-    partitions: i32,
-    replication: i32,
+    spec: &TopicSpec,
 ) -> Result<Vec<String>, KafkaToolError> {
+    spec.check().map_err(KafkaToolError::BadTopicConfig)?;
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, &BTreeMap::new())
         .create()
         .map_err(client_err("creating an admin client", brokers))?;
+    let common: BTreeMap<&str, &str> = spec
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let changelog = spec.changelog();
     let mut names = vec![topics.customer_events.as_str()];
     names.extend(topics.outputs());
-    let mut new: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
-        .collect();
-    // The state changelog keeps the latest record per customer: compacted, never deleted by age.
-    new.push(
-        NewTopic::new(
-            &topics.state_changelog,
-            partitions,
-            TopicReplication::Fixed(replication),
-        )
-        .set("cleanup.policy", "compact"),
-    );
     // What the sinks write: outcomes, and each channel's dead letters.
     let sink_dlqs: Vec<String> = crate::model::Channel::ALL
         .iter()
         .map(|c| topics.sink_dead_letters(*c))
         .collect();
-    for name in std::iter::once(&topics.intervention_outcomes).chain(&sink_dlqs) {
-        new.push(NewTopic::new(
-            name,
-            partitions,
-            TopicReplication::Fixed(replication),
-        ));
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new, &opts)
-        .await
-        .map_err(client_err("creating topics", brokers))?;
+    names.push(&topics.intervention_outcomes);
+    names.extend(sink_dlqs.iter().map(String::as_str));
+    let mut new: Vec<NewTopic<'_>> = names.iter().map(|n| spec.new_topic(n, &common)).collect();
+    // The state changelog keeps the latest record per customer: compacted, never deleted by age.
+    new.push(spec.new_topic(&topics.state_changelog, &changelog));
+    // Validated first, all of them, so that configs the broker refuses create nothing.
     let mut created = Vec::new();
-    for r in results {
-        match r {
-            Ok(name) => created.push(name),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(KafkaToolError::Client {
-                    action: format!("creating topic {name}"),
-                    brokers: brokers.to_owned(),
-                    source: Box::new(KafkaError::AdminOp(code)),
-                });
+    for validate_only in [true, false] {
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .validate_only(validate_only);
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(client_err("creating topics", brokers))?;
+        for r in results {
+            match r {
+                Ok(name) if !validate_only => created.push(name),
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code @ RDKafkaErrorCode::InvalidConfig)) => {
+                    return Err(KafkaToolError::BadTopicConfig(format!(
+                        "the broker refused the configs of topic {name} ({code}): {:?}; check \
+                         the names and values given with --topic-config and --changelog-config \
+                         against Kafka's topic configs; no topic was created",
+                        if name == topics.state_changelog {
+                            &changelog
+                        } else {
+                            &common
+                        }
+                    )));
+                }
+                Err((name, code)) => {
+                    return Err(KafkaToolError::Client {
+                        action: format!("creating topic {name}"),
+                        brokers: brokers.to_owned(),
+                        source: Box::new(KafkaError::AdminOp(code)),
+                    });
+                }
             }
         }
     }
@@ -951,6 +1040,75 @@ pub fn read_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_config_is_key_equals_value() {
+        assert_eq!(
+            parse_topic_config("segment.bytes=134217728"),
+            Ok(("segment.bytes".to_owned(), "134217728".to_owned()))
+        );
+        assert_eq!(
+            parse_topic_config("message.timestamp.type=LogAppendTime"),
+            Ok((
+                "message.timestamp.type".to_owned(),
+                "LogAppendTime".to_owned()
+            ))
+        );
+        // Only the first `=` splits: a value may hold one.
+        assert_eq!(
+            parse_topic_config("k=a=b"),
+            Ok(("k".to_owned(), "a=b".to_owned()))
+        );
+        for bad in [
+            "segment.bytes",
+            "=1",
+            "segment.bytes=",
+            "segment bytes=1",
+            "",
+        ] {
+            let err = parse_topic_config(bad).expect_err(bad);
+            assert!(
+                err.contains("is not KEY=VALUE") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_changelog_stays_compacted_over_every_config() {
+        let mut spec = TopicSpec::new(4, 3);
+        spec.config = BTreeMap::from([
+            ("cleanup.policy".to_owned(), "delete".to_owned()),
+            ("min.insync.replicas".to_owned(), "2".to_owned()),
+            ("segment.bytes".to_owned(), "1073741824".to_owned()),
+        ]);
+        spec.changelog_config =
+            BTreeMap::from([("segment.bytes".to_owned(), "134217728".to_owned())]);
+        assert_eq!(
+            spec.check(),
+            Ok(()),
+            "deletion on the other topics is theirs"
+        );
+        assert_eq!(
+            spec.changelog(),
+            BTreeMap::from([
+                ("cleanup.policy", "compact"),
+                ("min.insync.replicas", "2"),
+                ("segment.bytes", "134217728"),
+            ]),
+            "the changelog's own configs over the common ones, compaction over both"
+        );
+        spec.changelog_config
+            .insert("cleanup.policy".to_owned(), "compact,delete".to_owned());
+        let err = spec.check().expect_err("deleting state by age");
+        assert!(
+            err.contains("must be `cleanup.policy=compact`") && err.contains("compact,delete"),
+            "{err}"
+        );
+        spec.changelog_config
+            .insert("cleanup.policy".to_owned(), "compact".to_owned());
+        assert_eq!(spec.check(), Ok(()));
+    }
 
     #[test]
     fn a_partition_is_caught_up_once_its_end_was_read_and_the_queue_drained_since() {

@@ -547,6 +547,16 @@ enum TopicsCommand {
         /// Replication factor.
         #[arg(long, default_value_t = 1)]
         replication: i32,
+        /// A Kafka topic config for every topic created, as KEY=VALUE (repeat for more), e.g.
+        /// `min.insync.replicas=2`. The state changelog stays `cleanup.policy=compact`.
+        #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = waymark::kafka::parse_topic_config)]
+        topic_config: Vec<(String, String)>,
+        /// A Kafka topic config for the state changelog only, over --topic-config, as
+        /// KEY=VALUE (repeat for more). A restore reads the changelog's uncompacted tail (its
+        /// active segment is never compacted): `segment.bytes` bounds it, see the README's
+        /// "Running it".
+        #[arg(long = "changelog-config", value_name = "KEY=VALUE", value_parser = waymark::kafka::parse_topic_config)]
+        changelog_config: Vec<(String, String)>,
     },
 }
 
@@ -864,15 +874,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             brokers,
             partitions,
             replication,
+            topic_config,
+            changelog_config,
         }) => {
             let rt = runtime()?;
             let topics_cfg = topics_of(config.as_deref())?;
-            let created = rt.block_on(waymark::kafka::create_topics(
-                &brokers,
-                &topics_cfg,
-                partitions,
-                replication,
-            ))?;
+            let spec = waymark::kafka::TopicSpec {
+                config: topic_config.into_iter().collect(),
+                changelog_config: changelog_config.into_iter().collect(),
+                ..waymark::kafka::TopicSpec::new(partitions, replication)
+            };
+            let created =
+                rt.block_on(waymark::kafka::create_topics(&brokers, &topics_cfg, &spec))?;
             eprintln!("created {} topics: {}", created.len(), created.join(", "));
             Ok(ExitCode::SUCCESS)
         }

@@ -153,8 +153,7 @@ impl Scenario {
         rt.block_on(waymark::kafka::create_topics(
             &brokers(),
             &topics,
-            partitions,
-            1,
+            &waymark::kafka::TopicSpec::new(partitions, 1),
         ))
         .context("creating test topics (is the test broker up? `make test` starts it)")?;
         let dir = tempfile::tempdir()?;
