@@ -49,7 +49,9 @@ BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
 `cache-capacity: 100000`, to compare a setting on the same machine and trace);
 BENCH_KAFKA_PROPERTIES (`key=value,key=value`) adds librdkafka properties to their `kafka:`
-section (say `linger.ms=20`). The binary measured is the `dist` profile's (`make dist`, fat
+section (say `linger.ms=20`); BENCH_CHANGELOG_CONFIG (`key=value,key=value`) gives Waymark's
+state changelog topic configs (`waymark topics create --changelog-config`, say
+`segment.bytes=134217728`). The binary measured is the `dist` profile's (`make dist`, fat
 LTO: what a deployment should run); BENCH_PROFILE=release measures the tests' build instead.
 
 The bench broker's storage is deleted at the end (BENCH_KEEP_KAFKA=1 keeps the broker and
@@ -84,6 +86,10 @@ PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
 # then not compacted before its restore, which reads every version written (35.2 s for 1M
 # customers against 10.8 s with 64 MiB).
 SEGMENT_BYTES = os.environ.get("BENCH_SEGMENT_BYTES", str(1 << 30))
+# Topic configs of Waymark's state changelog, as `KEY=VALUE,KEY=VALUE` (`waymark topics create
+# --changelog-config`); empty: the broker's defaults, the changelog compacted.
+CHANGELOG_CONFIG = [kv.strip() for kv in os.environ.get("BENCH_CHANGELOG_CONFIG", "").split(",")
+                    if kv.strip()]
 BROKERS = f"127.0.0.1:{PORT}"
 CUSTOMERS = os.environ.get("BENCH_CUSTOMERS", "500000")
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
@@ -218,8 +224,9 @@ def config(name, guarantee, trace=None, journeys=None, extra=(), produce=True):
     ]
     path.write_text("\n".join(lines) + "\n")
     subprocess.run([str(WAYMARK), "--config", str(path), "topics", "create", "--brokers",
-                    BROKERS, "--partitions", str(PARTITIONS)], check=True,
-                   stderr=subprocess.DEVNULL)
+                    BROKERS, "--partitions", str(PARTITIONS),
+                    *[a for kv in CHANGELOG_CONFIG for a in ("--changelog-config", kv)]],
+                   check=True, stderr=subprocess.DEVNULL)
     if produce:
         subprocess.run([str(WAYMARK), "produce", "--brokers", BROKERS, "--topic",
                         topics["customer-events"], str(trace or WORK / "events.jsonl")],
@@ -1161,7 +1168,8 @@ def write_report(title, table, n):
         f"- {version([str(WAYMARK), '--version'])}, cargo profile `{PROFILE}`",
         f"- {version(['rustc', '--version'])}",
         f"- Apache Kafka {kafka_version.group(1) if kafka_version else 'unknown'} (KRaft, one node, "
-        f"log segments of {int(SEGMENT_BYTES) / (1 << 20):,.0f} MiB: BENCH_SEGMENT_BYTES); "
+        f"log segments of {int(SEGMENT_BYTES) / (1 << 20):,.0f} MiB: BENCH_SEGMENT_BYTES"
+        f"{'; Waymark changelog: ' + ', '.join(CHANGELOG_CONFIG) if CHANGELOG_CONFIG else ''}); "
         f"Kafka Streams baseline: {version(['java', '-version'])}",
         "",
         "## How",
@@ -1217,7 +1225,9 @@ def write_report(title, table, n):
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
         "- `BENCH_WAYMARK_CONFIG` adds YAML lines to every Waymark config of the run (say",
         "  `cache-capacity: 100000`), to compare a setting on the same machine and trace;",
-        "  `BENCH_KAFKA_PROPERTIES` (`key=value,…`) adds librdkafka properties (say `linger.ms=20`).",
+        "  `BENCH_KAFKA_PROPERTIES` (`key=value,…`) adds librdkafka properties (say `linger.ms=20`);",
+        "  `BENCH_CHANGELOG_CONFIG` (`key=value,…`) sets topic configs of Waymark's state changelog",
+        "  (`waymark topics create --changelog-config`, say `segment.bytes=67108864`).",
         f"- the binary: cargo profile `{PROFILE}` (`dist`: fat LTO, one codegen unit; "
         "`BENCH_PROFILE=release` measures the tests' build).",
         "- micro-benchmarks of the engine, the state cache and the codec: `make bench-micro`.",
