@@ -199,7 +199,7 @@ pub enum KafkaToolError {
         "topic `{0}` does not exist; create it first (scripts/kafka.sh topics, or `waymark topics create`)"
     )]
     UnknownTopic(String),
-    /// The topic configs asked for would make Waymark lose data.
+    /// Topic configs refused: by Waymark (they would lose state) or by the broker.
     #[error("topics: {0}")]
     BadTopicConfig(String),
 }
