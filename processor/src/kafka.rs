@@ -423,14 +423,22 @@ impl TopicSpec {
         }
     }
 
+    /// The configs of every topic but the state changelog: `config`.
+    fn common(&self) -> BTreeMap<&str, &str> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// The configs of the state changelog: `config`, then `changelog_config`, then compaction.
     fn changelog(&self) -> BTreeMap<&str, &str> {
-        let mut all: BTreeMap<&str, &str> = self
-            .config
-            .iter()
-            .chain(&self.changelog_config)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut all = self.common();
+        all.extend(
+            self.changelog_config
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         all.insert(CLEANUP_POLICY, "compact");
         all
     }
@@ -473,11 +481,7 @@ pub async fn create_topics(
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, &BTreeMap::new())
         .create()
         .map_err(client_err("creating an admin client", brokers))?;
-    let common: BTreeMap<&str, &str> = spec
-        .config
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let common = spec.common();
     let changelog = spec.changelog();
     let mut names = vec![topics.customer_events.as_str()];
     names.extend(topics.outputs());
