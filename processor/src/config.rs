@@ -326,7 +326,8 @@ pub struct Config {
     pub backlog_commit_interval_ms: u64,
     /// Upper bound of events processed between two commits, and of customers whose timers
     /// fire on the wall clock in one commit (when more are due at once, the commits that
-    /// follow fire the rest). Default 10000.
+    /// follow fire the rest). Larger batches work a backlog off in fewer transactions and keep
+    /// more changed customers decoded in memory until their state is written. Default 10000.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
     /// Records taken from the consumer at once, at most, when more are already fetched: the
