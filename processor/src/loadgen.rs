@@ -21,6 +21,11 @@
 //! `order.placed` — stopping for good at each step with the probability given by `--drop-off`.
 //! The second order keeps the first order's product line 80 % of the time; otherwise it is
 //! itself the goal (one event completing two steps) and the customer orders nothing more.
+//! With `--repeat-orders N`, a customer who placed a second order keeps ordering: 0 to 2N
+//! further orders, in the first order's line until the goal (so they complete no step and a
+//! dropped step stays dropped) and in any line after it. By default there are none, and a
+//! customer has about 3.8 events; 21 gives about 10, for traces of active customers with long
+//! histories.
 //!
 //! Delays between steps are lognormal with mean `--step-delay`, except for fixed shares aimed
 //! at the journey's edges: 13 % of payment accounts come within 55 minutes of login (the +1h
@@ -130,6 +135,8 @@ const MIN_DELAY_MS: i64 = SECOND_MS;
 const SAME_LINE_SECOND_ORDER: f64 = 0.8;
 /// Share of no-login customers who also get a payment account.
 const NO_LOGIN_PAYMENT_ACCOUNT: f64 = 0.3;
+/// Largest `--repeat-orders`: order numbers stay within a `u8` (3 + 2 × 100).
+const MAX_REPEAT_ORDERS: u8 = 100;
 /// Latest instant an event may occur at: 9999-12-31T23:59:59.999Z.
 const MAX_MILLIS: Millis = 253_402_300_799_999;
 
@@ -151,7 +158,8 @@ pub struct LoadgenArgs {
     pub arrival_window: Duration,
     /// Probabilities of NOT completing each step after login, comma-separated, in journey
     /// order: payment_account, financials, references, first_order, second_order,
-    /// additional_product_line. A customer who drops a step does nothing more.
+    /// additional_product_line. A customer who drops a step completes no later one (see
+    /// --repeat-orders).
     #[arg(
         long,
         value_name = "P,P,P,P,P,P",
@@ -186,6 +194,13 @@ pub struct LoadgenArgs {
     /// Share of logged-in customers who create a login a second time, later.
     #[arg(long, value_name = "SHARE", default_value_t = 0.02)]
     pub repeat_login: f64,
+    /// Mean number of further orders of each customer who placed a second order: drawn
+    /// uniformly from 0 to twice this, spaced by --step-delay, in product lines the customer
+    /// already ordered until they reach the goal and in any line after. Active customers with
+    /// long histories; 0 (the default) adds none, and 21 gives about 10 events per customer
+    /// (at most 100).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub repeat_orders: u8,
     /// Events per second when producing to Kafka, sent together in what is due within each
     /// 5 ms; 0 = as fast as possible. Generation itself ignores it.
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0.0)]
@@ -207,6 +222,7 @@ impl Default for LoadgenArgs {
             steps_out_of_order: 0.05,
             no_login: 0.03,
             repeat_login: 0.02,
+            repeat_orders: 0,
             rate: 0.0,
         }
     }
@@ -241,16 +257,23 @@ impl LoadgenArgs {
         if self.step_delay.as_millis() == 0 {
             return Err(LoadgenError::StepDelay);
         }
+        if self.repeat_orders > MAX_REPEAT_ORDERS {
+            return Err(LoadgenError::RepeatOrders {
+                value: self.repeat_orders,
+            });
+        }
         if !self.rate.is_finite() || self.rate < 0.0 {
             return Err(LoadgenError::Rate { value: self.rate });
         }
-        // Latest possible event: last arrival, six steps at their longest, a repeated login at
-        // its longest, plus delivery disorder. Computed in i128 so that it cannot overflow.
+        // Latest possible event: last arrival, six steps and the most repeated orders at their
+        // longest, a repeated login at its longest, plus delivery disorder. Computed in i128 so
+        // that it cannot overflow.
         let step = self.step_delay.as_millis() as i128;
         let longest_step = (step * DELAY_CAP as i128).max((ABANDON_AFTER_MS + NEAR_MS) as i128);
         let horizon = self.start as i128
             + self.arrival_window.as_millis() as i128
             + 6 * longest_step
+            + 2 * i128::from(self.repeat_orders) * step * DELAY_CAP as i128
             + MINUTE_MS as i128
             + 2 * step * DELAY_CAP as i128
             + self.max_disorder.as_millis() as i128;
@@ -312,6 +335,15 @@ pub enum LoadgenError {
     /// `--step-delay` is zero.
     #[error("--step-delay must be more than 0 (e.g. 18h)")]
     StepDelay,
+    /// `--repeat-orders` is above [`MAX_REPEAT_ORDERS`].
+    #[error(
+        "--repeat-orders is {value}: give a mean of at most 100 further orders per customer \
+         (21 gives about 10 events per customer)"
+    )]
+    RepeatOrders {
+        /// The value given.
+        value: u8,
+    },
     /// `--rate` is negative or not a number.
     #[error("--rate is {value}: give events per second, 0 or more (0 = as fast as possible)")]
     Rate {
@@ -455,6 +487,7 @@ struct Plan {
     steps_out_of_order: f64,
     no_login: f64,
     repeat_login: f64,
+    repeat_orders: u8,
 }
 
 /// The generated events of [`generate`], in delivery order.
@@ -501,6 +534,7 @@ impl Traffic {
             steps_out_of_order: args.steps_out_of_order,
             no_login: args.no_login,
             repeat_login: args.repeat_login,
+            repeat_orders: args.repeat_orders,
         };
         let mut traffic = Traffic {
             rng: ChaCha8Rng::seed_from_u64(args.seed),
@@ -673,11 +707,12 @@ fn journey_timeline(
     };
     let mut at = arrival;
     let mut first_line = 0;
+    let mut orders = 0u8;
+    let mut goal_reached = false;
     for (slot, &drop_off) in plan.drop_off.iter().enumerate() {
         if rng.random_bool(drop_off) {
             break;
         }
-        let mut goal_reached = false;
         let kind = match slot {
             0..=2 => credit_steps[slot],
             3 => {
@@ -719,13 +754,49 @@ fn journey_timeline(
         };
         at += delay;
         out.push((at, kind));
+        if let Kind::Order { n, .. } = kind {
+            orders = n;
+        }
         if goal_reached {
             break;
         }
     }
+    if orders >= 2 && plan.repeat_orders > 0 {
+        repeat_orders(rng, plan, (at, orders), first_line, goal_reached, out);
+    }
     if rng.random_bool(plan.repeat_login) {
         let again = arrival + MINUTE_MS + lognormal_ms(rng, 2.0 * plan.step_delay_ms);
         out.push((again, login));
+    }
+}
+
+/// The `--repeat-orders` of a customer whose last order, number `orders`, was at `at`: before
+/// the goal only in `first_line` (a customer's orders before the goal are all in the first
+/// order's line, so these complete no step), after it in any line.
+fn repeat_orders(
+    rng: &mut ChaCha8Rng,
+    plan: &Plan,
+    (mut at, orders): (Millis, u8),
+    first_line: u8,
+    goal_reached: bool,
+    out: &mut Vec<(Millis, Kind)>,
+) {
+    let count = rng.random_range(0..=2 * plan.repeat_orders);
+    for n in orders + 1..=orders + count {
+        at += lognormal_ms(rng, plan.step_delay_ms);
+        let line = if goal_reached {
+            rng.random_range(0..PRODUCT_LINES.len() as u8)
+        } else {
+            first_line
+        };
+        out.push((
+            at,
+            Kind::Order {
+                n,
+                no_login: false,
+                line,
+            },
+        ));
     }
 }
 
@@ -962,6 +1033,8 @@ mod tests {
             "0.3",
             "--repeat-login",
             "0.4",
+            "--repeat-orders",
+            "20",
             "--rate",
             "1500.5",
         ])
@@ -973,6 +1046,7 @@ mod tests {
         assert_eq!(a.drop_off, vec![0.0, 0.1, 0.2, 0.3, 0.4, 1.0]);
         assert_eq!(a.step_delay, Duration::from_secs(5400));
         assert_eq!(a.max_disorder, Duration::from_secs(299));
+        assert_eq!(a.repeat_orders, 20);
         assert_eq!(
             (
                 a.out_of_order,
@@ -1040,6 +1114,13 @@ mod tests {
                     ..LoadgenArgs::default()
                 },
                 "--rate is -1",
+            ),
+            (
+                LoadgenArgs {
+                    repeat_orders: 101,
+                    ..LoadgenArgs::default()
+                },
+                "--repeat-orders is 101: give a mean of at most 100",
             ),
             (
                 LoadgenArgs {
@@ -1304,6 +1385,77 @@ mod tests {
                 .iter()
                 .all(|o| o.attributes["order_id"].contains("-x"))
         }));
+    }
+
+    #[test]
+    fn repeat_orders_follow_a_second_order_and_complete_no_step() {
+        let a = LoadgenArgs {
+            repeat_orders: 10,
+            ..args(20_000)
+        };
+        let customers = by_customer(&events(&a));
+        let journey: Vec<&Customer> = customers
+            .values()
+            .filter(|c| c.count("login.created") > 0)
+            .collect();
+        // Further orders only after a second one: the funnel up to it is the default's.
+        let ordered = journey.iter().filter(|c| !c.orders().is_empty()).count();
+        let active: Vec<&&Customer> = journey.iter().filter(|c| c.orders().len() >= 2).collect();
+        assert_near(
+            "second order",
+            active.len() as f64 / ordered as f64,
+            0.75,
+            0.03,
+        );
+        let mut extras = Vec::new();
+        let mut goals = 0;
+        for c in &active {
+            let orders = c.orders();
+            let numbers: Vec<u32> = orders
+                .iter()
+                .map(|o| {
+                    o.attributes["order_id"]
+                        .rsplit('-')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert!(
+                numbers.iter().enumerate().all(|(i, &n)| n == i as u32 + 1),
+                "orders numbered in time order: {numbers:?}"
+            );
+            // The onboarding orders end with the goal, or with the second order when the goal
+            // was dropped; every order before the goal is in the first order's line.
+            let onboarding = match c.goal() {
+                Some(at) => {
+                    goals += 1;
+                    orders.iter().position(|o| o.occurred_at == at).unwrap() + 1
+                }
+                None => 2,
+            };
+            let first_line = &orders[0].attributes["product_line"];
+            assert!(
+                orders[..onboarding - 1]
+                    .iter()
+                    .all(|o| &o.attributes["product_line"] == first_line)
+            );
+            assert!(onboarding <= 3, "the goal is the second or third order");
+            extras.push(orders.len() - onboarding);
+        }
+        // The goal is reached as often as without further orders: they complete nothing.
+        let goal_given_second = (1.0 - SAME_LINE_SECOND_ORDER) + SAME_LINE_SECOND_ORDER * 0.65;
+        assert_near(
+            "goal after a second order",
+            goals as f64 / active.len() as f64,
+            goal_given_second,
+            0.03,
+        );
+        let mean = extras.iter().sum::<usize>() as f64 / extras.len() as f64;
+        assert_near("further orders per active customer", mean, 10.0, 0.4);
+        assert_eq!(extras.iter().max(), Some(&20), "0 to 2N further orders");
+        assert_eq!(extras.iter().min(), Some(&0));
     }
 
     #[test]
