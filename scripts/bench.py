@@ -39,9 +39,12 @@ traces put it at 1.4-1.6×), and prints a table:
     throughput, peak RSS and restore time, and Waymark's ratio to the baseline; Streams
     also runs the trace with commit.interval.ms 1000, Waymark's backlog-commit-interval-ms,
     for a comparison at equal commit intervals;
-  * simulate (`simulate`): `waymark simulate` over BENCH_SIM_CUSTOMERS customers (default
-    2,650,000, about 10M events; 0 skips it): time, CPU per event and peak RSS; and on one
-    engine thread over traces of BENCH_SIM_SCALING customers (default 5000,50000,500000):
+  * simulate (`simulate`): `waymark simulate` over 10M events in the goal's shape,
+    BENCH_SIM_ACTIVE_CUSTOMERS customers (default 1,000,000) placing BENCH_SIM_REPEAT_ORDERS
+    further orders on average (`loadgen --repeat-orders`, default 21: about 10 events per
+    customer), and over BENCH_SIM_CUSTOMERS customers of the default traffic (default
+    2,650,000, about 10M events, a journey-heavy shape: 3.8 events and 6 wake-ups per
+    customer); 0 skips either: time, CPU per event and peak RSS; and on one engine thread over traces of BENCH_SIM_SCALING customers (default 5000,50000,500000):
     microseconds per event against the size of the state the engine reads (the fastest of
     three runs each).
 
@@ -99,7 +102,11 @@ KSTREAMS_THREADS = int(os.environ.get("BENCH_KSTREAMS_THREADS", "2"))
 # one warm-up run of each that is not counted (a fresh broker and a cold JVM are slower);
 # the table shows the medians.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-# `simulate` at scale: this many customers (2.65M ≈ 10M events); 0 skips it.
+# `simulate` at scale, the goal's shape: this many customers (1M) with this many further orders
+# each on average (21: ≈ 10M events); 0 customers skips it.
+SIM_ACTIVE_CUSTOMERS = int(os.environ.get("BENCH_SIM_ACTIVE_CUSTOMERS", "1000000"))
+SIM_REPEAT_ORDERS = int(os.environ.get("BENCH_SIM_REPEAT_ORDERS", "21"))
+# `simulate` at scale, the default traffic: this many customers (2.65M ≈ 10M events); 0 skips it.
 SIM_CUSTOMERS = int(os.environ.get("BENCH_SIM_CUSTOMERS", "2650000"))
 # `simulate` on one engine thread over traces of these many customers: CPU per event against
 # the size of the state it reads (the engine's own work, and what the memory adds to it).
@@ -941,17 +948,21 @@ def simulate_scaling(until):
     return rows
 
 
-def simulate_at_scale(until):
-    """`simulate` over a large loadgen trace (goal: 10M events over 1M customers in ≤ 20 s):
-    time, events/s and the process's peak RSS."""
+def simulate_at_scale(until, customers, repeat_orders=0):
+    """`simulate` over a large loadgen trace of `customers` with `repeat_orders` (goal: 10M
+    events over 1M customers in ≤ 20 s): time, events/s and the process's peak RSS."""
     big = WORK / "big.jsonl"
-    log(f"simulate at scale: generating {SIM_CUSTOMERS:,} customers")
-    subprocess.run([str(WAYMARK), "loadgen", "--customers", str(SIM_CUSTOMERS), "--seed", "7",
-                    "--output", str(big)], check=True, stderr=subprocess.DEVNULL)
+    log(f"simulate at scale: generating {customers:,} customers, --repeat-orders {repeat_orders}")
+    subprocess.run([str(WAYMARK), "loadgen", "--customers", str(customers), "--seed", "7",
+                    "--repeat-orders", str(repeat_orders), "--output", str(big)],
+                   check=True, stderr=subprocess.DEVNULL)
     events = sum(1 for _ in open(big))
     secs, cpu, rss_mib = simulate_cpu(big, until)
     big.unlink()
-    return (f"simulate, {SIM_CUSTOMERS:,} customers / {events:,} events (goal 10M in ≤ 20 s)",
+    log(f"simulate at scale: {events:,} events in {secs:.1f} s")
+    shape = (f"`--repeat-orders {repeat_orders}`, the goal's shape" if repeat_orders
+             else "the default traffic")
+    return (f"simulate, {customers:,} customers / {events:,} events, {shape} (goal 10M in ≤ 20 s)",
             f"{secs:.1f} s, {events / secs:,.0f} events/s, {cpu * 1e6 / events:.1f} CPU-µs per "
             f"event, peak RSS {rss_mib:,.0f} MiB", "")
 
@@ -981,8 +992,10 @@ def main():
         rows += timers()
     if "simulate" in PHASES and SIM_SCALING:
         rows += simulate_scaling(until)
+    if "simulate" in PHASES and SIM_ACTIVE_CUSTOMERS:
+        rows.append(simulate_at_scale(until, SIM_ACTIVE_CUSTOMERS, SIM_REPEAT_ORDERS))
     if "simulate" in PHASES and SIM_CUSTOMERS:
-        rows.append(simulate_at_scale(until))
+        rows.append(simulate_at_scale(until, SIM_CUSTOMERS))
     if "recovery" in PHASES:
         rows += recovery(n)
     if "state" in PHASES and STATE_CUSTOMERS:
@@ -1218,8 +1231,10 @@ def write_report(title, table, n):
         "  per hour, and a customer whose invite went out waits for its 2-day task, so every",
         f"  customer keeps a pending timer; measured over {TIMER_SECS} s from a minute after the",
         "  backlog was processed; lateness = read (read_committed) − (due time + allowed lateness).",
-        f"- simulate: `waymark simulate --until <now>` over `waymark loadgen --customers {SIM_CUSTOMERS}",
-        "  --seed 7` (output discarded; CPU is user + system of the process); the scaling rows run",
+        "- simulate: `waymark simulate --until <now>` over `waymark loadgen --customers"
+        f" {SIM_ACTIVE_CUSTOMERS} --repeat-orders {SIM_REPEAT_ORDERS} --seed 7` (the goal's 10M"
+        f" events over 1M customers) and `--customers {SIM_CUSTOMERS} --seed 7` (the default",
+        "  traffic; output discarded; CPU is user + system of the process); the scaling rows run",
         f"  it with `--threads 1` over `--seed 42` traces of {', '.join(f'{c:,}' for c in SIM_SCALING)}"
         " customers (BENCH_SIM_SCALING), the fastest of three runs each.",
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
