@@ -147,29 +147,112 @@ pub mod rfc3339 {
 }
 
 /// Attribute values accept any JSON scalar and are kept as strings (numbers in their JSON
-/// spelling, booleans as `true`/`false`), so the Avro contract stays a `map<string>`.
+/// spelling, booleans as `true`/`false`, null as empty), so the Avro contract stays a
+/// `map<string>`. Read straight into the map: each value is turned into its string as it is
+/// parsed, without a map of JSON values in between (`simulate` reads every event this way).
 fn attributes_from_json<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    use serde::de::Error;
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| {
-            let s = match v {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                serde_json::Value::Null => String::new(),
-                other => {
-                    return Err(D::Error::custom(format!(
-                        "attribute `{k}` is {other}: attribute values must be strings, numbers or booleans"
+    d.deserialize_map(AttributesVisitor)
+}
+
+/// Reads an `attributes` object into [`CustomerEvent::attributes`].
+struct AttributesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for AttributesVisitor {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of attributes")
+    }
+
+    fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+    where
+        A: serde::de::MapAccess<'de>,
+    {
+        use serde::de::Error;
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match map.next_value::<AttributeValue>()?.0 {
+                Ok(value) => {
+                    out.insert(key, value);
+                }
+                Err(other) => {
+                    return Err(A::Error::custom(format!(
+                        "attribute `{key}` is {other}: attribute values must be strings, numbers or booleans"
                     )));
                 }
-            };
-            Ok((k, s))
-        })
-        .collect()
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One attribute's value as its string, or the array or object it is instead (an error).
+struct AttributeValue(Result<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for AttributeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AttributeValueVisitor)
+    }
+}
+
+struct AttributeValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for AttributeValueVisitor {
+    type Value = AttributeValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or boolean")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(v)))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(v.to_string())))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(v.to_string())))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(v.to_string())))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<AttributeValue, E> {
+        // JSON's spelling of the number, as `serde_json::Number` writes it.
+        Ok(AttributeValue(Ok(serde_json::Value::from(v).to_string())))
+    }
+
+    fn visit_unit<E>(self) -> Result<AttributeValue, E> {
+        Ok(AttributeValue(Ok(String::new())))
+    }
+
+    fn visit_seq<A>(self, seq: A) -> Result<AttributeValue, A::Error>
+    where
+        A: serde::de::SeqAccess<'de>,
+    {
+        let value =
+            serde_json::Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(AttributeValue(Err(value)))
+    }
+
+    fn visit_map<A>(self, map: A) -> Result<AttributeValue, A::Error>
+    where
+        A: serde::de::MapAccess<'de>,
+    {
+        let value =
+            serde_json::Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(AttributeValue(Err(value)))
+    }
 }
 
 /// One thing a customer did, as published by an upstream system to `customer-events`.
@@ -528,6 +611,54 @@ mod tests {
         let back: CustomerEvent =
             serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn attribute_values_are_read_as_their_json_spelling_and_arrays_or_objects_are_refused() {
+        let event = |attributes: &str| {
+            serde_json::from_str::<CustomerEvent>(&format!(
+                r#"{{"event_id":"e","customer_id":"c","type":"t","occurred_at":"2026-03-02T10:50:20Z","attributes":{attributes}}}"#
+            ))
+        };
+        let ev = event(
+            r#"{"s": "x\"y", "u": 18446744073709551615, "i": -7, "f": 2.5, "e": 1e21, "z": 0.1, "t": false, "n": null, "s": "later"}"#,
+        )
+        .unwrap();
+        // What a map of `serde_json::Value`s spells, the way these were read before.
+        let values: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{"u": 18446744073709551615, "i": -7, "f": 2.5, "e": 1e21, "z": 0.1}"#,
+        )
+        .unwrap();
+        for (k, v) in &values {
+            assert_eq!(ev.attributes[k], v.to_string(), "{k}");
+        }
+        assert_eq!(
+            ev.attributes["s"], "later",
+            "a repeated key keeps its last value"
+        );
+        assert_eq!(ev.attributes["t"], "false");
+        assert_eq!(ev.attributes["n"], "");
+        assert_eq!(ev.attributes.len(), 8);
+        assert!(event("{}").unwrap().attributes.is_empty());
+        for (attributes, shown) in [
+            (
+                r#"{"ok": 1, "tags": ["a", 2]}"#,
+                r#"attribute `tags` is ["a",2]"#,
+            ),
+            (
+                r#"{"address": {"city": "Oslo"}}"#,
+                r#"attribute `address` is {"city":"Oslo"}"#,
+            ),
+        ] {
+            let err = event(attributes).unwrap_err().to_string();
+            assert!(err.contains(shown), "{err}");
+            assert!(
+                err.contains("must be strings, numbers or booleans"),
+                "{err}"
+            );
+        }
+        let err = event("[1]").unwrap_err().to_string();
+        assert!(err.contains("expected a map of attributes"), "{err}");
     }
 
     #[test]
