@@ -1232,9 +1232,11 @@ def write_report(title, table, n):
         f"  customer keeps a pending timer; measured over {TIMER_SECS} s from a minute after the",
         "  backlog was processed; lateness = read (read_committed) − (due time + allowed lateness).",
         "- simulate: `waymark simulate --until <now>` over `waymark loadgen --customers"
-        f" {SIM_ACTIVE_CUSTOMERS} --repeat-orders {SIM_REPEAT_ORDERS} --seed 7` (the goal's 10M"
-        f" events over 1M customers) and `--customers {SIM_CUSTOMERS} --seed 7` (the default",
-        "  traffic; output discarded; CPU is user + system of the process); the scaling rows run",
+        f" {SIM_ACTIVE_CUSTOMERS}",
+        f"  --repeat-orders {SIM_REPEAT_ORDERS} --seed 7` (the goal's 10M events over 1M customers)"
+        f" and `--customers {SIM_CUSTOMERS}",
+        "  --seed 7` (the default traffic; output discarded; CPU is user + system of the process);",
+        "  the scaling rows run",
         f"  it with `--threads 1` over `--seed 42` traces of {', '.join(f'{c:,}' for c in SIM_SCALING)}"
         " customers (BENCH_SIM_SCALING), the fastest of three runs each.",
         "- `BENCH_PHASES=throughput,latency,timers,recovery,state,simulate` picks the parts of a run.",
