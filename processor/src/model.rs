@@ -240,19 +240,20 @@ impl<'de> serde::de::Visitor<'de> for AttributeValueVisitor {
     where
         A: serde::de::SeqAccess<'de>,
     {
-        let value =
-            serde_json::Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(AttributeValue(Err(value)))
+        not_a_scalar(serde::de::value::SeqAccessDeserializer::new(seq))
     }
 
     fn visit_map<A>(self, map: A) -> Result<AttributeValue, A::Error>
     where
         A: serde::de::MapAccess<'de>,
     {
-        let value =
-            serde_json::Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(AttributeValue(Err(value)))
+        not_a_scalar(serde::de::value::MapAccessDeserializer::new(map))
     }
+}
+
+/// An array or object given as an attribute value, read whole so the error can show it.
+fn not_a_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AttributeValue, D::Error> {
+    serde_json::Value::deserialize(d).map(|value| AttributeValue(Err(value)))
 }
 
 /// One thing a customer did, as published by an upstream system to `customer-events`.
