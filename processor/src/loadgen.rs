@@ -199,7 +199,12 @@ pub struct LoadgenArgs {
     /// already ordered until they reach the goal and in any line after. Active customers with
     /// long histories; 0 (the default) adds none, and 21 gives about 10 events per customer
     /// (at most 100).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_REPEAT_ORDERS))
+    )]
     pub repeat_orders: u8,
     /// Events per second when producing to Kafka, sent together in what is due within each
     /// 5 ms; 0 = as fast as possible. Generation itself ignores it.
@@ -1061,6 +1066,8 @@ mod tests {
         a.validate().unwrap();
         let err = Cli::try_parse_from(["loadgen", "--start", "yesterday"]).unwrap_err();
         assert!(err.to_string().contains("RFC 3339"), "{err}");
+        let err = Cli::try_parse_from(["loadgen", "--repeat-orders", "101"]).unwrap_err();
+        assert!(err.to_string().contains("101 is not in 0..=100"), "{err}");
     }
 
     #[test]
