@@ -106,7 +106,10 @@ pub struct CustomerState {
     /// state, so a wake-up reads it with the customer instead of from two more places in
     /// memory (the map's entries and the emitted set).
     pub journeys: VecMap<JourneyMemory, 1>,
-    /// Event time of the next output due; the caller's timer index wakes the customer then.
+    /// Event time at which the caller's timer index wakes the customer next: the next output
+    /// due, or retention's compaction; never later than either. A wake-up armed for
+    /// compaction stays when later events push compaction back, and then re-arms, so it may
+    /// come early and do nothing.
     pub next_due: Option<Millis>,
     /// Events that arrived after the watermark had passed their time.
     pub late_events: u32,
@@ -725,7 +728,13 @@ impl Engine {
             if retire_at <= watermark {
                 self.retire(state, quiet_since);
             } else {
-                next_due = Some(retire_at);
+                // A wake-up armed earlier and still ahead stays: it compacts nothing and
+                // re-arms here. An active customer whose journeys ended then does not move in
+                // the caller's timer index on every event that pushes compaction back.
+                let armed = state
+                    .next_due
+                    .filter(|&armed| armed > watermark && armed < retire_at);
+                next_due = Some(armed.unwrap_or(retire_at));
             }
         }
         state.next_due = next_due;

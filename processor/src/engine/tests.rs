@@ -580,6 +580,44 @@ fn retention_compacts_a_finished_instance_and_keeps_its_count() {
 }
 
 #[test]
+fn a_compaction_wake_up_stays_armed_while_later_events_push_compaction_back() {
+    let e = trial("never", Some(7 * D));
+    let mut state = CustomerState::default();
+    let started = ev("a", "c1", "trial.started", T0, &[]);
+    let paid = ev("b", "c1", "subscription.paid", T0 + H, &[]);
+    apply_all(&e, &mut state, &[started, paid]);
+    let mut out = Vec::new();
+    e.advance(&mut state, "c1", T0 + 2 * H, &mut out);
+    assert_eq!(
+        state.next_due,
+        Some(T0 + H + 7 * D),
+        "compaction, once ended"
+    );
+    // Events of the ended journey push compaction back; the wake-up armed for the first one
+    // stays, so the customer does not move in the timer index on each.
+    let later = [
+        ev("c", "c1", "subscription.paid", T0 + 2 * D, &[]),
+        ev("d", "c1", "subscription.paid", T0 + 3 * D, &[]),
+    ];
+    apply_all(&e, &mut state, &later);
+    assert_eq!(
+        state.next_due,
+        Some(T0 + H + 7 * D),
+        "still the first wake-up"
+    );
+    // It comes early: it compacts nothing and re-arms at the newest event + retention.
+    out.clear();
+    e.advance(&mut state, "c1", T0 + H + 7 * D, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(state.events.len(), 4, "nothing compacted early");
+    assert_eq!(state.next_due, Some(T0 + 10 * D));
+    e.advance(&mut state, "c1", T0 + 10 * D, &mut out);
+    assert!(out.is_empty() && state.events.is_empty());
+    assert_eq!(state.retired_until, Some(T0 + 3 * D));
+    assert_eq!(state.next_due, None);
+}
+
+#[test]
 fn after_retention_a_returning_customer_gets_the_next_instance_number_and_new_ids() {
     let events = vec![
         ev("a", "c1", "trial.started", T0, &[]),
