@@ -538,27 +538,33 @@ fn apply_all(e: &Engine, state: &mut CustomerState, events: &[CustomerEvent]) ->
         .collect()
 }
 
-#[test]
-fn retention_compacts_a_finished_instance_and_keeps_its_count() {
-    let e = trial("after-end", Some(7 * D));
+/// `c1` on a [`trial`] engine: started at `T0`, paid an hour later (the goal), advanced to
+/// `T0 + 2h`.
+fn paid_trial(e: &Engine) -> CustomerState {
     let mut state = CustomerState::default();
     apply_all(
-        &e,
+        e,
         &mut state,
         &[
             ev("a", "c1", "trial.started", T0, &[]),
             ev("b", "c1", "subscription.paid", T0 + H, &[]),
         ],
     );
+    e.advance(&mut state, "c1", T0 + 2 * H, &mut Vec::new());
+    state
+}
+
+#[test]
+fn retention_compacts_a_finished_instance_and_keeps_its_count() {
+    let e = trial("after-end", Some(7 * D));
+    let mut state = paid_trial(&e);
     let mut out = Vec::new();
-    e.advance(&mut state, "c1", T0 + 2 * H, &mut out);
     assert_eq!(
         state.next_due,
         Some(T0 + H + 7 * D),
         "woken when retention is up"
     );
     assert_eq!(state.events.len(), 2);
-    out.clear();
     e.advance(&mut state, "c1", T0 + H + 7 * D, &mut out);
     assert!(out.is_empty(), "compaction emits nothing: {out:?}");
     assert!(state.events.is_empty());
@@ -582,12 +588,8 @@ fn retention_compacts_a_finished_instance_and_keeps_its_count() {
 #[test]
 fn a_compaction_wake_up_stays_armed_while_later_events_push_compaction_back() {
     let e = trial("never", Some(7 * D));
-    let mut state = CustomerState::default();
-    let started = ev("a", "c1", "trial.started", T0, &[]);
-    let paid = ev("b", "c1", "subscription.paid", T0 + H, &[]);
-    apply_all(&e, &mut state, &[started, paid]);
+    let mut state = paid_trial(&e);
     let mut out = Vec::new();
-    e.advance(&mut state, "c1", T0 + 2 * H, &mut out);
     assert_eq!(
         state.next_due,
         Some(T0 + H + 7 * D),
@@ -606,7 +608,6 @@ fn a_compaction_wake_up_stays_armed_while_later_events_push_compaction_back() {
         "still the first wake-up"
     );
     // It comes early: it compacts nothing and re-arms at the newest event + retention.
-    out.clear();
     e.advance(&mut state, "c1", T0 + H + 7 * D, &mut out);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(state.events.len(), 4, "nothing compacted early");
