@@ -44,9 +44,9 @@ traces put it at 1.4-1.6×), and prints a table:
     further orders on average (`loadgen --repeat-orders`, default 21: about 10 events per
     customer), and over BENCH_SIM_CUSTOMERS customers of the default traffic (default
     2,650,000, about 10M events, a journey-heavy shape: 3.8 events and 6 wake-ups per
-    customer); 0 skips either: time, CPU per event and peak RSS; and on one engine thread over traces of BENCH_SIM_SCALING customers (default 5000,50000,500000):
-    microseconds per event against the size of the state the engine reads (the fastest of
-    three runs each).
+    customer); 0 skips either: time, CPU per event and peak RSS; and on one engine thread
+    over traces of BENCH_SIM_SCALING customers (default 5000,50000,500000): microseconds per
+    event against the size of the state the engine reads (the fastest of three runs each).
 
 BENCH_PHASES (default `throughput,latency,timers,recovery,state,simulate`) picks the parts
 to run. BENCH_WAYMARK_CONFIG adds YAML lines to every Waymark config the bench writes (say
