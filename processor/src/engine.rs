@@ -33,6 +33,7 @@ use crate::model::{
     OUTCOME_ATTRIBUTES, OUTCOME_EVENT_PREFIX, Output,
 };
 use crate::protect::{Blocked, Protections};
+pub use derivation::DerivationMemo;
 use keys::KeyTables;
 pub(crate) use keys::output_key;
 pub use vec_map::VecMap;
@@ -122,6 +123,10 @@ pub struct CustomerState {
     /// customer. Last, so that a record written before it existed reads as `None` (see
     /// `state::decode_value`).
     pub identity: Option<Box<Identity>>,
+    /// What the last `advance` derived, so that the next goes on from there: in memory only,
+    /// never stored, equal in every state (see the `derivation` module).
+    #[serde(skip)]
+    pub derivation: DerivationMemo,
 }
 
 /// One end of an identity merge: the other customer, and the alias event that merged them.
@@ -280,7 +285,7 @@ pub struct Instance {
     pub entered_at: Millis,
     /// Per step: event time and index (into `CustomerState::events`) of the earliest event
     /// completing it.
-    pub completed: Vec<Option<(Millis, usize)>>,
+    pub completed: SmallVec<[Option<(Millis, usize)>; 8]>,
     /// When and how it ended.
     pub end: Option<(Millis, EndKind)>,
     /// The journey version in its ids: the version it entered with (a migrated instance
@@ -293,6 +298,47 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An instance of `journey` entered at `events[entry]`, before any event is applied to it
+    /// (the entry event too: see [`Instance::step`]).
+    fn entered(
+        journey: &Journey,
+        events: &[StoredEvent],
+        entry: usize,
+        number: u32,
+        id_version: u32,
+    ) -> Self {
+        Instance {
+            number,
+            entry,
+            entered_at: events[entry].at,
+            completed: smallvec::smallvec![None; journey.steps.len()],
+            end: None,
+            id_version,
+            span: (Millis::MIN, Millis::MAX),
+        }
+    }
+
+    /// Applies `events[i]` to this active instance: the steps it completes first, then the
+    /// goal or an exit it ends the instance with. Whether it ended.
+    fn step(&mut self, journey: &Journey, events: &[StoredEvent], i: usize) -> bool {
+        let at = events[i].at;
+        for (s, step) in journey.steps.iter().enumerate() {
+            if self.completed[s].is_none() && matches(&step.matcher, events, i) {
+                self.completed[s] = Some((at, i));
+            }
+        }
+        if self.completed[journey.goal].is_some() {
+            self.end = Some((at, EndKind::Goal));
+        } else if let Some(x) = journey
+            .exits
+            .iter()
+            .position(|x| matches(&x.matcher, events, i))
+        {
+            self.end = Some((at, EndKind::Exit(x)));
+        }
+        self.end.is_some()
+    }
+
     fn done_at(&self, step: usize) -> Option<Millis> {
         self.completed[step].map(|(at, _)| at)
     }
@@ -364,7 +410,7 @@ enum Verdict {
 /// and the ones due now that were not handled yet.
 type Derived<'a> = (
     &'a crate::journey::Journey,
-    Vec<Instance>,
+    &'a [Instance],
     Vec<Candidate>,
     Vec<Candidate>,
 );
@@ -402,6 +448,8 @@ pub struct Engine {
     score_types: BTreeSet<String>,
     /// The emitted-set keys of the journeys' first instances, hashed once.
     keys: KeyTables,
+    /// Which journey set this is, for the derivations kept in customers' states.
+    journey_set: u64,
 }
 
 /// The stable id of one of an instance's outputs: [`stable_id`] of its journey, the version
@@ -509,6 +557,7 @@ impl Engine {
             predicate_attrs,
             profile_attrs,
             score_types,
+            journey_set: derivation::next_journey_set(),
         }
     }
 
@@ -641,29 +690,72 @@ impl Engine {
         watermark: Millis,
         out: &mut Vec<Output>,
     ) {
+        let kept = state.derivation.take();
+        let units = self.derivation(state, kept);
+        let (mut next_due, quiet_since, active) =
+            self.emit_due(state, customer_id, watermark, &units.views(self), out);
+        if let Some(link) = state.pending_merge() {
+            next_due = Some(next_due.map_or(link.at, |n| n.min(link.at)));
+        }
+        if let Some(retention) = self.retention
+            && next_due.is_none()
+            && !active
+            && !state.events.is_empty()
+        {
+            let retire_at = quiet_since.saturating_add(retention);
+            if retire_at <= watermark {
+                self.retire(state, quiet_since);
+                // Its events are gone: the next advance derives from scratch.
+                state.next_due = next_due;
+                return;
+            } else {
+                // A wake-up armed earlier and still ahead stays: it compacts nothing and
+                // re-arms here. An active customer whose journeys ended then does not move in
+                // the caller's timer index on every event that pushes compaction back.
+                let armed = state
+                    .next_due
+                    .filter(|&armed| armed > watermark && armed < retire_at);
+                next_due = Some(armed.unwrap_or(retire_at));
+            }
+        }
+        state.next_due = next_due;
+        state.derivation.keep(units);
+    }
+
+    /// Emits into `out` what `units` (every journey version with the instances it runs,
+    /// derived from `state`'s events) make due by `watermark` and was not handled yet, and
+    /// marks it handled. Returns the earliest output due later, the newest event or instance
+    /// end, and whether some instance is still active.
+    fn emit_due(
+        &self,
+        state: &mut CustomerState,
+        customer_id: &str,
+        watermark: Millis,
+        units: &[(&Journey, &[Instance])],
+        out: &mut Vec<Output>,
+    ) -> (Option<Millis>, Millis, bool) {
         let mut next_due: Option<Millis> = None;
         // The newest event or instance end, and whether some instance is still active.
         let mut quiet_since = state.events.last().map_or(Millis::MIN, |e| e.at);
         let mut active = false;
         // Per journey: its instances, all its candidates, and the ones due now (not handled).
-        let units = self.units(state);
-        let mut derived = Vec::with_capacity(units.len());
+        let mut derived = Vec::with_capacity(self.journeys.len());
         // A migrated instance's versions share its ids (its entry, and its steps that both
         // define, are derived by both): the earlier version's output goes out. Only migrated
         // instances (a span narrower than all time) can collide.
         let mut claimed: HashSet<(&str, u64)> = HashSet::new();
-        for (journey, instances, _) in units {
+        for &(journey, instances) in units {
             if instances.is_empty() {
                 continue;
             }
-            for inst in &instances {
+            for inst in instances {
                 match inst.end_at() {
                     Some(end) => quiet_since = quiet_since.max(end),
                     None => active = true,
                 }
             }
             let memory = state.journeys.get(&journey.name);
-            let all = self.protected_candidates(journey, &instances, state, customer_id);
+            let all = self.protected_candidates(journey, instances, state, customer_id);
             let mut ready = Vec::new();
             for c in &all {
                 if memory.is_some_and(|m| m.emitted.binary_search(&c.key).is_ok()) {
@@ -716,28 +808,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(link) = state.pending_merge() {
-            next_due = Some(next_due.map_or(link.at, |n| n.min(link.at)));
-        }
-        if let Some(retention) = self.retention
-            && next_due.is_none()
-            && !active
-            && !state.events.is_empty()
-        {
-            let retire_at = quiet_since.saturating_add(retention);
-            if retire_at <= watermark {
-                self.retire(state, quiet_since);
-            } else {
-                // A wake-up armed earlier and still ahead stays: it compacts nothing and
-                // re-arms here. An active customer whose journeys ended then does not move in
-                // the caller's timer index on every event that pushes compaction back.
-                let armed = state
-                    .next_due
-                    .filter(|&armed| armed > watermark && armed < retire_at);
-                next_due = Some(armed.unwrap_or(retire_at));
-            }
-        }
-        state.next_due = next_due;
+        (next_due, quiet_since, active)
     }
 
     /// The journey's candidates for these instances, with quiet hours applied: a command due
@@ -1560,28 +1631,17 @@ fn derive_versions(
         if i < free_from {
             continue;
         }
-        let at = events[i].at;
-        let (v, id_version, from) = match JourneySet::version_at(versions, at) {
-            Some(v) => (v, versions[v].version, Millis::MIN),
-            None => {
-                let first = &versions[0];
-                match (first.migrate_from.iter().max(), first.effective_from) {
-                    (Some(&earlier), Some(from)) => (0, earlier, from),
-                    _ => continue,
-                }
-            }
-        };
-        let journey = &versions[v];
-        let may_enter = match previous {
-            None => retired == 0 || journey.re_entry == ReEntry::AfterEnd,
-            Some(end) => journey.re_entry == ReEntry::AfterEnd && end.is_some_and(|end| at >= end),
-        };
-        if !may_enter || !matches(&journey.steps[0].matcher, events, i) {
+        let Some(Entry {
+            version: v,
+            id_version,
+            from,
+        }) = entry(versions, events, i, previous, retired)
+        else {
             continue;
-        }
+        };
         count += 1;
         let number = retired + count;
-        let (mut inst, mut ended) = derive_instance(journey, events, i, number, id_version);
+        let (mut inst, mut ended) = derive_instance(&versions[v], events, i, number, id_version);
         inst.span.0 = from;
         let mut on = v;
         for (w, later) in versions.iter().enumerate().skip(v + 1) {
@@ -1618,36 +1678,55 @@ fn derive_instance(
     number: u32,
     id_version: u32,
 ) -> (Instance, Option<usize>) {
-    let mut inst = Instance {
-        number,
-        entry,
-        entered_at: events[entry].at,
-        completed: vec![None; journey.steps.len()],
-        end: None,
-        id_version,
-        span: (Millis::MIN, Millis::MAX),
-    };
-    for (i, event) in events.iter().enumerate().skip(entry) {
-        let at = event.at;
-        for (s, step) in journey.steps.iter().enumerate() {
-            if inst.completed[s].is_none() && matches(&step.matcher, events, i) {
-                inst.completed[s] = Some((at, i));
-            }
-        }
-        if inst.completed[journey.goal].is_some() {
-            inst.end = Some((at, EndKind::Goal));
-        } else if let Some(x) = journey
-            .exits
-            .iter()
-            .position(|x| matches(&x.matcher, events, i))
-        {
-            inst.end = Some((at, EndKind::Exit(x)));
-        }
-        if inst.end.is_some() {
+    let mut inst = Instance::entered(journey, events, entry, number, id_version);
+    for i in entry..events.len() {
+        if inst.step(journey, events, i) {
             return (inst, Some(i));
         }
     }
     (inst, None)
+}
+
+/// Where an instance of a journey enters: the version it runs on (an index into its loaded
+/// versions), the version in its ids, and the start of its span.
+struct Entry {
+    version: usize,
+    id_version: u32,
+    from: Millis,
+}
+
+/// Whether `events[i]` enters a new instance of the journey loaded as `versions`, given how
+/// the previous instance ended (`None` before the first, `Some(None)` while it is active) and
+/// how many instances retention compacted away: the event matches the entry step of the
+/// version effective at its time, and the re-entry policy allows it.
+fn entry(
+    versions: &[Arc<Journey>],
+    events: &[StoredEvent],
+    i: usize,
+    previous: Option<Option<Millis>>,
+    retired: u32,
+) -> Option<Entry> {
+    let at = events[i].at;
+    let (version, id_version, from) = match JourneySet::version_at(versions, at) {
+        Some(v) => (v, versions[v].version, Millis::MIN),
+        None => {
+            let first = &versions[0];
+            match (first.migrate_from.iter().max(), first.effective_from) {
+                (Some(&earlier), Some(from)) => (0, earlier, from),
+                _ => return None,
+            }
+        }
+    };
+    let journey = &versions[version];
+    let may_enter = match previous {
+        None => retired == 0 || journey.re_entry == ReEntry::AfterEnd,
+        Some(end) => journey.re_entry == ReEntry::AfterEnd && end.is_some_and(|end| at >= end),
+    };
+    (may_enter && matches(&journey.steps[0].matcher, events, i)).then_some(Entry {
+        version,
+        id_version,
+        from,
+    })
 }
 
 /// Every output an instance calls for, with its due time and emitted-set key, in a fixed order.
@@ -1792,6 +1871,7 @@ fn plan_rule(
 }
 
 mod conditions;
+mod derivation;
 mod identity;
 mod keys;
 #[cfg(test)]

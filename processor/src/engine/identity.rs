@@ -93,6 +93,7 @@ impl Engine {
             duplicates: own.duplicates.saturating_add(alias.duplicates),
             retired_until: own.retired_until.max(alias.retired_until),
             identity: own.identity.clone(),
+            derivation: Default::default(),
         };
         for e in &alias.events {
             if !merged.events.iter().any(|m| m.event_id == e.event_id) {

@@ -12,6 +12,7 @@ use crate::journey::{JourneySet, parse_journey};
 use crate::model::{Channel, format_millis, parse_millis};
 use crate::simulate::{SimulateOptions, simulate};
 
+mod derivation;
 mod identity;
 mod rules;
 mod versions;
