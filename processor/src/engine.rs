@@ -124,7 +124,8 @@ pub struct CustomerState {
     /// `state::decode_value`).
     pub identity: Option<Box<Identity>>,
     /// What the last `advance` derived, so that the next goes on from there: in memory only,
-    /// never stored, equal in every state (see the `derivation` module).
+    /// equal in every state (see the `derivation` module). Not part of the stored record, so
+    /// `identity` stays its last field.
     #[serde(skip)]
     pub derivation: DerivationMemo,
 }
