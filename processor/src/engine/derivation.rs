@@ -188,8 +188,8 @@ impl Engine {
         });
         if derivation.events < events.len() {
             for (versions, j) in self.journeys.by_name().zip(&mut derivation.journeys) {
-                if let [journey] = versions {
-                    fold(journey, versions, events, derivation.events, j);
+                if versions.len() == 1 {
+                    fold(versions, events, derivation.events, j);
                 } else {
                     j.per_version = derive_versions(versions, events, j.retired)
                         .0
@@ -213,17 +213,16 @@ impl Engine {
     }
 }
 
-/// Goes on deriving the instances of a journey with one loaded version (`journey`, also
-/// `versions`) over `events[start..]`, the same way [`derive_versions`] derives them from
-/// the first event: the active instance takes each event until one ends it; then an event
-/// may enter the next one.
+/// Goes on deriving the instances of a journey with one loaded version (`versions`) over
+/// `events[start..]`, the same way [`derive_versions`] derives them from the first event: the
+/// active instance takes each event until one ends it; then an event may enter the next one.
 fn fold(
-    journey: &Journey,
     versions: &[Arc<Journey>],
     events: &[StoredEvent],
     start: usize,
     j: &mut JourneyDerivation,
 ) {
+    let journey = &versions[0];
     let instances = &mut j.per_version[0];
     for i in start..events.len() {
         if let Some(active) = instances.last_mut().filter(|inst| inst.end.is_none()) {
