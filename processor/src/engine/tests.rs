@@ -522,11 +522,17 @@ fn re_entry_after_end_starts_a_new_instance_with_new_ids() {
     );
 }
 
-/// A trial journey with the given re-entry policy, and an engine for it with `retention`.
+/// A trial journey with the given re-entry policy whose goal, `paid`, is an event of type
+/// `paid_by`: a mail a day after the start unless paid by then.
+fn trial_text(re_entry: &str, paid_by: &str) -> String {
+    format!(
+        "journey: trial\nversion: 2\nre-entry: {re_entry}\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: {paid_by}\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n"
+    )
+}
+
+/// A [`trial_text`] journey paid by `subscription.paid`, and an engine for it with `retention`.
 fn trial(re_entry: &str, retention: Option<Millis>) -> Arc<Engine> {
-    let text = format!(
-        "journey: trial\nversion: 2\nre-entry: {re_entry}\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.paid\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n"
-    );
+    let text = trial_text(re_entry, "subscription.paid");
     let j = parse_journey(Path::new("trial.yaml"), &text).unwrap();
     Arc::new(Engine::new(JourneySet::new(vec![j])).with_retention(retention))
 }

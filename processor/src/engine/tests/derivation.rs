@@ -94,8 +94,8 @@ fn a_derivation_kept_with_other_journeys_is_not_carried_on() {
     assert_eq!(state.derivation.kept_events(), expected_kept(&state));
     // The same journey reloaded with another goal: `subscription.paid` no longer ends the
     // instance, so the mail a day after the start is due after all.
-    let text = "journey: trial\nversion: 2\nre-entry: after-end\nsteps:\n  - id: start\n    event: trial.started\n  - id: paid\n    event: subscription.renewed\ngoal: paid\nrules:\n  - id: nudge\n    after: start\n    unless: [paid]\n    actions:\n      - id: mail\n        delay: 1d\n        channel: email\n";
-    let after = before.reloaded(crate::journey::parsed(&[text]));
+    let text = trial_text("after-end", "subscription.renewed");
+    let after = before.reloaded(crate::journey::parsed(&[&text]));
     let mut fresh = state.clone();
     fresh.derivation = DerivationMemo::default();
     let (mut out, mut out_fresh) = (Vec::new(), Vec::new());
